@@ -1,0 +1,157 @@
+"""Per-class FIFO queues of box features and the shared Gaussian fitted to them."""
+import torch
+from torch import nn
+
+from .distributed import all_gather_variable_length
+
+__all__ = ["ClassFeatureQueues"]
+
+
+class ClassFeatureQueues(nn.Module):
+    """One FIFO queue of ``capacity`` feature vectors per class, kept in buffers.
+
+    Everything is a registered buffer, so the queues follow ``.to()``, are saved in
+    checkpoints and resume exactly. Enqueueing is vectorised. Under torch.distributed the
+    incoming features are all-gathered first, so every rank holds identical queues.
+
+    Besides the raw queues, the module can keep the sufficient statistics of the shared
+    Gaussian of VOS eq. 1-2 (per-class sums and one sum of outer products, float64),
+    updated with what enters and leaves the queues. They are only maintained once
+    :meth:`gaussian` has been called (i.e. once synthesis has started), and are
+    recomputed exactly from the queues every ``recompute_period`` calls of
+    :meth:`gaussian` to bound the floating-point drift.
+
+    Buffers:
+        features: (K, capacity, D) float32 queue contents (slot order, not age order).
+        counts: (K,) int64 number of valid entries per class.
+        write_positions: (K,) int64 slot that the next feature of each class goes to.
+        class_sums: (K, D) float64 sum of the queued features of each class.
+        outer_product_sum: (D, D) float64 sum of h h^T over all queued features.
+        statistics_valid: () bool, whether the two sums above are up to date.
+        calls_since_recompute: () int64 :meth:`gaussian` calls since the last exact sums.
+    """
+
+    def __init__(self, num_classes: int, capacity: int, feature_dim: int, recompute_period: int = 500):
+        """
+        Args:
+            num_classes: K, the number of classes (background excluded).
+            capacity: N, the number of features each class queue holds.
+            feature_dim: D, the dimension of a feature vector.
+            recompute_period: exact recomputation of the Gaussian statistics every this
+                many calls of :meth:`gaussian`.
+        """
+        super().__init__()
+        if num_classes <= 0 or capacity <= 0 or feature_dim <= 0:
+            raise ValueError(
+                f"ClassFeatureQueues needs positive sizes, got num_classes={num_classes}, "
+                f"capacity={capacity}, feature_dim={feature_dim}"
+            )
+        self.num_classes = num_classes
+        self.capacity = capacity
+        self.feature_dim = feature_dim
+        self.recompute_period = max(1, int(recompute_period))
+        self.register_buffer("features", torch.zeros(num_classes, capacity, feature_dim))
+        self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("write_positions", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("class_sums", torch.zeros(num_classes, feature_dim, dtype=torch.float64))
+        self.register_buffer(
+            "outer_product_sum", torch.zeros(feature_dim, feature_dim, dtype=torch.float64)
+        )
+        self.register_buffer("statistics_valid", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("calls_since_recompute", torch.zeros((), dtype=torch.long))
+
+    def all_full(self) -> bool:
+        """Whether every class queue holds ``capacity`` features."""
+        return bool((self.counts == self.capacity).all())
+
+    @torch.no_grad()
+    def enqueue(self, features, labels, gather: bool = True):
+        """Push features into the queues of their classes, oldest entries leaving first.
+
+        Equivalent to pushing the rows one by one in order: if a batch holds more than
+        ``capacity`` features of a class, only its last ``capacity`` ones remain.
+
+        Args:
+            features (Tensor): (B, D) features; detached and stored as float32.
+            labels (Tensor): (B,) int class indices in [0, K).
+            gather: all-gather features and labels from every rank first (no-op when
+                torch.distributed is not initialised).
+        """
+        if features.dim() != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"enqueue expects features of shape (B, {self.feature_dim}), got {tuple(features.shape)}"
+            )
+        features = features.detach().to(self.features.dtype)
+        labels = labels.to(self.counts.device, torch.long)
+        if gather:
+            features, labels = all_gather_variable_length(features, labels)
+        if labels.numel() == 0:
+            return
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(
+                f"enqueue labels must lie in [0, {self.num_classes}), got values in "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
+
+        # Stable sort by class keeps the arrival order within each class.
+        labels, order = torch.sort(labels, stable=True)
+        features = features[order]
+        arrivals = torch.bincount(labels, minlength=self.num_classes)
+        first_of_class = torch.cumsum(arrivals, 0) - arrivals
+        rank_in_class = torch.arange(labels.numel(), device=labels.device) - first_of_class[labels]
+        # Of more than `capacity` arrivals only the last `capacity` survive: writing the
+        # earlier ones would only be overwritten within this same batch.
+        survives = rank_in_class >= arrivals[labels] - self.capacity
+        labels, features, rank_in_class = labels[survives], features[survives], rank_in_class[survives]
+        slots = (self.write_positions[labels] + rank_in_class) % self.capacity
+
+        if bool(self.statistics_valid):
+            # With FIFO writes, a slot is occupied iff the queue is full or the slot index
+            # wrapped around below the current fill count.
+            occupied = (self.counts[labels] == self.capacity) | (slots < self.counts[labels])
+            leaving = self.features[labels[occupied], slots[occupied]].double()
+            entering = features.double()
+            self.class_sums.index_add_(0, labels, entering)
+            self.class_sums.index_add_(0, labels[occupied], leaving, alpha=-1.0)
+            self.outer_product_sum.addmm_(entering.T, entering)
+            self.outer_product_sum.addmm_(leaving.T, leaving, alpha=-1.0)
+
+        self.features[labels, slots] = features
+        self.write_positions.copy_((self.write_positions + arrivals) % self.capacity)
+        self.counts.copy_(torch.clamp(self.counts + arrivals, max=self.capacity))
+
+    @torch.no_grad()
+    def recompute_statistics(self):
+        """Recompute the class sums and the outer-product sum exactly from the queues."""
+        valid = torch.arange(self.capacity, device=self.counts.device)[None, :] < self.counts[:, None]
+        queued = self.features.double() * valid[..., None]
+        self.class_sums.copy_(queued.sum(dim=1))
+        flat = queued.reshape(-1, self.feature_dim)
+        self.outer_product_sum.copy_(flat.T @ flat)
+        self.statistics_valid.fill_(True)
+        self.calls_since_recompute.zero_()
+
+    @torch.no_grad()
+    def gaussian(self):
+        """Class means and the one shared covariance of the queued features (VOS eq. 1-2).
+
+        mu_k = mean of queue k; Sigma = (1/N) sum_k sum_i (h_i - mu_k)(h_i - mu_k)^T, with N
+        the total number of queued features. Requires every class to have at least one
+        entry (in VOS, all queues are full when this is called).
+
+        Returns:
+            tuple[Tensor, Tensor]: means (K, D) and covariance (D, D), both float64.
+        """
+        if bool((self.counts == 0).any()):
+            empty = torch.nonzero(self.counts == 0).flatten().tolist()
+            raise RuntimeError(f"cannot fit class Gaussians: the queues of classes {empty} are empty")
+        if not bool(self.statistics_valid) or int(self.calls_since_recompute) >= self.recompute_period:
+            self.recompute_statistics()
+        self.calls_since_recompute += 1
+        counts = self.counts.double()
+        means = self.class_sums / counts[:, None]
+        # sum_k sum_i (h - mu_k)(h - mu_k)^T = sum h h^T - sum_k n_k mu_k mu_k^T
+        scatter = self.outer_product_sum - (means * counts[:, None]).T @ means
+        covariance = scatter / counts.sum()
+        # Symmetrise away the rounding of the incremental updates.
+        return means, (covariance + covariance.T) / 2
