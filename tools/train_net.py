@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Train or evaluate a VOS detector with detectron2.
+
+    python tools/train_net.py --config vos_rcnn.yaml --num-gpus 8
+    python tools/train_net.py --config digits_vos_tiny.yaml
+    python tools/train_net.py --config vos_rcnn.yaml --eval-only MODEL.WEIGHTS model_final.pth
+
+``--config`` is an alias of ``--config-file``; a bare file name is looked up under configs/.
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+from vos_det import add_vos_config
+from vos_det.config import resolve_config_file
+from vos_det.engine import Trainer
+
+
+def setup(args):
+    """Build the frozen config from the file and the command-line overrides."""
+    # default_setup copies args.config_file into OUTPUT_DIR, so resolve it in place.
+    args.config_file = resolve_config_file(args.config_file)
+    cfg = get_cfg()
+    add_vos_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--config", dest="config_file", metavar="FILE", help="alias of --config-file"
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

@@ -1,0 +1,6 @@
+"""vos_det: Virtual Outlier Synthesis (VOS) out-of-distribution detection for Detectron2."""
+from . import data as _data  # registers the built-in datasets
+from . import modeling as _modeling  # registers the ROI heads, box predictor and backbone
+from .config import add_vos_config
+
+__version__ = "0.1.0"

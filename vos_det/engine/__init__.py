@@ -1,0 +1,2 @@
+"""Training and evaluation entry points of vos_det."""
+from .trainer import Trainer

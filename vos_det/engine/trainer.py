@@ -1,0 +1,112 @@
+"""Trainer: detectron2's DefaultTrainer with ID detection metrics plus per-box OOD metrics."""
+import json
+import logging
+import os
+from collections import OrderedDict
+
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import (
+    COCOEvaluator,
+    DatasetEvaluators,
+    PascalVOCDetectionEvaluator,
+    inference_on_dataset,
+)
+from detectron2.utils import comm
+
+from ..evaluation.box_scores import BoxOODScoreCollector
+from ..evaluation.ood_metrics import ood_metrics
+from ..evaluation.report import format_ood_table
+
+__all__ = ["Trainer"]
+
+logger = logging.getLogger(__name__)
+
+OOD_RESULTS_FILE = "ood_results.json"
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer whose evaluation also scores every selected box as ID or OOD.
+
+    ``test`` runs the model once over each ID set of ``DATASETS.TEST`` (detection metrics
+    from the dataset's own evaluator, plus the OOD scores of its boxes) and once over each
+    set of ``DATASETS.OOD_TEST`` (OOD scores only), then reports FPR95 / AUROC / AUPR for
+    every OOD score the model outputs, for each (ID set, OOD set) pair. The results are
+    also written to ``OUTPUT_DIR/ood_results.json``.
+    """
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """The detection evaluator of an ID set, chosen by its metadata's evaluator_type."""
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        if evaluator_type == "coco":
+            output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+            return COCOEvaluator(dataset_name, output_dir=output_folder)
+        raise ValueError(
+            f"no evaluator for dataset {dataset_name!r}: its metadata evaluator_type is "
+            f"{evaluator_type!r}; expected 'pascal_voc' or 'coco'"
+        )
+
+    @classmethod
+    def _collect(cls, cfg, model, dataset_name, detection_evaluator=None):
+        collector = BoxOODScoreCollector(cfg.TEST.OOD.SCORE_THRESHOLD)
+        evaluators = [collector] if detection_evaluator is None else [detection_evaluator, collector]
+        loader = cls.build_test_loader(cfg, dataset_name)
+        results = inference_on_dataset(model, loader, DatasetEvaluators(evaluators))
+        return results, collector.scores
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate ID detection quality and per-box OOD detection.
+
+        Args:
+            cfg (CfgNode): the config.
+            model (nn.Module): the detector.
+            evaluators (list[DatasetEvaluator], optional): detection evaluators, one per
+                set of DATASETS.TEST; built with :meth:`build_evaluator` when None.
+
+        Returns:
+            OrderedDict: ``{id_set: {"bbox": {...}}, "ood": {id_set: {ood_set: {score:
+            metrics}}}}``.
+        """
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(
+                f"got {len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} datasets in DATASETS.TEST"
+            )
+        results = OrderedDict()
+        id_scores = OrderedDict()
+        for index, name in enumerate(cfg.DATASETS.TEST):
+            evaluator = evaluators[index] if evaluators is not None else cls.build_evaluator(cfg, name)
+            detection_results, id_scores[name] = cls._collect(cfg, model, name, evaluator)
+            detection_results.pop("ood_boxes", None)
+            results[name] = detection_results
+        ood_scores = OrderedDict(
+            (name, cls._collect(cfg, model, name)[1]) for name in cfg.DATASETS.OOD_TEST
+        )
+        if ood_scores:
+            results["ood"] = {
+                id_name: {
+                    ood_name: {
+                        score: ood_metrics(id_scores[id_name][score], ood[score])
+                        for score in id_scores[id_name]
+                        if len(id_scores[id_name][score]) and len(ood.get(score, ()))
+                    }
+                    for ood_name, ood in ood_scores.items()
+                }
+                for id_name in id_scores
+            }
+            if comm.is_main_process():
+                logger.info(
+                    "OOD detection over boxes with score >= %.3f (FPR95: ID positive, the "
+                    "fraction of OOD boxes accepted when 95%% of ID boxes are kept; larger OOD "
+                    "score = more OOD):\n%s",
+                    cfg.TEST.OOD.SCORE_THRESHOLD,
+                    format_ood_table(results["ood"]),
+                )
+        if comm.is_main_process():
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            with open(os.path.join(cfg.OUTPUT_DIR, OOD_RESULTS_FILE), "w") as f:
+                json.dump(results, f, indent=2)
+        return results
