@@ -10,6 +10,8 @@
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from vos_det import add_vos_config
 from vos_det.config import resolve_config_file
@@ -26,6 +28,7 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vos_det")
     return cfg
 
 

@@ -11,6 +11,7 @@ from detectron2.evaluation import (
     DatasetEvaluators,
     PascalVOCDetectionEvaluator,
     inference_on_dataset,
+    print_csv_format,
 )
 from detectron2.utils import comm
 
@@ -23,6 +24,15 @@ __all__ = ["Trainer"]
 logger = logging.getLogger(__name__)
 
 OOD_RESULTS_FILE = "ood_results.json"
+FPR95_CONVENTION = (
+    "FPR95: ID is the positive class, the percentage of OOD boxes accepted as ID at the "
+    "threshold that keeps 95% of ID boxes; larger OOD score = more OOD"
+)
+
+
+def _numeric(metrics):
+    """The float entries of a metrics dict (detectron2's EvalHook accepts only numbers)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 class Trainer(DefaultTrainer):
@@ -32,7 +42,7 @@ class Trainer(DefaultTrainer):
     from the dataset's own evaluator, plus the OOD scores of its boxes) and once over each
     set of ``DATASETS.OOD_TEST`` (OOD scores only), then reports FPR95 / AUROC / AUPR for
     every OOD score the model outputs, for each (ID set, OOD set) pair. The results are
-    also written to ``OUTPUT_DIR/ood_results.json``.
+    also written to ``OUTPUT_DIR/ood_results.json`` with the FPR95 convention.
     """
 
     @classmethod
@@ -82,6 +92,9 @@ class Trainer(DefaultTrainer):
             detection_results, id_scores[name] = cls._collect(cfg, model, name, evaluator)
             detection_results.pop("ood_boxes", None)
             results[name] = detection_results
+            if comm.is_main_process():
+                logger.info("Detection results on %s:", name)
+                print_csv_format(detection_results)
         ood_scores = OrderedDict(
             (name, cls._collect(cfg, model, name)[1]) for name in cfg.DATASETS.OOD_TEST
         )
@@ -89,7 +102,7 @@ class Trainer(DefaultTrainer):
             results["ood"] = {
                 id_name: {
                     ood_name: {
-                        score: ood_metrics(id_scores[id_name][score], ood[score])
+                        score: _numeric(ood_metrics(id_scores[id_name][score], ood[score]))
                         for score in id_scores[id_name]
                         if len(id_scores[id_name][score]) and len(ood.get(score, ()))
                     }
@@ -99,14 +112,18 @@ class Trainer(DefaultTrainer):
             }
             if comm.is_main_process():
                 logger.info(
-                    "OOD detection over boxes with score >= %.3f (FPR95: ID positive, the "
-                    "fraction of OOD boxes accepted when 95%% of ID boxes are kept; larger OOD "
-                    "score = more OOD):\n%s",
+                    "OOD detection over the boxes with class score >= %s (%s):\n%s",
                     cfg.TEST.OOD.SCORE_THRESHOLD,
+                    FPR95_CONVENTION,
                     format_ood_table(results["ood"]),
                 )
         if comm.is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            report = {
+                "results": results,
+                "convention": FPR95_CONVENTION,
+                "box_selection": f"detections with class score >= {cfg.TEST.OOD.SCORE_THRESHOLD}",
+            }
             with open(os.path.join(cfg.OUTPUT_DIR, OOD_RESULTS_FILE), "w") as f:
-                json.dump(results, f, indent=2)
+                json.dump(report, f, indent=2)
         return results

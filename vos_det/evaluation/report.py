@@ -20,6 +20,7 @@ def format_ood_table(ood_results):
     for id_name, per_ood in ood_results.items():
         for ood_name, per_score in per_ood.items():
             for score_name, metrics in per_score.items():
-                rows.append([id_name, ood_name, score_name] + [metrics[c] for c in _COLUMNS])
+                values = [int(metrics[c]) if c.startswith("num_") else metrics[c] for c in _COLUMNS]
+                rows.append([id_name, ood_name, score_name] + values)
     headers = ["ID set", "OOD set", "score"] + [c.replace("num_", "#") for c in _COLUMNS]
     return tabulate(rows, headers=headers, floatfmt=".2f", tablefmt="pipe")
