@@ -4,7 +4,7 @@ import logging
 import os
 from collections import OrderedDict
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import (
     COCOEvaluator,
@@ -15,9 +15,11 @@ from detectron2.evaluation import (
 )
 from detectron2.utils import comm
 
+from ..data.resumable_sampler import ResumableTrainingSampler
 from ..evaluation.box_scores import BoxOODScoreCollector
 from ..evaluation.ood_metrics import ood_metrics
 from ..evaluation.report import format_ood_table
+from .checkpoint import AtomicWritePathManager, RandomState
 
 __all__ = ["Trainer"]
 
@@ -44,6 +46,35 @@ class Trainer(DefaultTrainer):
     every OOD score the model outputs, for each (ID set, OOD set) pair. The results are
     also written to ``OUTPUT_DIR/ood_results.json`` with the FPR95 convention.
     """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # Checkpoints appear whole or not at all, and carry the random state for --resume.
+        self.checkpointer.path_manager = AtomicWritePathManager(self.checkpointer.path_manager)
+        self.checkpointer.add_checkpointable("random_state", RandomState())
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        """The detection train loader, with a sampler that resumes at ``start_iter``.
+
+        With a fixed ``cfg.SEED`` (>= 0) the image order and the loader's worker seeds do
+        not depend on the global random state, so a resumed run sees the same batches as
+        an uninterrupted one.
+        """
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        seed = cfg.SEED if cfg.SEED >= 0 else None
+        sampler = ResumableTrainingSampler(
+            len(dataset), seed=seed, start_position=start_iter * cfg.SOLVER.IMS_PER_BATCH
+        )
+        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=seed)
+
+    def resume_or_load(self, resume=True):
+        """As DefaultTrainer's; a resumed run also continues the image stream where it stopped."""
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            self._trainer.data_loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

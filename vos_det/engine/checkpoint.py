@@ -1,0 +1,116 @@
+"""Checkpointing that never leaves a half-written file and restores the random state."""
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+__all__ = ["AtomicWritePathManager", "RandomState"]
+
+
+class _AtomicLocalFile:
+    """A file object that is written under a temporary name and renamed over the target on close.
+
+    A crash (or an exception inside the ``with`` block) before the rename leaves the
+    previous file at ``path`` untouched and removes the temporary file.
+    """
+
+    def __init__(self, path: str, mode: str):
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, self._temporary_path = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+        )
+        self._path = path
+        self._file = os.fdopen(fd, mode)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
+            os.unlink(self._temporary_path)
+
+    def close(self):
+        if self._file.closed:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._temporary_path, self._path)
+
+
+class AtomicWritePathManager:
+    """Wraps an iopath PathManager so that files opened for writing on local disk are atomic.
+
+    fvcore's Checkpointer writes the checkpoint and the ``last_checkpoint`` tag through its
+    ``path_manager``; with this wrapper both appear complete or not at all. Reads, remote
+    paths and every other method go to the wrapped manager.
+    """
+
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
+
+    def __getattr__(self, name):
+        return getattr(self._path_manager, name)
+
+    def open(self, path, mode="r", **kwargs):
+        if ("w" in mode or "x" in mode) and "://" not in str(path) and not kwargs:
+            return _AtomicLocalFile(str(path), mode)
+        return self._path_manager.open(path, mode, **kwargs)
+
+
+class RandomState:
+    """A checkpointable holding the global random states (torch CPU/CUDA, numpy, Python).
+
+    Added to the trainer's checkpointer, it makes a resumed run draw the random numbers
+    the uninterrupted run would have drawn (proposal sampling, augmentations in the main
+    process). Everything is stored as tensors, lists and ints, so the checkpoint loads with
+    ``torch.load(weights_only=True)``.
+    """
+
+    def state_dict(self):
+        version, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        python_version, python_internal, python_gauss = random.getstate()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "position": int(position),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached_gaussian),
+            },
+            "python": {
+                "version": int(python_version),
+                "internal": list(python_internal),
+                "gauss": python_gauss,
+            },
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state):
+        torch.set_rng_state(state["torch"])
+        numpy_state = state["numpy"]
+        np.random.set_state(
+            (
+                "MT19937",
+                numpy_state["keys"].numpy().astype(np.uint32),
+                numpy_state["position"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        )
+        python_state = state["python"]
+        random.setstate(
+            (python_state["version"], tuple(python_state["internal"]), python_state["gauss"])
+        )
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
