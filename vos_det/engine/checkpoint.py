@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 import torch
 
-__all__ = ["AtomicWritePathManager", "RandomState"]
+__all__ = ["AtomicWritePathManager", "RandomState", "atomic_open"]
 
 
 class _AtomicLocalFile:
@@ -46,6 +46,14 @@ class _AtomicLocalFile:
         os.replace(self._temporary_path, self._path)
 
 
+def atomic_open(path: str, mode: str = "w"):
+    """Open a local file for writing so that it appears complete or not at all.
+
+    Use as a context manager; the file replaces ``path`` when the block exits normally.
+    """
+    return _AtomicLocalFile(path, mode)
+
+
 class AtomicWritePathManager:
     """Wraps an iopath PathManager so that files opened for writing on local disk are atomic.
 
@@ -62,7 +70,7 @@ class AtomicWritePathManager:
 
     def open(self, path, mode="r", **kwargs):
         if ("w" in mode or "x" in mode) and "://" not in str(path) and not kwargs:
-            return _AtomicLocalFile(str(path), mode)
+            return atomic_open(str(path), mode)
         return self._path_manager.open(path, mode, **kwargs)
 
 

@@ -1,0 +1,118 @@
+"""tools/predict.py, the OODPredictor API and image reading of odd or broken files."""
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+from PIL import Image
+
+from vos_det.config import CONFIGS_DIR
+from vos_det.data.image_io import read_image_file
+from vos_det.engine import OODPredictor
+
+from test_train_digits import _tiny_cfg
+
+
+def _load_predict_tool():
+    spec = importlib.util.spec_from_file_location("predict", CONFIGS_DIR.parent / "tools" / "predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    """A digits tiny model with random weights, saved as a checkpoint."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    model = build_model(_tiny_cfg(folder))
+    DetectionCheckpointer(model, save_dir=str(folder)).save("model_random")
+    return str(folder / "model_random.pth")
+
+
+def _rgb(seed=0, size=64):
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "mode,make",
+    [
+        ("L", lambda: Image.fromarray(_rgb()[:, :, 0], mode="L")),
+        ("RGBA", lambda: Image.fromarray(np.dstack([_rgb(), np.full((64, 64), 128, np.uint8)]), mode="RGBA")),
+        ("P", lambda: Image.fromarray(_rgb()).convert("P")),
+        ("I;16", lambda: Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))),
+    ],
+)
+def test_odd_image_modes_become_three_channel_uint8(tmp_path, mode, make):
+    path = tmp_path / f"image_{mode.replace(';', '')}.png"
+    make().save(path)
+    image = read_image_file(str(path))
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    if mode == "I;16":  # rescaled to the full 8-bit range, not clipped to white
+        assert image.min() == 0 and image.max() == 255 and len(np.unique(image)) > 200
+
+
+def test_bgr_and_rgb_orders(tmp_path):
+    rgb = _rgb()
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_image_file(str(tmp_path / "a.png"), format="RGB"), rgb)
+    np.testing.assert_array_equal(read_image_file(str(tmp_path / "a.png")), rgb[:, :, ::-1])
+
+
+@pytest.mark.parametrize("kind", ["truncated", "not_an_image", "missing"])
+def test_broken_files_raise_an_error_naming_the_file(tmp_path, kind):
+    path = tmp_path / f"{kind}.jpg"
+    if kind == "truncated":
+        Image.fromarray(_rgb(size=256)).save(path, quality=95)
+        path.write_bytes(path.read_bytes()[:2000])
+    elif kind == "not_an_image":
+        path.write_text("this is not an image")
+    with pytest.raises(ValueError, match=str(path)):
+        read_image_file(str(path))
+
+
+def test_predictor_needs_a_vos_box_predictor(tmp_path, random_weights):
+    cfg = _tiny_cfg(tmp_path, "MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.WEIGHTS", random_weights)
+    with pytest.raises(TypeError, match="StandardROIHeads"):
+        OODPredictor(cfg)
+
+
+def test_predict_tool_writes_json_and_drawings_and_skips_unreadable_files(tmp_path, random_weights):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(_rgb(seed=i, size=128)).save(images / f"img{i}.jpg")
+    (images / "broken.png").write_text("not an image")
+    output = tmp_path / "out"
+    tool = _load_predict_tool()
+    args = tool.argument_parser().parse_args(
+        [
+            "--config", "digits_vos_tiny.yaml", "--weights", random_weights,
+            "--input", str(images), "--output", str(output), "--draw",
+            "--min-score", "0.0", "--ood-threshold", "0.5",
+        ]
+    )
+    report = tool.main(args)
+    with open(output / "predictions.json") as f:
+        assert json.load(f) == json.loads(json.dumps(report))
+    assert len(report["images"]) == 3
+    assert [e["file_name"] for e in report["errors"]] == [str(images / "broken.png")]
+    assert report["ood_threshold"] == 0.5 and report["detections"]
+    for detection in report["detections"]:
+        assert detection["is_ood"] == (detection["ood_score"] > 0.5)
+        assert 0.0 <= detection["id_score"] <= 1.0
+        assert detection["category_name"] in report["class_names"]
+        assert len(detection["bbox"]) == 4 and detection["bbox"][2] >= 0
+    assert len(list(output.glob("*.png"))) == 3
+
+
+def test_predict_tool_rejects_inputs_that_match_nothing(tmp_path):
+    tool = _load_predict_tool()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no image"):
+        tool.find_images([str(tmp_path / "empty")])
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        tool.find_images([str(tmp_path / "*.jpg")])
