@@ -10,6 +10,7 @@ from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
 from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_every_n_seconds
 from detectron2.utils.registry import Registry
 
 from .energy import energy, max_softmax_ood_score, weighted_energy, weighted_logsumexp
@@ -24,7 +25,6 @@ Box predictors (the layers after the box head) for :class:`VOSROIHeads`, selecte
 ``cfg.MODEL.VOS.BOX_PREDICTOR`` and called as ``predictor(cfg, box_head_output_shape)``.
 """
 
-logger = logging.getLogger(__name__)
 
 # Scores that can back Instances.ood_scores / is_ood (MODEL.VOS.OOD_SCORE).
 OOD_SCORES = ("vos", "energy", "weighted_energy", "msp")
@@ -32,6 +32,8 @@ OOD_SCORES = ("vos", "energy", "weighted_energy", "msp")
 _ID_LABEL = 1
 # Separates the synthesis seeds of consecutive iterations (a prime larger than any schedule).
 _SEED_STRIDE = 1_000_003
+# At most one warning about non-finite boxes in this many seconds.
+_WARNING_PERIOD_SECONDS = 60
 
 
 @BOX_PREDICTOR_REGISTRY.register()
@@ -202,9 +204,23 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         """
         gt_classes = cat([p.gt_classes for p in proposals]) if proposals else scores.new_zeros(0).long()
         foreground = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        storage = get_event_storage()
+        # A non-finite feature would poison its queue (and the covariance) for good, and a
+        # non-finite logit the loss: such boxes are left out of both, and the event logged.
+        finite = torch.isfinite(features).all(dim=1) & torch.isfinite(scores).all(dim=1)
+        num_dropped = int((foreground & ~finite).sum())
+        if num_dropped:
+            storage.put_scalar("vos/nonfinite_boxes", num_dropped, smoothing_hint=False)
+            log_every_n_seconds(
+                logging.WARNING,
+                f"VOS: {num_dropped} foreground boxes with NaN/Inf features or logits were "
+                f"left out of the queues and the uncertainty loss (iteration {storage.iter})",
+                n=_WARNING_PERIOD_SECONDS,
+                name=__name__,
+            )
+        foreground &= finite
         self.feature_queues.enqueue(features[foreground], gt_classes[foreground])
 
-        storage = get_event_storage()
         iteration = storage.iter
         outliers = None
         if iteration >= self.starting_iter and self.feature_queues.all_full():
@@ -229,6 +245,10 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         classifier_logits = self.uncertainty_classifier(negative_energies[:, None])
         storage.put_scalar("vos/id_energy", -negative_energies[: id_logits.shape[0]].mean().item())
         storage.put_scalar("vos/outlier_energy", -negative_energies[id_logits.shape[0] :].mean().item())
+        storage.put_scalars(
+            **{f"vos/energy_weight_{k}": w for k, w in enumerate(weights.detach().tolist())},
+            smoothing_hint=False,
+        )
         return F.cross_entropy(classifier_logits, labels)
 
     @torch.no_grad()
