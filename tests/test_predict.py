@@ -116,3 +116,9 @@ def test_predict_tool_rejects_inputs_that_match_nothing(tmp_path):
         tool.find_images([str(tmp_path / "empty")])
     with pytest.raises(FileNotFoundError, match="matches no file"):
         tool.find_images([str(tmp_path / "*.jpg")])
+
+
+def test_checkpoint_with_another_class_count_is_refused(tmp_path, random_weights):
+    cfg = _tiny_cfg(tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", "7", "MODEL.WEIGHTS", random_weights)
+    with pytest.raises(ValueError, match=r"model_random.pth(.|\n)*cls_score.weight: checkpoint \(6, 128\) vs model \(8, 128\)"):
+        OODPredictor(cfg)

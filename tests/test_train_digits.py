@@ -111,3 +111,8 @@ def test_checkpoint_restores_queues_exactly(tiny_digits_root, tmp_path):
     restored_queues = restored.roi_heads.box_predictor.feature_queues
     for name, buffer in queues.named_buffers():
         assert torch.equal(buffer, getattr(restored_queues, name)), name
+
+
+def test_class_count_differing_from_the_dataset_is_refused(tiny_digits_root, tmp_path):
+    with pytest.raises(ValueError, match="NUM_CLASSES=7 but the training set 'digits_det_train' has 5"):
+        Trainer(_tiny_cfg(tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", "7"))

@@ -16,6 +16,7 @@ from detectron2.utils.logger import setup_logger
 from vos_det import add_vos_config
 from vos_det.config import resolve_config_file
 from vos_det.engine import Trainer
+from vos_det.engine.checkpoint import check_checkpoint_matches_model
 
 
 def setup(args):
@@ -36,6 +37,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
+        check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )

@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 import torch
 
-__all__ = ["AtomicWritePathManager", "RandomState", "atomic_open"]
+__all__ = ["AtomicWritePathManager", "RandomState", "atomic_open", "check_checkpoint_matches_model"]
 
 
 class _AtomicLocalFile:
@@ -122,3 +122,43 @@ class RandomState:
         )
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# Buffers that only training uses: a checkpoint may hold queues of another size.
+_INFERENCE_UNUSED_BUFFERS = ".feature_queues."
+
+
+def check_checkpoint_matches_model(weights: str, model) -> None:
+    """Raise if a checkpoint's tensors do not have the shapes of the model's.
+
+    detectron2's checkpointer skips mismatched tensors with a warning (right for
+    fine-tuning, wrong for evaluation: a model whose class count differs from the
+    checkpoint's would silently predict with random layers). Only ``.pth`` files are
+    checked; they are read with ``weights_only=True``, which runs no pickled code. The
+    VOS feature queues are training state, unused at inference, and not compared.
+
+    Args:
+        weights (str): the checkpoint path.
+        model (nn.Module): the model built from the config.
+
+    Raises:
+        ValueError: naming the file, each mismatched tensor and both shapes.
+    """
+    if not weights.endswith(".pth"):
+        return
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    state = checkpoint.get("model", checkpoint)
+    model_state = model.state_dict()
+    mismatched = [
+        f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(model_state[name].shape)}"
+        for name, value in state.items()
+        if name in model_state
+        and tuple(value.shape) != tuple(model_state[name].shape)
+        and _INFERENCE_UNUSED_BUFFERS not in name
+    ]
+    if mismatched:
+        raise ValueError(
+            f"{weights} does not fit the model built from the config (does "
+            f"MODEL.ROI_HEADS.NUM_CLASSES or the box head differ from training?):\n  "
+            + "\n  ".join(mismatched)
+        )

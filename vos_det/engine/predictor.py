@@ -6,6 +6,7 @@ from detectron2.engine import DefaultPredictor
 from ..config import add_vos_config, resolve_config_file
 from ..data.image_io import read_image_file
 from ..modeling import VOSOutputLayers
+from .checkpoint import check_checkpoint_matches_model
 
 __all__ = ["OODPredictor", "instances_to_records"]
 
@@ -29,8 +30,10 @@ class OODPredictor(DefaultPredictor):
 
         Raises:
             TypeError: the model's box predictor produces no OOD fields.
+            ValueError: the checkpoint's tensors do not fit the model built from cfg.
         """
         super().__init__(cfg)
+        check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, self.model)
         box_predictor = getattr(getattr(self.model, "roi_heads", None), "box_predictor", None)
         if not isinstance(box_predictor, VOSOutputLayers):
             raise TypeError(

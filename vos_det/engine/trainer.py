@@ -64,6 +64,13 @@ class Trainer(DefaultTrainer):
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
+        for name in cfg.DATASETS.TRAIN:
+            class_names = MetadataCatalog.get(name).get("thing_classes", None)
+            if class_names is not None and len(class_names) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+                raise ValueError(
+                    f"MODEL.ROI_HEADS.NUM_CLASSES={cfg.MODEL.ROI_HEADS.NUM_CLASSES} but the "
+                    f"training set {name!r} has {len(class_names)} classes: {list(class_names)}"
+                )
         seed = cfg.SEED if cfg.SEED >= 0 else None
         sampler = ResumableTrainingSampler(
             len(dataset), seed=seed, start_position=start_iter * cfg.SOLVER.IMS_PER_BATCH
