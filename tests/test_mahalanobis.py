@@ -1,0 +1,74 @@
+"""GaussianDiscriminant against numpy / scikit-learn, and class-incremental updates."""
+import numpy as np
+import pytest
+import torch
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+from vos_det.modeling.mahalanobis import GaussianDiscriminant
+
+DIM = 5
+
+
+def _data(num_classes=3, per_class=40, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (num_classes, DIM))
+    features = np.concatenate([rng.normal(c, 1.0, (per_class + 7 * k, DIM)) for k, c in enumerate(centers)])
+    labels = np.concatenate([np.full(per_class + 7 * k, k) for k in range(num_classes)])
+    return features, labels
+
+
+def test_fit_matches_numpy_and_distances_match_the_formula():
+    features, labels = _data()
+    model = GaussianDiscriminant(DIM, eps=0.0).fit(torch.tensor(features), torch.tensor(labels), 3)
+    means = np.stack([features[labels == k].mean(0) for k in range(3)])
+    centered = features - means[labels]
+    covariance = centered.T @ centered / len(features)
+    np.testing.assert_allclose(model.means.numpy(), means, rtol=1e-12)
+    np.testing.assert_allclose(model.covariance().numpy(), covariance, rtol=1e-10)
+    precision = np.linalg.inv(covariance)
+    queries = np.random.default_rng(1).normal(0, 3, (10, DIM))
+    expected = np.array([[(q - m) @ precision @ (q - m) for m in means] for q in queries])
+    np.testing.assert_allclose(model.mahalanobis_distances(torch.tensor(queries)).numpy(), expected, rtol=1e-8)
+    np.testing.assert_allclose(model.ood_scores(torch.tensor(queries)).numpy(), expected.min(1), rtol=1e-8)
+
+
+def test_discriminant_matches_scikit_learn_lda():
+    features, labels = _data()
+    model = GaussianDiscriminant(DIM, eps=0.0).fit(torch.tensor(features), torch.tensor(labels), 3)
+    lda = LinearDiscriminantAnalysis(solver="lsqr").fit(features, labels)
+    queries = np.random.default_rng(2).normal(0, 3, (20, DIM))
+    ours = model.class_scores(torch.tensor(queries)).numpy()
+    np.testing.assert_allclose(ours, lda.decision_function(queries), rtol=1e-7, atol=1e-7)
+    np.testing.assert_array_equal(ours.argmax(1), lda.predict(queries))
+
+
+def test_adding_a_class_equals_refitting_from_scratch():
+    features, labels = _data(num_classes=4)
+    old = labels < 3
+    incremental = GaussianDiscriminant(DIM).fit(torch.tensor(features[old]), torch.tensor(labels[old]), 3)
+    new_index = incremental.add_class(torch.tensor(features[~old]))
+    refit = GaussianDiscriminant(DIM).fit(torch.tensor(features), torch.tensor(labels), 4)
+    assert new_index == 3
+    for name in ("counts", "means", "scatter", "precision"):
+        torch.testing.assert_close(getattr(incremental, name), getattr(refit, name), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(incremental.priors(), refit.priors())
+
+
+def test_state_dict_round_trip_restores_the_class_count():
+    features, labels = _data()
+    model = GaussianDiscriminant(DIM).fit(torch.tensor(features), torch.tensor(labels), 3)
+    restored = GaussianDiscriminant(DIM)
+    restored.load_state_dict(model.state_dict())
+    assert restored.num_classes == 3
+    queries = torch.randn(4, DIM, dtype=torch.float64)
+    torch.testing.assert_close(restored.class_scores(queries), model.class_scores(queries))
+
+
+def test_errors_are_clear():
+    model = GaussianDiscriminant(DIM)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.ood_scores(torch.zeros(1, DIM))
+    with pytest.raises(ValueError, match=r"classes \[1\] have no features"):
+        model.fit(torch.zeros(2, DIM), torch.tensor([0, 2]), 3)
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit(torch.full((2, DIM), float("nan")), torch.tensor([0, 1]), 2)
