@@ -266,6 +266,8 @@ def _reference_table(layer, logits):
 def test_inference_adds_ood_fields_of_kept_boxes(ood_score):
     layer = _layer(ood_score=ood_score, ood_threshold=0.4)
     layer.eval()
+    fit_features = torch.randn(30, DIM, generator=torch.Generator().manual_seed(5))
+    layer.mahalanobis.fit(fit_features, torch.arange(30) % NUM_CLASSES, NUM_CLASSES)
     predictions, proposals = _inference_inputs(layer, nan_rows=(1, 14))
     with torch.no_grad():
         instances, kept_indices = layer.inference(predictions, proposals)
@@ -365,3 +367,25 @@ def test_invalid_names_raise():
         _layer(ood_score="entropy")
     with pytest.raises(ValueError):
         _layer(sampler="mvn")
+
+
+def test_mahalanobis_field_scores_the_kept_boxes_features():
+    layer = _layer()
+    layer.eval()
+    fit_features = torch.randn(30, DIM, generator=torch.Generator().manual_seed(5))
+    layer.mahalanobis.fit(fit_features, torch.arange(30) % NUM_CLASSES, NUM_CLASSES)
+    predictions, proposals = _inference_inputs(layer, nan_rows=())
+    with torch.no_grad():
+        instances, kept_indices = layer.inference(predictions, proposals)
+    features_per_image = predictions[2].split([len(p) for p in proposals])
+    for image, features, kept in zip(instances, features_per_image, kept_indices):
+        expected = layer.mahalanobis.ood_scores(features[kept]).float()
+        torch.testing.assert_close(image.ood_scores_mahalanobis, expected)
+
+
+def test_mahalanobis_score_without_statistics_is_a_clear_error():
+    layer = _layer(ood_score="mahalanobis")
+    layer.eval()
+    predictions, proposals = _inference_inputs(layer, nan_rows=())
+    with pytest.raises(RuntimeError, match="fit_mahalanobis"):
+        layer.inference(predictions, proposals)

@@ -124,8 +124,10 @@ class RandomState:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# Buffers that only training uses: a checkpoint may hold queues of another size.
-_INFERENCE_UNUSED_BUFFERS = ".feature_queues."
+# Buffers whose shapes may differ between checkpoint and model: the VOS feature queues
+# (training state, unused at inference) and the Mahalanobis statistics (their class count
+# is data, adopted on load).
+_SHAPE_FREE_BUFFERS = (".feature_queues.", ".mahalanobis.")
 
 
 def check_checkpoint_matches_model(weights: str, model) -> None:
@@ -135,7 +137,7 @@ def check_checkpoint_matches_model(weights: str, model) -> None:
     fine-tuning, wrong for evaluation: a model whose class count differs from the
     checkpoint's would silently predict with random layers). Only ``.pth`` files are
     checked; they are read with ``weights_only=True``, which runs no pickled code. The
-    VOS feature queues are training state, unused at inference, and not compared.
+    VOS feature queues and the Mahalanobis statistics are not compared.
 
     Args:
         weights (str): the checkpoint path.
@@ -154,7 +156,7 @@ def check_checkpoint_matches_model(weights: str, model) -> None:
         for name, value in state.items()
         if name in model_state
         and tuple(value.shape) != tuple(model_state[name].shape)
-        and _INFERENCE_UNUSED_BUFFERS not in name
+        and not any(part in name for part in _SHAPE_FREE_BUFFERS)
     ]
     if mismatched:
         raise ValueError(

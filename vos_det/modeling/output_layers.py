@@ -15,6 +15,7 @@ from detectron2.utils.registry import Registry
 
 from .energy import energy, max_softmax_ood_score, weighted_energy, weighted_logsumexp
 from .feature_queues import ClassFeatureQueues
+from .mahalanobis import GaussianDiscriminant
 from .synthesis import SAMPLERS, robust_cholesky, sample_virtual_outliers
 
 __all__ = ["BOX_PREDICTOR_REGISTRY", "VOSOutputLayers", "OOD_SCORES"]
@@ -26,8 +27,9 @@ Box predictors (the layers after the box head) for :class:`VOSROIHeads`, selecte
 """
 
 
-# Scores that can back Instances.ood_scores / is_ood (MODEL.VOS.OOD_SCORE).
-OOD_SCORES = ("vos", "energy", "weighted_energy", "msp")
+# Scores that can back Instances.ood_scores / is_ood (MODEL.VOS.OOD_SCORE); "mahalanobis"
+# needs statistics fitted with tools/fit_mahalanobis.py.
+OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "mahalanobis")
 # Label of in-distribution inputs for the uncertainty classifier (outliers are 0).
 _ID_LABEL = 1
 # Separates the synthesis seeds of consecutive iterations (a prime larger than any schedule).
@@ -121,6 +123,9 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         self.use_calibrated_threshold = use_calibrated_threshold
         # Threshold on ood_scores calibrated on ID validation boxes; NaN until calibrated.
         self.register_buffer("calibrated_ood_threshold", torch.tensor(float("nan")))
+        # Post-hoc class Gaussians of the box features (tools/fit_mahalanobis.py); empty
+        # until fitted, then every detection also gets ood_scores_mahalanobis.
+        self.mahalanobis = GaussianDiscriminant(self.cls_score.in_features)
         if vos_enabled:
             feature_dim = self.cls_score.in_features
             self.feature_queues = ClassFeatureQueues(
@@ -309,29 +314,35 @@ class VOSOutputLayers(FastRCNNOutputLayers):
             self.test_nms_thresh,
             self.test_topk_per_image,
         )
-        logits = predictions[0].split([len(p) for p in proposals])
+        num_per_image = [len(p) for p in proposals]
+        logits = predictions[0].split(num_per_image)
+        features = predictions[2].split(num_per_image)
         proposal_indices = []
-        for image_instances, image_logits, image_boxes, image_probs, kept in zip(
-            instances, logits, boxes, probs, kept_indices
+        for image_instances, image_logits, image_features, image_boxes, image_probs, kept in zip(
+            instances, logits, features, boxes, probs, kept_indices
         ):
             # fast_rcnn_inference drops non-finite rows first and indexes the rows left.
             finite = torch.isfinite(image_boxes).all(dim=1) & torch.isfinite(image_probs).all(dim=1)
             kept = torch.nonzero(finite).flatten()[kept]
-            self.add_ood_fields(image_instances, image_logits[kept, : self.num_classes])
+            self.add_ood_fields(image_instances, image_logits[kept, : self.num_classes], image_features[kept])
             proposal_indices.append(kept)
         return instances, proposal_indices
 
-    def ood_score_table(self, logits):
+    def ood_score_table(self, logits, features=None):
         """Every OOD score of :data:`OOD_SCORES` (larger = more OOD) and p(ID).
 
         Args:
             logits (Tensor): (N, K) foreground logits of N boxes.
+            features (Tensor, optional): (N, D) their box features; with fitted
+                ``mahalanobis`` statistics, adds the "mahalanobis" score.
 
         Returns:
             tuple[dict[str, Tensor], Tensor]: scores by name, each (N,), and id_scores (N,).
         """
         logits = logits.float()
         table = {"energy": energy(logits), "msp": max_softmax_ood_score(logits)}
+        if features is not None and self.mahalanobis.num_classes > 0:
+            table["mahalanobis"] = self.mahalanobis.ood_scores(features).float()
         if self.vos_enabled:
             table["weighted_energy"] = weighted_energy(logits, self.energy_class_weights())
             classifier_logits = self.uncertainty_classifier(-table["weighted_energy"][:, None])
@@ -348,14 +359,20 @@ class VOSOutputLayers(FastRCNNOutputLayers):
             return calibrated
         return self.ood_threshold
 
-    def add_ood_fields(self, instances, logits):
+    def add_ood_fields(self, instances, logits, features=None):
         """Set id_scores, ood_scores, is_ood and ood_scores_<name> on ``instances``.
 
         Args:
             instances (Instances): N detections of one image.
             logits (Tensor): (N, K) their foreground logits.
+            features (Tensor, optional): (N, D) their box features.
         """
-        table, id_scores = self.ood_score_table(logits)
+        table, id_scores = self.ood_score_table(logits, features)
+        if self.ood_score not in table:
+            raise RuntimeError(
+                f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is not available: the model has no "
+                "fitted Mahalanobis statistics (run tools/fit_mahalanobis.py and load its output)"
+            )
         instances.id_scores = id_scores
         instances.ood_scores = table[self.ood_score]
         instances.is_ood = instances.ood_scores > self.current_ood_threshold()

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Fit post-hoc class Gaussians (shared covariance) to the box features of the ID training set.
+
+    python tools/fit_mahalanobis.py --config digits_vos_tiny.yaml \\
+        --weights output/digits_vos_tiny/model_final.pth
+
+Every ground-truth box of DATASETS.TRAIN (or --dataset) is pooled through the trained box
+head; the class means, the shared covariance and the priors are stored in the box
+predictor's ``mahalanobis`` buffers and the model is saved next to the weights as
+``<name>_mahalanobis.pth`` (or --output). Loading that checkpoint adds
+``ood_scores_mahalanobis`` (the minimum Mahalanobis distance; larger = more OOD) to every
+detection; ``MODEL.VOS.OOD_SCORE mahalanobis`` makes it the score behind ``is_ood``.
+
+``--add-class NAME=DATASET`` adds a class from the boxes of another dataset alone, without
+retraining: the means, the shared covariance and the priors are updated as a refit would.
+"""
+import argparse
+import os
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from vos_det import add_vos_config
+from vos_det.config import resolve_config_file
+from vos_det.engine.checkpoint import check_checkpoint_matches_model
+from vos_det.engine.feature_extraction import build_annotated_test_loader, ground_truth_box_features
+
+
+def argument_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "--config-file", dest="config_file", required=True)
+    parser.add_argument("--weights", required=True, help="trained model (.pth)")
+    parser.add_argument("--dataset", action="append", help="ID dataset(s) to fit on (default: DATASETS.TRAIN)")
+    parser.add_argument(
+        "--add-class", action="append", default=[], metavar="NAME=DATASET",
+        help="add a class from all boxes of DATASET (any annotated dataset), without retraining",
+    )
+    parser.add_argument("--output", help="output checkpoint (default: <weights>_mahalanobis.pth)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
+    return parser
+
+
+def main(args):
+    cfg = get_cfg()
+    add_vos_config(cfg)
+    cfg.merge_from_file(resolve_config_file(args.config_file))
+    cfg.merge_from_list(["MODEL.WEIGHTS", args.weights, *args.opts])
+    cfg.freeze()
+    model = build_model(cfg)
+    check_checkpoint_matches_model(args.weights, model)
+    DetectionCheckpointer(model).load(args.weights)
+    model.eval()
+    discriminant = model.roi_heads.box_predictor.mahalanobis
+
+    features, labels = [], []
+    for name in args.dataset or cfg.DATASETS.TRAIN:
+        dataset_features, dataset_labels = ground_truth_box_features(
+            model, build_annotated_test_loader(cfg, name), description=name
+        )
+        features.append(dataset_features)
+        labels.append(dataset_labels)
+    discriminant.fit(torch.cat(features), torch.cat(labels), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    print(f"fitted {discriminant.num_classes} class Gaussians on {int(discriminant.counts.sum())} boxes")
+    for spec in args.add_class:
+        class_name, _, dataset_name = spec.partition("=")
+        if not dataset_name:
+            raise SystemExit(f"--add-class expects NAME=DATASET, got {spec!r}")
+        new_features, _ = ground_truth_box_features(
+            model, build_annotated_test_loader(cfg, dataset_name), description=dataset_name
+        )
+        index = discriminant.add_class(new_features)
+        print(f"added class {class_name!r} as index {index} from {len(new_features)} boxes of {dataset_name}")
+
+    output = args.output or os.path.splitext(args.weights)[0] + "_mahalanobis.pth"
+    folder, name = os.path.split(output)
+    os.makedirs(folder or ".", exist_ok=True)
+    DetectionCheckpointer(model, save_dir=folder or ".").save(os.path.splitext(name)[0])
+    print(f"saved {output}")
+    return output
+
+
+if __name__ == "__main__":
+    main(argument_parser().parse_args())
