@@ -72,3 +72,16 @@ def test_errors_are_clear():
         model.fit(torch.zeros(2, DIM), torch.tensor([0, 2]), 3)
     with pytest.raises(ValueError, match="NaN"):
         model.fit(torch.full((2, DIM), float("nan")), torch.tensor([0, 1]), 2)
+
+
+def test_statistics_file_round_trip_and_errors(tmp_path):
+    features, labels = _data()
+    model = GaussianDiscriminant(DIM).fit(torch.tensor(features), torch.tensor(labels), 3)
+    path = str(tmp_path / "stats.pth")
+    model.save_statistics(path)
+    restored = GaussianDiscriminant(DIM).load_statistics(path)
+    torch.testing.assert_close(restored.precision, model.precision)
+    with pytest.raises(ValueError, match="4-d features"):
+        GaussianDiscriminant(DIM - 1).load_statistics(path)
+    with pytest.raises(FileNotFoundError, match="MAHALANOBIS_STATS"):
+        GaussianDiscriminant(DIM).load_statistics(str(tmp_path / "missing.pth"))

@@ -51,11 +51,14 @@ def add_vos_config(cfg):
     cfg.MODEL.VOS.OOD_SCORE = "vos"
     # A box is flagged is_ood when its ood_score is above this threshold. For the "vos"
     # score it is 1 - gamma of eq. 9. The calibrated threshold stored in the model
-    # (tools/calibrate, 95% of ID validation boxes kept) replaces it unless this is set
-    # to a value and USE_CALIBRATED_THRESHOLD is False.
+    # (95% of ID validation boxes kept, TEST.OOD.CALIBRATION_DATASET) replaces it unless
+    # USE_CALIBRATED_THRESHOLD is False.
     cfg.MODEL.VOS.OOD_THRESHOLD = 0.5
     # Use the threshold calibrated on ID validation boxes when the checkpoint has one.
     cfg.MODEL.VOS.USE_CALIBRATED_THRESHOLD = True
+    # Class Gaussians of the box features written by tools/fit_mahalanobis.py; when set,
+    # every detection also gets ood_scores_mahalanobis ("" = none).
+    cfg.MODEL.VOS.MAHALANOBIS_STATS = ""
 
     # A few-layer conv net with FPN outputs for the CPU digits-det benchmark.
     cfg.MODEL.TINY_NET = CN()

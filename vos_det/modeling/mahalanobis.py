@@ -11,6 +11,9 @@ The sufficient statistics (counts, means, within-class scatter) are kept, so a n
 be added from its examples' features alone, with no retraining of the network: the result
 equals a refit from scratch on all classes.
 """
+import os
+import tempfile
+
 import torch
 from torch import nn
 
@@ -52,6 +55,33 @@ class GaussianDiscriminant(nn.Module):
             if key in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[key]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def save_statistics(self, path: str):
+        """Write the statistics (a state dict of tensors) to ``path``, atomically."""
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
+            torch.save({k: v.cpu() for k, v in self.state_dict().items()}, f)
+        os.replace(f.name, path)
+
+    def load_statistics(self, path: str):
+        """Load statistics written by :meth:`save_statistics` (no pickled code is run).
+
+        Raises:
+            FileNotFoundError / ValueError: naming the file and the problem.
+        """
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Mahalanobis statistics not found: {path} (MODEL.VOS.MAHALANOBIS_STATS)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or set(state) != set(self.state_dict()):
+            raise ValueError(f"{path} does not hold Mahalanobis statistics (expected keys {sorted(self.state_dict())})")
+        if state["means"].shape[1:] != (self.feature_dim,):
+            raise ValueError(
+                f"{path}: statistics of {state['means'].shape[1]}-d features, but the box head "
+                f"gives {self.feature_dim}-d features"
+            )
+        self.load_state_dict(state)
+        return self
 
     def _check(self, features, labels=None):
         if features.dim() != 2 or features.shape[1] != self.feature_dim:

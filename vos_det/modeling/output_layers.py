@@ -80,6 +80,7 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         ood_score: str = "vos",
         ood_threshold: float = 0.5,
         use_calibrated_threshold: bool = True,
+        mahalanobis_stats: str = "",
         **kwargs,
     ):
         """
@@ -98,6 +99,8 @@ class VOSOutputLayers(FastRCNNOutputLayers):
             ood_score: the score behind ``ood_scores`` and ``is_ood``, one of OOD_SCORES.
             ood_threshold: threshold on ``ood_scores`` used until a calibrated one is stored.
             use_calibrated_threshold: prefer the calibrated threshold when one is stored.
+            mahalanobis_stats: file of class Gaussians written by tools/fit_mahalanobis.py
+                ("" = none).
             kwargs: arguments of :class:`FastRCNNOutputLayers`.
         """
         super().__init__(input_shape, **kwargs)
@@ -123,9 +126,11 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         self.use_calibrated_threshold = use_calibrated_threshold
         # Threshold on ood_scores calibrated on ID validation boxes; NaN until calibrated.
         self.register_buffer("calibrated_ood_threshold", torch.tensor(float("nan")))
-        # Post-hoc class Gaussians of the box features (tools/fit_mahalanobis.py); empty
-        # until fitted, then every detection also gets ood_scores_mahalanobis.
+        # Post-hoc class Gaussians of the box features, fitted by tools/fit_mahalanobis.py;
+        # when loaded, every detection also gets ood_scores_mahalanobis.
         self.mahalanobis = GaussianDiscriminant(self.cls_score.in_features)
+        if mahalanobis_stats:
+            self.mahalanobis.load_statistics(mahalanobis_stats)
         if vos_enabled:
             feature_dim = self.cls_score.in_features
             self.feature_queues = ClassFeatureQueues(
@@ -155,6 +160,7 @@ class VOSOutputLayers(FastRCNNOutputLayers):
                 "ood_score": vos.OOD_SCORE,
                 "ood_threshold": vos.OOD_THRESHOLD,
                 "use_calibrated_threshold": vos.USE_CALIBRATED_THRESHOLD,
+                "mahalanobis_stats": vos.MAHALANOBIS_STATS,
             }
         )
         return ret
@@ -371,7 +377,8 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         if self.ood_score not in table:
             raise RuntimeError(
                 f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is not available: the model has no "
-                "fitted Mahalanobis statistics (run tools/fit_mahalanobis.py and load its output)"
+                "Mahalanobis statistics: run tools/fit_mahalanobis.py and set "
+                "MODEL.VOS.MAHALANOBIS_STATS to the file it writes"
             )
         instances.id_scores = id_scores
         instances.ood_scores = table[self.ood_score]
