@@ -1,5 +1,14 @@
 """Datasets of vos_det: registration in detectron2's catalogs and the digits-det generator."""
 from . import builtin as _builtin  # ensure the datasets are registered
+from .builtin import BDD100K_CLASSES
+from .catalog import OOD_ROLES, check_class_names, get_ood_role
+from .coco_json import (
+    CLI_SPEC_FORMAT,
+    load_coco_json_dataset,
+    register_coco_json_dataset,
+    register_from_cli,
+    register_ood_coco_json,
+)
 from .digits_det import (
     DIGITS_DET_ID_CLASSES,
     DIGITS_DET_OOD_CLASSES,
@@ -8,8 +17,17 @@ from .digits_det import (
 )
 
 __all__ = [
+    "BDD100K_CLASSES",
+    "CLI_SPEC_FORMAT",
     "DIGITS_DET_ID_CLASSES",
     "DIGITS_DET_OOD_CLASSES",
+    "OOD_ROLES",
+    "check_class_names",
     "generate_digits_det",
+    "get_ood_role",
     "glyph_indices_per_split",
+    "load_coco_json_dataset",
+    "register_coco_json_dataset",
+    "register_from_cli",
+    "register_ood_coco_json",
 ]

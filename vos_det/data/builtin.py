@@ -8,19 +8,136 @@ exist until a dataset is loaded.
 Each dataset's metadata says its role in the OOD protocol: ``ood_role`` is ``"id"`` for the
 in-distribution splits and ``"ood"`` for OOD test sets, which also name their ``id_dataset``
 (the training set whose classes count as known).
+
+Datasets (folder layout and sources in datasets/README.md):
+
+- ``voc_2007_trainval``, ``voc_2012_trainval``, ``voc_2007_test`` (and the other VOC splits):
+  registered by detectron2 itself; :func:`set_pascal_voc_roles` marks them ID.
+- ``coco_ood_val``, ``openimages_ood_val``: the OOD test sets of the VOC benchmark (COCO json).
+- ``bdd100k_train``, ``bdd100k_val``: the ID sets of the BDD100k benchmark (COCO json, the 10
+  detection classes of BDD100K in their official order).
+- ``digits_det_{train,val,test}``, ``digits_det_ood``: the CPU benchmark made by digits_det.
 """
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances, register_pascal_voc
 
+from .coco_json import register_coco_json_dataset
 from .digits_det import DIGITS_DET_ID_CLASSES, DIGITS_DET_OOD_CLASSES, digits_det_paths
 
-__all__ = ["register_all_digits_det"]
+__all__ = [
+    "BDD100K_CLASSES",
+    "register_all_bdd100k",
+    "register_all_digits_det",
+    "register_all_ood",
+    "set_pascal_voc_roles",
+]
 
 # PascalVOCDetectionEvaluator uses the VOC2007 11-point AP for year 2007 and the area under
 # the precision-recall curve for any other year.
 _VOC_AREA_METRIC_YEAR = 2012
+
+# The PASCAL VOC splits detectron2's own builtin registers under the same datasets root.
+_PASCAL_VOC_SPLITS = (
+    "voc_2007_trainval",
+    "voc_2007_train",
+    "voc_2007_val",
+    "voc_2007_test",
+    "voc_2012_trainval",
+    "voc_2012_train",
+    "voc_2012_val",
+)
+# The training set whose classes the OOD sets of the VOC benchmark are OOD with respect to.
+_VOC_ID_DATASET = "voc_2007_trainval"
+
+# OOD test sets of the VOC benchmark: name -> (COCO json, image folder), under the root.
+_OOD_SETS = {
+    # COCO val2017 images with none of the 20 VOC classes (datasets/prepare_coco_ood.py).
+    "coco_ood_val": (
+        "coco/annotations/instances_val2017_ood_wrt_voc.json",
+        "coco/val2017",
+    ),
+    # The OpenImages OOD subset, in the layout of the official VOS release.
+    "openimages_ood_val": (
+        "OpenImages/ood_classes_rm_overlap/COCO-Format/val_coco_format.json",
+        "OpenImages/ood_classes_rm_overlap/images",
+    ),
+}
+
+# The 10 classes of BDD100K detection, in the order of its category ids 1..10.
+BDD100K_CLASSES = (
+    "pedestrian",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+    "traffic light",
+    "traffic sign",
+)
+# BDD100k ID sets: name -> (COCO json made by the bdd100k toolkit, image folder), under the root.
+_BDD100K_SPLITS = {
+    "bdd100k_train": ("bdd100k/labels/det_20/det_train_cocofmt.json", "bdd100k/images/100k/train"),
+    "bdd100k_val": ("bdd100k/labels/det_20/det_val_cocofmt.json", "bdd100k/images/100k/val"),
+}
+
+
+def set_pascal_voc_roles() -> None:
+    """Mark detectron2's PASCAL VOC splits (``voc_2007_trainval`` etc.) as ID (``ood_role``).
+
+    detectron2 registers them at import under ``$DETECTRON2_DATASETS``; they are reused, not
+    registered again. Names missing from the catalog are skipped.
+    """
+    registered = set(DatasetCatalog.list())
+    for name in _PASCAL_VOC_SPLITS:
+        if name in registered:
+            MetadataCatalog.get(name).set(ood_role="id")
+
+
+def register_all_ood(root: str) -> None:
+    """Register the OOD test sets of the VOC benchmark under ``root`` (lazily).
+
+    ``coco_ood_val`` and ``openimages_ood_val``: COCO jsons, ``ood_role`` "ood", ``id_dataset``
+    "voc_2007_trainval". Names already in the catalog are left untouched.
+
+    Args:
+        root: the datasets root.
+    """
+    for name, (json_file, image_root) in _OOD_SETS.items():
+        if name in DatasetCatalog.list():
+            continue
+        register_coco_json_dataset(
+            name,
+            os.path.join(root, json_file),
+            os.path.join(root, image_root),
+            ood_role="ood",
+            id_dataset=_VOC_ID_DATASET,
+        )
+
+
+def register_all_bdd100k(root: str) -> None:
+    """Register ``bdd100k_train`` and ``bdd100k_val`` under ``root`` (lazily).
+
+    COCO jsons as converted by the bdd100k toolkit; ``ood_role`` "id", ``thing_classes`` the
+    10 detection classes in their official order (json categories are mapped by name), COCO
+    evaluator. Names already in the catalog are left untouched.
+
+    Args:
+        root: the datasets root.
+    """
+    for name, (json_file, image_root) in _BDD100K_SPLITS.items():
+        if name in DatasetCatalog.list():
+            continue
+        register_coco_json_dataset(
+            name,
+            os.path.join(root, json_file),
+            os.path.join(root, image_root),
+            ood_role="id",
+            thing_classes=BDD100K_CLASSES,
+        )
 
 
 def register_all_digits_det(root: str) -> None:
@@ -57,4 +174,8 @@ def register_all_digits_det(root: str) -> None:
         )
 
 
-register_all_digits_det(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
+_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+set_pascal_voc_roles()
+register_all_ood(_root)
+register_all_bdd100k(_root)
+register_all_digits_det(_root)

@@ -1,0 +1,96 @@
+"""The OOD role of a registered dataset, and a check of its class names against a model's.
+
+Every dataset vos_det registers (or marks, for detectron2's own VOC splits) holds in its
+metadata an ``ood_role``: ``"id"`` for the in-distribution splits, whose ``thing_classes`` are
+the classes the model is trained on, and ``"ood"`` for OOD test sets, which also name their
+``id_dataset`` (the training set whose classes count as known). The role is read from the
+metadata, never guessed from the dataset's name.
+"""
+from typing import List, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+__all__ = ["DATASETS_README", "OOD_ROLES", "check_class_names", "get_ood_role"]
+
+OOD_ROLES = ("id", "ood")
+# Where the expected folder layout of every dataset is described (named in error messages).
+DATASETS_README = "datasets/README.md"
+
+
+def get_ood_role(dataset_name: str) -> str:
+    """The ``ood_role`` ("id" or "ood") in the metadata of a registered dataset.
+
+    Raises:
+        KeyError: the dataset is not registered.
+        ValueError: its metadata has no valid ``ood_role``.
+    """
+    if dataset_name not in DatasetCatalog.list():
+        raise KeyError(f"dataset {dataset_name!r} is not registered")
+    role = MetadataCatalog.get(dataset_name).get("ood_role", None)
+    if role not in OOD_ROLES:
+        raise ValueError(
+            f"dataset {dataset_name!r} has ood_role {role!r} in its metadata; expected one of "
+            f"{OOD_ROLES}"
+        )
+    return role
+
+
+def _class_differences(expected: List[str], actual: List[str]) -> List[str]:
+    """Describe how the class list ``actual`` differs from ``expected`` (order matters)."""
+    differences = []
+    missing = [name for name in expected if name not in actual]
+    extra = [name for name in actual if name not in expected]
+    if missing:
+        differences.append(f"model classes missing from the dataset: {missing}")
+    if extra:
+        differences.append(f"dataset classes the model does not have: {extra}")
+    if len(expected) != len(actual):
+        differences.append(f"{len(actual)} dataset classes for {len(expected)} model classes")
+    if not differences:
+        moved = [
+            f"#{index}: dataset {a!r} vs model {e!r}"
+            for index, (e, a) in enumerate(zip(expected, actual))
+            if e != a
+        ]
+        differences.append(f"same classes in another order ({', '.join(moved)})")
+    return differences
+
+
+def check_class_names(dataset_name: str, expected_class_names: Sequence[str]) -> None:
+    """Check that an ID dataset's ``thing_classes`` are the model's classes, in the same order.
+
+    The contiguous category ids of the dataset index its ``thing_classes``, so they only mean
+    the model's classes if both lists are equal. OOD sets (``ood_role`` "ood") may hold any
+    classes, or none, and are not checked. A COCO-json dataset whose classes are read from
+    its json is loaded once to learn them.
+
+    Args:
+        dataset_name: a registered dataset.
+        expected_class_names: the model's classes, in the order of its class indices.
+
+    Raises:
+        KeyError: the dataset is not registered.
+        ValueError: the class names differ; the message lists the differences and both lists.
+    """
+    if dataset_name not in DatasetCatalog.list():
+        raise KeyError(f"dataset {dataset_name!r} is not registered")
+    metadata = MetadataCatalog.get(dataset_name)
+    if metadata.get("ood_role", "id") == "ood":
+        return
+    class_names = metadata.get("thing_classes", None)
+    if class_names is None:
+        DatasetCatalog.get(dataset_name)  # COCO-json loaders set thing_classes from the json
+        class_names = metadata.get("thing_classes", None)
+    if class_names is None:
+        raise ValueError(
+            f"dataset {dataset_name!r} has no thing_classes in its metadata: cannot check its "
+            "classes against the model's"
+        )
+    expected, actual = [str(c) for c in expected_class_names], [str(c) for c in class_names]
+    if expected == actual:
+        return
+    raise ValueError(
+        f"the classes of dataset {dataset_name!r} do not match the model's: "
+        + "; ".join(_class_differences(expected, actual))
+        + f". Dataset: {actual}. Model: {expected}."
+    )
