@@ -13,7 +13,7 @@ from vos_det.config import CONFIGS_DIR
 from vos_det.data.image_io import read_image_file
 from vos_det.engine import OODPredictor
 
-from test_train_digits import _tiny_cfg
+from test_train_digits import _tiny_cfg, tiny_digits_root  # noqa: F401 (fixture)
 
 
 def _load_predict_tool():
@@ -122,3 +122,24 @@ def test_checkpoint_with_another_class_count_is_refused(tmp_path, random_weights
     cfg = _tiny_cfg(tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", "7", "MODEL.WEIGHTS", random_weights)
     with pytest.raises(ValueError, match=r"model_random.pth(.|\n)*cls_score.weight: checkpoint \(6, 128\) vs model \(8, 128\)"):
         OODPredictor(cfg)
+
+
+def test_fit_mahalanobis_tool_adds_the_mahalanobis_field(tiny_digits_root, tmp_path, random_weights):
+    spec = importlib.util.spec_from_file_location("fit", CONFIGS_DIR.parent / "tools" / "fit_mahalanobis.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    stats = str(tmp_path / "stats.pth")
+    args = tool.argument_parser().parse_args(
+        ["--config", "digits_vos_tiny.yaml", "--weights", random_weights, "--output", stats,
+         "--add-class", "five=digits_det_ood"]
+    )
+    tool.main(args)
+    cfg = _tiny_cfg(tmp_path, "MODEL.WEIGHTS", random_weights, "MODEL.VOS.MAHALANOBIS_STATS", stats,
+                    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    predictor = OODPredictor(cfg)
+    discriminant = predictor.box_predictor.mahalanobis
+    assert discriminant.num_classes == 6  # five digits classes + the added one
+    image = (np.random.default_rng(0).integers(0, 256, (128, 128, 3))).astype(np.uint8)
+    instances = predictor(image)["instances"]
+    assert len(instances) > 0
+    assert torch.all(instances.ood_scores_mahalanobis >= 0)

@@ -5,11 +5,10 @@
         --weights output/digits_vos_tiny/model_final.pth
 
 Every ground-truth box of DATASETS.TRAIN (or --dataset) is pooled through the trained box
-head; the class means, the shared covariance and the priors are stored in the box
-predictor's ``mahalanobis`` buffers and the model is saved next to the weights as
-``<name>_mahalanobis.pth`` (or --output). Loading that checkpoint adds
-``ood_scores_mahalanobis`` (the minimum Mahalanobis distance; larger = more OOD) to every
-detection; ``MODEL.VOS.OOD_SCORE mahalanobis`` makes it the score behind ``is_ood``.
+head; the class means, the shared covariance and the priors are written next to the weights
+as ``mahalanobis_stats.pth`` (or --output). With ``MODEL.VOS.MAHALANOBIS_STATS <file>``
+every detection gets ``ood_scores_mahalanobis`` (the minimum Mahalanobis distance; larger =
+more OOD); ``MODEL.VOS.OOD_SCORE mahalanobis`` makes it the score behind ``is_ood``.
 
 ``--add-class NAME=DATASET`` adds a class from the boxes of another dataset alone, without
 retraining: the means, the shared covariance and the priors are updated as a refit would.
@@ -29,6 +28,9 @@ from vos_det.engine.checkpoint import check_checkpoint_matches_model
 from vos_det.engine.feature_extraction import build_annotated_test_loader, ground_truth_box_features
 
 
+STATISTICS_FILE = "mahalanobis_stats.pth"
+
+
 def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "--config-file", dest="config_file", required=True)
@@ -38,7 +40,7 @@ def argument_parser():
         "--add-class", action="append", default=[], metavar="NAME=DATASET",
         help="add a class from all boxes of DATASET (any annotated dataset), without retraining",
     )
-    parser.add_argument("--output", help="output checkpoint (default: <weights>_mahalanobis.pth)")
+    parser.add_argument("--output", help=f"statistics file (default: {STATISTICS_FILE} next to the weights)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return parser
 
@@ -74,11 +76,9 @@ def main(args):
         index = discriminant.add_class(new_features)
         print(f"added class {class_name!r} as index {index} from {len(new_features)} boxes of {dataset_name}")
 
-    output = args.output or os.path.splitext(args.weights)[0] + "_mahalanobis.pth"
-    folder, name = os.path.split(output)
-    os.makedirs(folder or ".", exist_ok=True)
-    DetectionCheckpointer(model, save_dir=folder or ".").save(os.path.splitext(name)[0])
-    print(f"saved {output}")
+    output = args.output or os.path.join(os.path.dirname(args.weights), STATISTICS_FILE)
+    discriminant.save_statistics(output)
+    print(f"saved {output}; use it with MODEL.VOS.MAHALANOBIS_STATS {output}")
     return output
 
 
