@@ -72,6 +72,21 @@ def add_vos_config(cfg):
     cfg.TEST.OOD = CN()
     # Detections whose top class probability is below this are not scored for OOD.
     cfg.TEST.OOD.SCORE_THRESHOLD = 0.5
+    # Which detections are scored for OOD (ID and OOD sets alike, no ground-truth matching):
+    # "optimal_f1": class score >= the ID test set's optimal-F1 threshold (per class, the
+    #               score maximising F1 at IoU 0.5, averaged over classes; the VOS protocol);
+    # "fixed": class score >= TEST.OOD.SCORE_THRESHOLD.
+    cfg.TEST.OOD.BOX_SELECTION = "optimal_f1"
+    # ID validation set on which the OOD threshold of is_ood is calibrated and saved with
+    # the model (model_calibrated.pth, ood_threshold.json); "" = no calibration.
+    cfg.TEST.OOD.CALIBRATION_DATASET = ""
+    # Fraction of the selected ID validation boxes the calibrated threshold keeps as ID.
+    cfg.TEST.OOD.CALIBRATION_ID_KEEP = 0.95
+    # How FPR95 reads the ROC curve: "first_at_least" (first point keeping >= 95% of ID) or
+    # "official_closest" (the point whose ID recall is closest to 95%, as the VOS code).
+    cfg.TEST.OOD.FPR95_METHOD = "first_at_least"
+    # Draw the ROC curves and ID-vs-OOD score histograms (PNG) under OUTPUT_DIR/ood_plots.
+    cfg.TEST.OOD.PLOTS = True
 
 
 # The configs/ folder of the repository (vos_det is installed editable from it).

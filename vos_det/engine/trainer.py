@@ -1,35 +1,22 @@
 """Trainer: detectron2's DefaultTrainer with ID detection metrics plus per-box OOD metrics."""
-import json
 import logging
 import os
-from collections import OrderedDict
 
 from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import (
-    COCOEvaluator,
-    DatasetEvaluators,
-    PascalVOCDetectionEvaluator,
-    inference_on_dataset,
-    print_csv_format,
-)
+from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 
 from ..data.resumable_sampler import ResumableTrainingSampler
-from ..evaluation.box_scores import BoxOODScoreCollector
-from ..evaluation.ood_metrics import ood_metrics
-from ..evaluation.report import format_ood_table
+from ..evaluation.box_scores import collect_detections
+from ..evaluation.detection import build_detection_evaluator
+# FPR95_CONVENTION and OOD_RESULTS_FILE are also imported from here (classification trainer).
+from ..evaluation.protocol import FPR95_CONVENTION, OOD_RESULTS_FILE, evaluate_ood_protocol
 from .checkpoint import AtomicWritePathManager, RandomState
 
 __all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
-
-OOD_RESULTS_FILE = "ood_results.json"
-FPR95_CONVENTION = (
-    "FPR95: ID is the positive class, the percentage of OOD boxes accepted as ID at the "
-    "threshold that keeps 95% of ID boxes; larger OOD score = more OOD"
-)
 
 
 def _numeric(metrics):
@@ -85,29 +72,31 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """The detection evaluator of an ID set, chosen by its metadata's evaluator_type."""
-        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-        if evaluator_type == "pascal_voc":
-            return PascalVOCDetectionEvaluator(dataset_name)
-        if evaluator_type == "coco":
-            output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-            return COCOEvaluator(dataset_name, output_dir=output_folder)
-        raise ValueError(
-            f"no evaluator for dataset {dataset_name!r}: its metadata evaluator_type is "
-            f"{evaluator_type!r}; expected 'pascal_voc' or 'coco'"
-        )
+        """The detection evaluator of an ID set, chosen by its metadata's evaluator_type.
+
+        VOC-format sets get COCO-style AP / AP50 / AP75 (``"bbox"``, via a COCO json made
+        from the dataset dicts) and the VOC AP (``"voc"``); COCO-format sets COCO-style AP.
+        See :func:`vos_det.evaluation.detection.build_detection_evaluator`.
+        """
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_detection_evaluator(dataset_name, output_folder)
 
     @classmethod
     def _collect(cls, cfg, model, dataset_name, detection_evaluator=None):
-        collector = BoxOODScoreCollector(cfg.TEST.OOD.SCORE_THRESHOLD)
-        evaluators = [collector] if detection_evaluator is None else [detection_evaluator, collector]
-        loader = cls.build_test_loader(cfg, dataset_name)
-        results = inference_on_dataset(model, loader, DatasetEvaluators(evaluators))
-        return results, collector.scores
+        """One inference pass over a dataset: (detection results, DetectionRecords)."""
+        return collect_detections(model, cls.build_test_loader(cfg, dataset_name), detection_evaluator)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """Evaluate ID detection quality and per-box OOD detection.
+        """Evaluate ID detection quality and per-box OOD detection (the VOS protocol).
+
+        One inference pass per set of ``DATASETS.TEST`` and ``DATASETS.OOD_TEST``; boxes are
+        selected by ``TEST.OOD.BOX_SELECTION`` (optimal-F1 threshold of each ID set by
+        default), and every OOD score gets FPR95 / AUROC / AUPR-In / AUPR-Out. With
+        ``TEST.OOD.CALIBRATION_DATASET`` set, the OOD threshold is calibrated on it and the
+        model saved as ``OUTPUT_DIR/model_calibrated.pth``. The table is logged, the report
+        written to ``OUTPUT_DIR/ood_results.json`` and the plots to ``OUTPUT_DIR/ood_plots``.
+        See :func:`vos_det.evaluation.protocol.evaluate_ood_protocol`.
 
         Args:
             cfg (CfgNode): the config.
@@ -116,52 +105,21 @@ class Trainer(DefaultTrainer):
                 set of DATASETS.TEST; built with :meth:`build_evaluator` when None.
 
         Returns:
-            OrderedDict: ``{id_set: {"bbox": {...}}, "ood": {id_set: {ood_set: {score:
-            metrics}}}}``.
+            OrderedDict: nested dicts of floats: ``{id_set: {"bbox": {...}, "voc": {...}},
+            "ood": {id_set: {ood_set: {score: metrics}}}, "box_selection": {id_set:
+            {"score_threshold": t}}}`` (plus ``"calibration"`` when calibrated).
         """
-        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
-            raise ValueError(
-                f"got {len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} datasets in DATASETS.TEST"
-            )
-        results = OrderedDict()
-        id_scores = OrderedDict()
-        for index, name in enumerate(cfg.DATASETS.TEST):
-            evaluator = evaluators[index] if evaluators is not None else cls.build_evaluator(cfg, name)
-            detection_results, id_scores[name] = cls._collect(cfg, model, name, evaluator)
-            detection_results.pop("ood_boxes", None)
-            results[name] = detection_results
-            if comm.is_main_process():
-                logger.info("Detection results on %s:", name)
-                print_csv_format(detection_results)
-        ood_scores = OrderedDict(
-            (name, cls._collect(cfg, model, name)[1]) for name in cfg.DATASETS.OOD_TEST
+        results, _ = evaluate_ood_protocol(
+            cfg,
+            model,
+            output_dir=cfg.OUTPUT_DIR,
+            build_test_loader=cls.build_test_loader,
+            detection_evaluators=evaluators,
+            build_evaluator=lambda name: cls.build_evaluator(cfg, name),
         )
-        if ood_scores:
-            results["ood"] = {
-                id_name: {
-                    ood_name: {
-                        score: _numeric(ood_metrics(id_scores[id_name][score], ood[score]))
-                        for score in id_scores[id_name]
-                        if len(id_scores[id_name][score]) and len(ood.get(score, ()))
-                    }
-                    for ood_name, ood in ood_scores.items()
-                }
-                for id_name in id_scores
-            }
-            if comm.is_main_process():
-                logger.info(
-                    "OOD detection over the boxes with class score >= %s (%s):\n%s",
-                    cfg.TEST.OOD.SCORE_THRESHOLD,
-                    FPR95_CONVENTION,
-                    format_ood_table(results["ood"]),
-                )
         if comm.is_main_process():
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            report = {
-                "results": results,
-                "convention": FPR95_CONVENTION,
-                "box_selection": f"detections with class score >= {cfg.TEST.OOD.SCORE_THRESHOLD}",
-            }
-            with open(os.path.join(cfg.OUTPUT_DIR, OOD_RESULTS_FILE), "w") as f:
-                json.dump(report, f, indent=2)
+            for name in cfg.DATASETS.TEST:
+                if results.get(name):
+                    logger.info("Detection results on %s:", name)
+                    print_csv_format(results[name])
         return results

@@ -1,4 +1,4 @@
-"""OOD evaluation of vos_det: threshold-free OOD metrics (see ood_metrics)."""
+"""OOD evaluation of vos_det: threshold-free OOD metrics, box selection, calibration, reports."""
 from .ood_metrics import (
     FPR_METHODS,
     OODMetrics,
@@ -8,6 +8,7 @@ from .ood_metrics import (
     fpr_at_tpr,
     fpr_at_tpr_ood_positive,
     ood_metrics,
+    roc_curve,
 )
 
 __all__ = [
@@ -19,9 +20,38 @@ __all__ = [
     "fpr_at_tpr",
     "fpr_at_tpr_ood_positive",
     "ood_metrics",
+    "roc_curve",
 ]
 
-from .box_scores import BoxOODScoreCollector
-from .report import format_ood_table
+from .box_scores import BoxOODScoreCollector, DetectionRecords, collect_detections
+from .box_selection import (
+    BOX_SELECTION_RULES,
+    BoxSelection,
+    load_ground_truth,
+    optimal_f1_threshold,
+    select_boxes,
+)
+from .calibration import Calibration, calibrate_on_dataset, calibrate_threshold, threshold_keeping
+from .detection import VOCDetectionEvaluator, build_detection_evaluator
+from .protocol import evaluate_ood_protocol
+from .report import format_ood_report, format_ood_table
 
-__all__ += ["BoxOODScoreCollector", "format_ood_table"]
+__all__ += [
+    "BOX_SELECTION_RULES",
+    "BoxOODScoreCollector",
+    "BoxSelection",
+    "Calibration",
+    "DetectionRecords",
+    "VOCDetectionEvaluator",
+    "build_detection_evaluator",
+    "calibrate_on_dataset",
+    "calibrate_threshold",
+    "collect_detections",
+    "evaluate_ood_protocol",
+    "format_ood_report",
+    "format_ood_table",
+    "load_ground_truth",
+    "optimal_f1_threshold",
+    "select_boxes",
+    "threshold_keeping",
+]

@@ -28,6 +28,7 @@ __all__ = [
     "fpr_at_tpr",
     "fpr_at_tpr_ood_positive",
     "ood_metrics",
+    "roc_curve",
 ]
 
 # TPR (recall of the positive class) at which the FPR95 keys of `ood_metrics` are read.
@@ -226,6 +227,34 @@ def fpr_at_tpr_ood_positive(id_ood_scores, ood_ood_scores, tpr=0.95):
     """
     id_scores, ood_scores = _check_pair(id_ood_scores, ood_ood_scores)
     return _fpr_at_tpr(ood_scores, id_scores, tpr, "first_at_least")
+
+
+def roc_curve(id_ood_scores, ood_ood_scores):
+    """The ROC curve with **ID as the positive class** (the curve behind FPR95 and AUROC).
+
+    A sample is accepted as ID when its OOD score is <= a threshold; the thresholds run over
+    the distinct score values in increasing order (tied scores merged), after the origin.
+
+    Args:
+        id_ood_scores: 1-D array or tensor, OOD scores of the ID samples (larger = more OOD).
+        ood_ood_scores: 1-D array or tensor, OOD scores of the OOD samples.
+
+    Returns:
+        tuple[np.ndarray, np.ndarray, np.ndarray]: ``(fpr, tpr, thresholds)`` of shape
+        (K + 1,): fraction of OOD accepted, fraction of ID accepted, and the threshold of
+        each point (-inf for the origin).
+
+    Raises:
+        ValueError: for empty, non-1-D or NaN-containing inputs.
+    """
+    id_scores, ood_scores = _check_pair(id_ood_scores, ood_ood_scores)
+    fps, tps = _binary_clf_curve(-id_scores, -ood_scores)
+    thresholds = np.unique(np.concatenate([id_scores, ood_scores]))
+    return (
+        np.r_[0, fps] / fps[-1],
+        np.r_[0, tps] / tps[-1],
+        np.r_[-np.inf, thresholds],
+    )
 
 
 def auroc(id_ood_scores, ood_ood_scores):
