@@ -54,6 +54,7 @@ def _tiny_cfg(output_dir, *overrides):
             "MODEL.VOS.SAMPLE_FROM", "500",
             "DATALOADER.NUM_WORKERS", "0",
             "TEST.OOD.SCORE_THRESHOLD", "0.0",
+            "TEST.OOD.BOX_SELECTION", "fixed",
             "OUTPUT_DIR", str(output_dir),
             *overrides,
         ]
