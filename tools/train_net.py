@@ -3,9 +3,12 @@
 
     python tools/train_net.py --config vos_rcnn.yaml --num-gpus 8
     python tools/train_net.py --config digits_vos_tiny.yaml
+    python tools/train_net.py --config digits_vos_classifier.yaml      # image classification
     python tools/train_net.py --config vos_rcnn.yaml --eval-only MODEL.WEIGHTS model_final.pth
 
 ``--config`` is an alias of ``--config-file``; a bare file name is looked up under configs/.
+The trainer follows MODEL.META_ARCHITECTURE: ClassificationTrainer for VOSImageClassifier,
+else the detection Trainer.
 """
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -14,6 +17,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from vos_det import add_vos_config
+from vos_det.classification import ClassificationTrainer, is_image_classifier
 from vos_det.config import resolve_config_file
 from vos_det.engine import Trainer
 from vos_det.engine.checkpoint import check_checkpoint_matches_model
@@ -33,16 +37,22 @@ def setup(args):
     return cfg
 
 
+def trainer_class(cfg):
+    """The trainer of the model named by MODEL.META_ARCHITECTURE (classifier or detector)."""
+    return ClassificationTrainer if is_image_classifier(cfg) else Trainer
+
+
 def main(args):
     cfg = setup(args)
+    trainer_cls = trainer_class(cfg)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
+        model = trainer_cls.build_model(cfg)
         check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
+        return trainer_cls.test(cfg, model)
+    trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

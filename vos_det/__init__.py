@@ -2,5 +2,6 @@
 from . import data as _data  # registers the built-in datasets
 from . import modeling as _modeling  # registers the ROI heads, box predictor and backbone
 from .config import add_vos_config
+from . import classification as _classification  # registers VOSImageClassifier and digits-cls
 
 __version__ = "0.1.0"

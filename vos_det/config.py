@@ -88,6 +88,13 @@ def add_vos_config(cfg):
     # Draw the ROC curves and ID-vs-OOD score histograms (PNG) under OUTPUT_DIR/ood_plots.
     cfg.TEST.OOD.PLOTS = True
 
+    # The image classifier's keys (MODEL.VOS_CLASSIFIER, INPUT.CLASSIFICATION,
+    # TEST.CLASSIFICATION, DATASETS.IMAGE_FOLDERS); imported here, not at the top, because
+    # vos_det.classification imports the engine, which imports this module.
+    from .classification.config import add_classification_config
+
+    add_classification_config(cfg)
+
 
 # The configs/ folder of the repository (vos_det is installed editable from it).
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
