@@ -16,16 +16,14 @@ from detectron2.config import configurable
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
-from ..modeling.energy import energy, max_softmax_ood_score, weighted_energy, weighted_logsumexp
+from ..modeling.energy import energy, max_softmax_ood_score, weighted_energy
 from ..modeling.feature_queues import ClassFeatureQueues
 from ..modeling.output_layers import OOD_SCORES
 from ..modeling.synthesis import SAMPLERS, robust_cholesky, sample_virtual_outliers
+from ..modeling.uncertainty_loss import ID_LABEL, energy_logistic_loss
 
 __all__ = ["VOSClassificationHead"]
 
-# Label of in-distribution inputs for the uncertainty classifier (outliers are 0), as in
-# VOSOutputLayers.
-_ID_LABEL = 1
 # Separates the synthesis seeds of consecutive iterations (as in VOSOutputLayers).
 _SEED_STRIDE = 1_000_003
 _WARNING_PERIOD_SECONDS = 60
@@ -211,23 +209,7 @@ class VOSClassificationHead(nn.Module):
         weights = self.energy_class_weights()
         id_logits = logits[finite]
         outlier_logits = self.cls_score(outliers.to(features.dtype))
-        negative_energies = torch.cat(
-            [weighted_logsumexp(id_logits, weights), weighted_logsumexp(outlier_logits, weights)]
-        ).float()
-        targets = torch.cat(
-            [
-                torch.full((id_logits.shape[0],), _ID_LABEL, device=logits.device),
-                torch.full((outlier_logits.shape[0],), 1 - _ID_LABEL, device=logits.device),
-            ]
-        )
-        classifier_logits = self.uncertainty_classifier(negative_energies[:, None])
-        storage.put_scalar("vos/id_energy", -negative_energies[: id_logits.shape[0]].mean().item())
-        storage.put_scalar("vos/outlier_energy", -negative_energies[id_logits.shape[0] :].mean().item())
-        storage.put_scalars(
-            **{f"vos/energy_weight_{k}": w for k, w in enumerate(weights.detach().tolist())},
-            smoothing_hint=False,
-        )
-        return F.cross_entropy(classifier_logits, targets)
+        return energy_logistic_loss(id_logits, outlier_logits, weights, self.uncertainty_classifier, storage)
 
     @torch.no_grad()
     def synthesize_outliers(self, iteration: int):
@@ -268,7 +250,7 @@ class VOSClassificationHead(nn.Module):
         if self.vos_enabled:
             table["weighted_energy"] = weighted_energy(logits, self.energy_class_weights())
             classifier_logits = self.uncertainty_classifier(-table["weighted_energy"][:, None])
-            id_scores = torch.softmax(classifier_logits, dim=1)[:, _ID_LABEL]
+            id_scores = torch.softmax(classifier_logits, dim=1)[:, ID_LABEL]
             table["vos"] = 1.0 - id_scores
         else:
             id_scores = torch.sigmoid(-table["energy"])

@@ -13,10 +13,11 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 from detectron2.utils.registry import Registry
 
-from .energy import energy, max_softmax_ood_score, weighted_energy, weighted_logsumexp
+from .energy import energy, max_softmax_ood_score, weighted_energy
 from .feature_queues import ClassFeatureQueues
 from .mahalanobis import GaussianDiscriminant
 from .synthesis import SAMPLERS, robust_cholesky, sample_virtual_outliers
+from .uncertainty_loss import ID_LABEL, energy_logistic_loss
 
 __all__ = ["BOX_PREDICTOR_REGISTRY", "VOSOutputLayers", "OOD_SCORES"]
 
@@ -30,8 +31,6 @@ Box predictors (the layers after the box head) for :class:`VOSROIHeads`, selecte
 # Scores that can back Instances.ood_scores / is_ood (MODEL.VOS.OOD_SCORE); "mahalanobis"
 # needs statistics fitted with tools/fit_mahalanobis.py.
 OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "mahalanobis")
-# Label of in-distribution inputs for the uncertainty classifier (outliers are 0).
-_ID_LABEL = 1
 # Separates the synthesis seeds of consecutive iterations (a prime larger than any schedule).
 _SEED_STRIDE = 1_000_003
 # At most one warning about non-finite boxes in this many seconds.
@@ -244,23 +243,7 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         weights = self.energy_class_weights()
         id_logits = scores[foreground, : self.num_classes]
         outlier_logits = self.cls_score(outliers.to(features.dtype))[:, : self.num_classes]
-        negative_energies = torch.cat(
-            [weighted_logsumexp(id_logits, weights), weighted_logsumexp(outlier_logits, weights)]
-        ).float()
-        labels = torch.cat(
-            [
-                torch.full((id_logits.shape[0],), _ID_LABEL, device=scores.device),
-                torch.full((outlier_logits.shape[0],), 1 - _ID_LABEL, device=scores.device),
-            ]
-        )
-        classifier_logits = self.uncertainty_classifier(negative_energies[:, None])
-        storage.put_scalar("vos/id_energy", -negative_energies[: id_logits.shape[0]].mean().item())
-        storage.put_scalar("vos/outlier_energy", -negative_energies[id_logits.shape[0] :].mean().item())
-        storage.put_scalars(
-            **{f"vos/energy_weight_{k}": w for k, w in enumerate(weights.detach().tolist())},
-            smoothing_hint=False,
-        )
-        return F.cross_entropy(classifier_logits, labels)
+        return energy_logistic_loss(id_logits, outlier_logits, weights, self.uncertainty_classifier, storage)
 
     @torch.no_grad()
     def synthesize_outliers(self, iteration: int):
@@ -352,7 +335,7 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         if self.vos_enabled:
             table["weighted_energy"] = weighted_energy(logits, self.energy_class_weights())
             classifier_logits = self.uncertainty_classifier(-table["weighted_energy"][:, None])
-            id_scores = torch.softmax(classifier_logits, dim=1)[:, _ID_LABEL]
+            id_scores = torch.softmax(classifier_logits, dim=1)[:, ID_LABEL]
             table["vos"] = 1.0 - id_scores
         else:
             id_scores = torch.sigmoid(-table["energy"])
