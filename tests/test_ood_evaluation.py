@@ -293,9 +293,9 @@ def test_calibration_sets_buffer_drives_is_ood_and_is_saved(tmp_path):
     assert head.current_ood_threshold() == calibration.threshold
     assert calibration.gamma == pytest.approx(1.0 - calibration.threshold)  # "vos" score
 
-    instances = Instances((64, 64))
+    instances = Instances((64, 64), scores=torch.ones(len(logits)))
     with torch.no_grad():
-        head.add_ood_fields(instances, logits)
+        head.add_ood_fields([instances], logits)
     assert int((~instances.is_ood).sum()) == 190  # exactly 95% of the ID boxes kept
 
     paths = save_calibrated_model(model, str(tmp_path), calibration, weights="w.pth")

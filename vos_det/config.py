@@ -60,6 +60,46 @@ def add_vos_config(cfg):
     # every detection also gets ood_scores_mahalanobis ("" = none).
     cfg.MODEL.VOS.MAHALANOBIS_STATS = ""
 
+    # Regularisers of the box-head embedding, with or without VOS (MODEL.VOS.ENABLED).
+    cfg.MODEL.EMBEDDING = CN()
+    # The box classifier (cls_score), a name in CLASSIFIER_REGISTRY: "LinearClassifier"
+    # (Fast R-CNN's), "L2SoftmaxClassifier", "CosFaceClassifier", "ArcFaceClassifier" or
+    # "SphereFaceClassifier" (formulas in vos_det/modeling/margin_classifiers.py).
+    cfg.MODEL.EMBEDDING.CLASSIFIER = "LinearClassifier"
+    # L2-constrained softmax (Ranjan et al. 2017): features rescaled to norm ALPHA.
+    cfg.MODEL.EMBEDDING.L2_SOFTMAX = CN({"ALPHA": 16.0})
+    # CosFace (Wang et al. 2018): logits SCALE * cos, true class SCALE * (cos - MARGIN).
+    # SCALE 20 is the cosine box classifier's of few-shot detection (TFA, Wang et al. 2020);
+    # the face-recognition papers' 64 made the digits detector diverge at BASE_LR 0.02.
+    cfg.MODEL.EMBEDDING.COSFACE = CN({"SCALE": 20.0, "MARGIN": 0.35})
+    # ArcFace (Deng et al. 2019): true class SCALE * cos(theta + MARGIN), MARGIN in radians;
+    # SCALE as for CosFace.
+    cfg.MODEL.EMBEDDING.ARCFACE = CN({"SCALE": 20.0, "MARGIN": 0.5})
+    # SphereFace (Liu et al. 2017): integer angle multiplier MARGIN; the margin logit is
+    # blended with the plain one by lambda = max(LAMBDA_MIN, LAMBDA_BASE * (1 + LAMBDA_GAMMA
+    # * iter) ** -LAMBDA_POWER), the paper's annealing.
+    cfg.MODEL.EMBEDDING.SPHEREFACE = CN(
+        {"MARGIN": 4, "LAMBDA_BASE": 1000.0, "LAMBDA_MIN": 5.0, "LAMBDA_GAMMA": 0.12, "LAMBDA_POWER": 1.0}
+    )
+    # Losses on the foreground box features, names in EMBEDDING_LOSS_REGISTRY:
+    # "CenterLoss", "CIDERLoss" (vos_det/modeling/center_loss.py, cider.py).
+    cfg.MODEL.EMBEDDING.LOSSES = []
+    # Center loss (Wen et al. 2016): WEIGHT * mean_i 1/2 ||x_i - c_{y_i}||^2; the centers
+    # move by ALPHA times the paper's update each iteration.
+    cfg.MODEL.EMBEDDING.CENTER_LOSS = CN({"WEIGHT": 0.003, "ALPHA": 0.5})
+    # CIDER (Ming et al. 2023): a 2-layer projection to EMBEDDING_DIM on the unit sphere,
+    # compactness and dispersion losses at TEMPERATURE, prototypes updated per sample with
+    # the EMA factor PROTOTYPE_MOMENTUM (the authors' CIFAR-10 value).
+    cfg.MODEL.EMBEDDING.CIDER = CN(
+        {
+            "EMBEDDING_DIM": 128,
+            "TEMPERATURE": 0.1,
+            "PROTOTYPE_MOMENTUM": 0.95,
+            "COMPACTNESS_WEIGHT": 1.0,
+            "DISPERSION_WEIGHT": 1.0,
+        }
+    )
+
     # A few-layer conv net with FPN outputs for the CPU digits-det benchmark.
     cfg.MODEL.TINY_NET = CN()
     # Output channels of each stage; stage i has stride 2 ** (i + 2) (res2, res3, ...).

@@ -13,9 +13,11 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 from detectron2.utils.registry import Registry
 
+from .embedding_losses import build_embedding_losses
 from .energy import energy, max_softmax_ood_score, weighted_energy
 from .feature_queues import ClassFeatureQueues
 from .mahalanobis import GaussianDiscriminant
+from .margin_classifiers import build_box_classifier
 from .synthesis import SAMPLERS, robust_cholesky, sample_virtual_outliers
 from .uncertainty_loss import ID_LABEL, energy_logistic_loss
 
@@ -59,6 +61,11 @@ class VOSOutputLayers(FastRCNNOutputLayers):
 
     With ``vos_enabled=False`` this is the vanilla detector: no queues, no extra
     parameters, no loss; ``id_scores`` is then sigmoid(-E) of the plain energy.
+
+    The embedding can be regularised, with or without VOS: ``classifier`` replaces the
+    linear ``cls_score`` (L2-constrained softmax, CosFace, ArcFace, SphereFace; see
+    :mod:`vos_det.modeling.margin_classifiers`), and ``embedding_losses`` add losses on the
+    foreground box features (center loss, CIDER).
     """
 
     @configurable
@@ -80,6 +87,8 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         ood_threshold: float = 0.5,
         use_calibrated_threshold: bool = True,
         mahalanobis_stats: str = "",
+        classifier: nn.Module = None,
+        embedding_losses=(),
         **kwargs,
     ):
         """
@@ -100,9 +109,17 @@ class VOSOutputLayers(FastRCNNOutputLayers):
             use_calibrated_threshold: prefer the calibrated threshold when one is stored.
             mahalanobis_stats: file of class Gaussians written by tools/fit_mahalanobis.py
                 ("" = none).
+            classifier: replaces the linear ``cls_score``: a module with ``forward(x)``
+                -> (R, K + 1) logits and ``training_logits(logits, x, labels, iteration)``
+                (see :data:`CLASSIFIER_REGISTRY`); None keeps the linear layer.
+            embedding_losses (list[nn.Module]): losses on the foreground box features
+                (see :data:`EMBEDDING_LOSS_REGISTRY`).
             kwargs: arguments of :class:`FastRCNNOutputLayers`.
         """
         super().__init__(input_shape, **kwargs)
+        if classifier is not None:
+            self.cls_score = classifier
+        self.embedding_losses = nn.ModuleList(embedding_losses)
         if ood_score not in OOD_SCORES:
             raise ValueError(f"MODEL.VOS.OOD_SCORE must be one of {OOD_SCORES}, got {ood_score!r}")
         if not vos_enabled and ood_score in ("vos", "weighted_energy"):
@@ -127,11 +144,11 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         self.register_buffer("calibrated_ood_threshold", torch.tensor(float("nan")))
         # Post-hoc class Gaussians of the box features, fitted by tools/fit_mahalanobis.py;
         # when loaded, every detection also gets ood_scores_mahalanobis.
-        self.mahalanobis = GaussianDiscriminant(self.cls_score.in_features)
+        self.mahalanobis = GaussianDiscriminant(self.bbox_pred.in_features)
         if mahalanobis_stats:
             self.mahalanobis.load_statistics(mahalanobis_stats)
         if vos_enabled:
-            feature_dim = self.cls_score.in_features
+            feature_dim = self.bbox_pred.in_features
             self.feature_queues = ClassFeatureQueues(
                 self.num_classes, sample_number, feature_dim, covariance_recompute_period
             )
@@ -162,6 +179,10 @@ class VOSOutputLayers(FastRCNNOutputLayers):
                 "mahalanobis_stats": vos.MAHALANOBIS_STATS,
             }
         )
+        feature_dim = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
+        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        ret["classifier"] = build_box_classifier(cfg, feature_dim, num_classes + 1)
+        ret["embedding_losses"] = build_embedding_losses(cfg, feature_dim, num_classes)
         return ret
 
     def forward(self, x):
@@ -185,50 +206,76 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         return F.relu(self.energy_weights)
 
     def losses(self, predictions, proposals):
-        """Fast R-CNN losses plus ``loss_vos`` (beta * uncertainty loss, eq. 5).
+        """Fast R-CNN losses, the embedding losses, and ``loss_vos`` (beta * eq. 5).
 
         Args:
             predictions: the return value of :meth:`forward`.
             proposals (list[Instances]): sampled proposals with ``gt_classes``.
 
         Returns:
-            dict[str, Tensor]: loss_cls, loss_box_reg and, with VOS enabled, loss_vos.
+            dict[str, Tensor]: loss_cls (on the classifier's training logits, with its
+            margin), loss_box_reg, those of ``embedding_losses`` and, with VOS, loss_vos.
         """
         scores, proposal_deltas, features = predictions
-        losses = super().losses((scores, proposal_deltas), proposals)
-        if self.vos_enabled:
-            losses["loss_vos"] = self.vos_loss_weight * self.uncertainty_loss(scores, features, proposals)
+        gt_classes = cat([p.gt_classes for p in proposals]) if proposals else scores.new_zeros(0).long()
+        storage = get_event_storage()
+        training_scores = scores
+        if hasattr(self.cls_score, "training_logits"):
+            training_scores = self.cls_score.training_logits(scores, features, gt_classes, storage.iter)
+        losses = super().losses((training_scores, proposal_deltas), proposals)
+        if self.vos_enabled or len(self.embedding_losses):
+            foreground = self.finite_foreground(scores, features, gt_classes)
+            for embedding_loss in self.embedding_losses:
+                losses.update(embedding_loss(features[foreground], gt_classes[foreground]))
+            if self.vos_enabled:
+                losses["loss_vos"] = self.vos_loss_weight * self.uncertainty_loss(
+                    scores, features, gt_classes, foreground
+                )
         return losses
 
-    def uncertainty_loss(self, scores, features, proposals):
+    def finite_foreground(self, scores, features, gt_classes):
+        """Mask of the foreground boxes whose features and logits are all finite.
+
+        A non-finite feature would poison its queue (and the covariance) for good, and a
+        non-finite logit the losses: such boxes are left out of both, and the event logged.
+
+        Args:
+            scores (Tensor): (R, K + 1) class logits.
+            features (Tensor): (R, D) box-head features.
+            gt_classes (Tensor): (R,) classes, K = background.
+
+        Returns:
+            Tensor: (R,) bool.
+        """
+        foreground = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        finite = torch.isfinite(features).all(dim=1) & torch.isfinite(scores).all(dim=1)
+        num_dropped = int((foreground & ~finite).sum())
+        if num_dropped:
+            storage = get_event_storage()
+            storage.put_scalar("vos/nonfinite_boxes", num_dropped, smoothing_hint=False)
+            log_every_n_seconds(
+                logging.WARNING,
+                f"VOS: {num_dropped} foreground boxes with NaN/Inf features or logits were "
+                f"left out of the queues and the embedding losses (iteration {storage.iter})",
+                n=_WARNING_PERIOD_SECONDS,
+                name=__name__,
+            )
+        return foreground & finite
+
+    def uncertainty_loss(self, scores, features, gt_classes, foreground):
         """Enqueue foreground features, synthesise outliers, and return the unweighted L_unc.
 
         Args:
             scores (Tensor): (R, K + 1) class logits.
             features (Tensor): (R, D) box-head features.
-            proposals (list[Instances]): proposals with ``gt_classes`` (K = background).
+            gt_classes (Tensor): (R,) classes, K = background.
+            foreground (Tensor): (R,) bool, the finite foreground boxes to use.
 
         Returns:
             Tensor: scalar cross-entropy of the logistic regression; exactly zero (but
             connected to the energy weights and the classifier) before synthesis starts.
         """
-        gt_classes = cat([p.gt_classes for p in proposals]) if proposals else scores.new_zeros(0).long()
-        foreground = (gt_classes >= 0) & (gt_classes < self.num_classes)
         storage = get_event_storage()
-        # A non-finite feature would poison its queue (and the covariance) for good, and a
-        # non-finite logit the loss: such boxes are left out of both, and the event logged.
-        finite = torch.isfinite(features).all(dim=1) & torch.isfinite(scores).all(dim=1)
-        num_dropped = int((foreground & ~finite).sum())
-        if num_dropped:
-            storage.put_scalar("vos/nonfinite_boxes", num_dropped, smoothing_hint=False)
-            log_every_n_seconds(
-                logging.WARNING,
-                f"VOS: {num_dropped} foreground boxes with NaN/Inf features or logits were "
-                f"left out of the queues and the uncertainty loss (iteration {storage.iter})",
-                n=_WARNING_PERIOD_SECONDS,
-                name=__name__,
-            )
-        foreground &= finite
         self.feature_queues.enqueue(features[foreground], gt_classes[foreground])
 
         iteration = storage.iter
@@ -303,18 +350,15 @@ class VOSOutputLayers(FastRCNNOutputLayers):
             self.test_nms_thresh,
             self.test_topk_per_image,
         )
-        num_per_image = [len(p) for p in proposals]
-        logits = predictions[0].split(num_per_image)
-        features = predictions[2].split(num_per_image)
+        # fast_rcnn_inference drops non-finite rows first and indexes the rows left: map its
+        # indices back to proposal rows, then score the kept rows of all images at once.
         proposal_indices = []
-        for image_instances, image_logits, image_features, image_boxes, image_probs, kept in zip(
-            instances, logits, features, boxes, probs, kept_indices
-        ):
-            # fast_rcnn_inference drops non-finite rows first and indexes the rows left.
+        for image_boxes, image_probs, kept in zip(boxes, probs, kept_indices):
             finite = torch.isfinite(image_boxes).all(dim=1) & torch.isfinite(image_probs).all(dim=1)
-            kept = torch.nonzero(finite).flatten()[kept]
-            self.add_ood_fields(image_instances, image_logits[kept, : self.num_classes], image_features[kept])
-            proposal_indices.append(kept)
+            proposal_indices.append(torch.nonzero(finite).flatten()[kept])
+        offsets = torch.tensor([0] + [len(p) for p in proposals[:-1]]).cumsum(0).tolist()
+        rows = cat([indices + offset for indices, offset in zip(proposal_indices, offsets)])
+        self.add_ood_fields(instances, predictions[0][rows, : self.num_classes], predictions[2][rows])
         return instances, proposal_indices
 
     def ood_score_table(self, logits, features=None):
@@ -349,12 +393,14 @@ class VOSOutputLayers(FastRCNNOutputLayers):
         return self.ood_threshold
 
     def add_ood_fields(self, instances, logits, features=None):
-        """Set id_scores, ood_scores, is_ood and ood_scores_<name> on ``instances``.
+        """Set id_scores, ood_scores, is_ood and ood_scores_<name> on every image's detections.
+
+        The scores of all images are computed in one batch.
 
         Args:
-            instances (Instances): N detections of one image.
-            logits (Tensor): (N, K) their foreground logits.
-            features (Tensor, optional): (N, D) their box features.
+            instances (list[Instances]): the N_i detections of each image.
+            logits (Tensor): (sum N_i, K) their foreground logits, image after image.
+            features (Tensor, optional): (sum N_i, D) their box features.
         """
         table, id_scores = self.ood_score_table(logits, features)
         if self.ood_score not in table:
@@ -363,8 +409,12 @@ class VOSOutputLayers(FastRCNNOutputLayers):
                 "Mahalanobis statistics: run tools/fit_mahalanobis.py and set "
                 "MODEL.VOS.MAHALANOBIS_STATS to the file it writes"
             )
-        instances.id_scores = id_scores
-        instances.ood_scores = table[self.ood_score]
-        instances.is_ood = instances.ood_scores > self.current_ood_threshold()
-        for name, values in table.items():
-            instances.set(f"ood_scores_{name}", values)
+        threshold = self.current_ood_threshold()
+        num_per_image = [len(image_instances) for image_instances in instances]
+        per_image = {name: values.split(num_per_image) for name, values in table.items()}
+        for i, (image_instances, image_id_scores) in enumerate(zip(instances, id_scores.split(num_per_image))):
+            image_instances.id_scores = image_id_scores
+            image_instances.ood_scores = per_image[self.ood_score][i]
+            image_instances.is_ood = image_instances.ood_scores > threshold
+            for name, values in per_image.items():
+                image_instances.set(f"ood_scores_{name}", values[i])
