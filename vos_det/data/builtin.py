@@ -12,7 +12,8 @@ in-distribution splits and ``"ood"`` for OOD test sets, which also name their ``
 Datasets (folder layout and sources in datasets/README.md):
 
 - ``voc_2007_trainval``, ``voc_2012_trainval``, ``voc_2007_test`` (and the other VOC splits):
-  registered by detectron2 itself; :func:`set_pascal_voc_roles` marks them ID.
+  registered by detectron2 itself; :func:`set_pascal_voc_roles` marks them ID and makes them
+  drop unusable boxes on load (see :mod:`vos_det.data.box_checks`).
 - ``coco_ood_val``, ``openimages_ood_val``: the OOD test sets of the VOC benchmark (COCO json).
 - ``bdd100k_train``, ``bdd100k_val``: the ID sets of the BDD100k benchmark (COCO json, the 10
   detection classes of BDD100K in their official order).
@@ -25,12 +26,14 @@ from detectron2.data.datasets import register_coco_instances, register_pascal_vo
 
 from .coco_json import register_coco_json_dataset
 from .digits_det import DIGITS_DET_ID_CLASSES, DIGITS_DET_OOD_CLASSES, digits_det_paths
+from .pascal_voc import load_voc_dataset
 
 __all__ = [
     "BDD100K_CLASSES",
     "register_all_bdd100k",
     "register_all_digits_det",
     "register_all_ood",
+    "register_checked_pascal_voc",
     "set_pascal_voc_roles",
 ]
 
@@ -85,16 +88,46 @@ _BDD100K_SPLITS = {
 }
 
 
+def _check_voc_boxes_on_load(name: str) -> None:
+    """Make a registered PASCAL VOC dataset load through :func:`load_voc_dataset`.
+
+    Its metadata (``dirname``, ``split``, ``thing_classes``, set by detectron2's
+    ``register_pascal_voc``) is kept; only the loader changes, so that boxes no detector can
+    learn from (swapped corners, empty, outside the image) are dropped with a warning that
+    names their xml file instead of being flipped into valid boxes by the mapper.
+    """
+    metadata = MetadataCatalog.get(name)
+    dirname, split, class_names = metadata.dirname, metadata.split, tuple(metadata.thing_classes)
+    DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: load_voc_dataset(dirname, split, class_names))
+
+
+def register_checked_pascal_voc(name: str, dirname: str, split: str, year: int, class_names) -> None:
+    """detectron2's ``register_pascal_voc`` whose loader drops unusable boxes with a warning.
+
+    Args:
+        name: the dataset name.
+        dirname: the VOC-layout folder (Annotations, ImageSets/Main, JPEGImages).
+        split: the image set ("train", "test", ...).
+        year: 2007 for the 11-point VOC AP, any other year for the area AP.
+        class_names: the class names, in the order of the contiguous ids.
+    """
+    register_pascal_voc(name, dirname, split, year, class_names=class_names)
+    _check_voc_boxes_on_load(name)
+
+
 def set_pascal_voc_roles() -> None:
     """Mark detectron2's PASCAL VOC splits (``voc_2007_trainval`` etc.) as ID (``ood_role``).
 
     detectron2 registers them at import under ``$DETECTRON2_DATASETS``; they are reused, not
-    registered again. Names missing from the catalog are skipped.
+    registered again, but load through :func:`load_voc_dataset` (unusable boxes dropped with
+    a warning). Names missing from the catalog are skipped.
     """
     registered = set(DatasetCatalog.list())
     for name in _PASCAL_VOC_SPLITS:
         if name in registered:
             MetadataCatalog.get(name).set(ood_role="id")
+            _check_voc_boxes_on_load(name)
 
 
 def register_all_ood(root: str) -> None:
@@ -155,8 +188,8 @@ def register_all_digits_det(root: str) -> None:
         name = f"digits_det_{split}"
         if name in DatasetCatalog.list():
             continue
-        register_pascal_voc(
-            name, paths.voc_dir, split, _VOC_AREA_METRIC_YEAR, class_names=DIGITS_DET_ID_CLASSES
+        register_checked_pascal_voc(
+            name, paths.voc_dir, split, _VOC_AREA_METRIC_YEAR, DIGITS_DET_ID_CLASSES
         )
         MetadataCatalog.get(name).set(evaluator_type="pascal_voc", ood_role="id")
 

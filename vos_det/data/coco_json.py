@@ -11,7 +11,12 @@ are not loaded)::
      "categories":  [{"id": ..., "name": "..."}, ...]}             # optional, may be empty
 
 An annotation with ``ignore`` 1 (as BDD100k's converter writes) is loaded as a crowd box
-(``iscrowd`` 1), which detectron2 leaves out of training.
+(``iscrowd`` 1), which detectron2 leaves out of training. Boxes with a negative or zero width
+or height, a non-finite coordinate, or entirely outside the image (when the json gives its
+size) are dropped with one warning naming the json and the annotations (see
+:mod:`vos_det.data.box_checks`); boxes partly outside are kept and clipped by the mapper.
+An image without annotations is kept; ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` decides whether
+training sees it.
 
 Dataset dicts are detectron2's: ``file_name``, ``image_id``, ``height`` / ``width`` (when the
 json has them) and ``annotations`` with ``bbox`` (XYWH_ABS), ``bbox_mode``, ``category_id``
@@ -35,6 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from .box_checks import box_problem, warn_dropped_boxes
 from .catalog import DATASETS_README, OOD_ROLES
 
 __all__ = [
@@ -188,9 +194,16 @@ def load_coco_json_dataset(
         json_file, coco.get("categories") or [], thing_classes
     )
 
+    image_sizes = {
+        image["id"]: (image.get("height"), image.get("width"))
+        for image in coco["images"]
+        if isinstance(image, dict) and "id" in image
+    }
     annotations_by_image: Dict[Any, List[Dict]] = defaultdict(list)
     num_unknown_category = 0
-    for index, annotation in enumerate(coco.get("annotations") or []):
+    dropped_boxes: List[str] = []
+    annotations = coco.get("annotations") or []
+    for index, annotation in enumerate(annotations):
         try:
             image_id = annotation["image_id"]
             category_id = annotation["category_id"]
@@ -213,6 +226,13 @@ def load_coco_json_dataset(
                 f'{json_file}: annotation #{index} has category_id {category_id!r}, which is not '
                 f'in its "categories"'
             )
+        problem = box_problem(bbox, BoxMode.XYWH_ABS, *image_sizes.get(image_id, (None, None)))
+        if problem is not None:
+            dropped_boxes.append(
+                f"annotation #{index} (id {annotation.get('id')!r}, image_id {image_id!r}) "
+                f"bbox {bbox}: {problem}"
+            )
+            continue
         ignored = bool(annotation.get("iscrowd", 0)) or bool(annotation.get("ignore", 0))
         annotations_by_image[image_id].append(
             {
@@ -222,6 +242,7 @@ def load_coco_json_dataset(
                 "iscrowd": int(ignored),
             }
         )
+    warn_dropped_boxes(json_file, dropped_boxes, len(annotations))
     if num_unknown_category:
         logger.warning(
             "%s: dropped %d annotations whose category_id is not in its categories",

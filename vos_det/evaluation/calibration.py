@@ -43,8 +43,6 @@ logger = logging.getLogger(__name__)
 # Files written next to each other in the output folder by save_calibrated_model.
 CALIBRATED_MODEL_FILE = "model_calibrated.pth"
 THRESHOLD_FILE = "ood_threshold.json"
-# Permissions of the written files (rw-r--r--).
-_FILE_MODE = 0o644
 
 
 def threshold_keeping(id_ood_scores, keep: float = 0.95) -> float:
@@ -176,9 +174,6 @@ def save_calibrated_model(model, output_dir: str, calibration: Calibration, weig
         torch.save({"model": state}, f)
     with atomic_open(json_path, "w") as f:
         json.dump({**calibration.to_dict(), "weights": weights, "calibrated_model": model_path}, f, indent=2)
-    # atomic_open's temporary files are private (0600); give them the usual permissions.
-    for path in (model_path, json_path):
-        os.chmod(path, _FILE_MODE)
     return {"model": model_path, "json": json_path}
 
 
