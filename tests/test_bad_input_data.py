@@ -27,6 +27,7 @@ from vos_det.data.pascal_voc import load_voc_dataset
 from vos_det.engine import OODPredictor, Trainer
 
 from test_predict import _load_predict_tool, random_weights  # noqa: F401 (fixture)
+from test_datasets import remove_from_catalogs
 from test_train_digits import _tiny_cfg
 
 SIDE = 128  # the tiny config's input size (MIN_SIZE_* = MAX_SIZE_* = 128)
@@ -109,20 +110,12 @@ def _register_coco(json_file, image_dir):
     )
 
 
-def _remove(names):
-    for name in names:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
-
-
 @pytest.fixture
 def dataset_names():
     """Remove the datasets the test registers from the global catalogs, before and after."""
-    _remove((VOC_NAME, COCO_NAME))
+    remove_from_catalogs((VOC_NAME, COCO_NAME))
     yield VOC_NAME, COCO_NAME
-    _remove((VOC_NAME, COCO_NAME))
+    remove_from_catalogs((VOC_NAME, COCO_NAME))
 
 
 class _ListHandler(logging.Handler):
@@ -363,7 +356,7 @@ def test_detectron2_voc_splits_also_load_through_the_box_checks(tmp_path, box_wa
     root = _write_voc(tmp_path / "VOC2007", {"img0": [(0, [10, 10, 40, 40]), (1, [60, 20, 30, 50])]}, "test")
 
     def reregister(dirname, split, year, class_names, evaluator_type):
-        _remove([name])
+        remove_from_catalogs([name])
         register_pascal_voc(name, dirname, split, year, class_names)  # as detectron2's builtin does
         MetadataCatalog.get(name).evaluator_type = evaluator_type
         set_pascal_voc_roles()

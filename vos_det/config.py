@@ -110,7 +110,8 @@ def add_vos_config(cfg):
     # Out-of-distribution test sets, evaluated against the ID sets of DATASETS.TEST.
     cfg.DATASETS.OOD_TEST = ()
     cfg.TEST.OOD = CN()
-    # Detections whose top class probability is below this are not scored for OOD.
+    # With BOX_SELECTION "fixed": detections whose class score is below this are not scored
+    # for OOD (also the fallback when the optimal-F1 threshold cannot be computed).
     cfg.TEST.OOD.SCORE_THRESHOLD = 0.5
     # Which detections are scored for OOD (ID and OOD sets alike, no ground-truth matching):
     # "optimal_f1": class score >= the ID test set's optimal-F1 threshold (per class, the

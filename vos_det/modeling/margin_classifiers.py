@@ -142,18 +142,34 @@ class L2SoftmaxClassifier(LinearClassifier):
 class _CosineMarginClassifier(nn.Module):
     """Bias-free classifier on cosines: logits s cos(theta_j); a margin on the true class.
 
-    Subclasses define :meth:`margin_cosine`, the true class's cos(theta) after the margin.
+    Subclasses set ``config_key`` (their node under ``MODEL.EMBEDDING``, with SCALE and
+    MARGIN) and define :meth:`margin_cosine`, the true class's cos(theta) after the margin.
     """
 
-    def __init__(self, input_dim: int, num_outputs: int, scale: float, margin: float, config_key: str):
+    config_key = ""
+
+    @configurable
+    def __init__(self, input_dim: int, num_outputs: int, *, scale: float, margin: float):
+        """
+        Args:
+            input_dim: D, the feature dimension.
+            num_outputs: C = K + 1 output logits.
+            scale: s, the norm the features are rescaled to.
+            margin: m, the margin of the true class.
+        """
         super().__init__()
         if scale <= 0:
-            raise ValueError(f"MODEL.EMBEDDING.{config_key}.SCALE must be > 0, got {scale}")
+            raise ValueError(f"MODEL.EMBEDDING.{self.config_key}.SCALE must be > 0, got {scale}")
         if margin < 0:
-            raise ValueError(f"MODEL.EMBEDDING.{config_key}.MARGIN must be >= 0, got {margin}")
+            raise ValueError(f"MODEL.EMBEDDING.{self.config_key}.MARGIN must be >= 0, got {margin}")
         self.weight = nn.Parameter(_unit_rows(num_outputs, input_dim))
         self.scale = scale
         self.margin = margin
+
+    @classmethod
+    def from_config(cls, cfg, input_dim, num_outputs):
+        node = cfg.MODEL.EMBEDDING[cls.config_key]
+        return {"input_dim": input_dim, "num_outputs": num_outputs, "scale": node.SCALE, "margin": node.MARGIN}
 
     def forward(self, x):
         """(N, D) features -> (N, C) logits s cos(theta)."""
@@ -172,6 +188,7 @@ class _CosineMarginClassifier(nn.Module):
         return _replace_target(logits, labels, self.scale * self.margin_cosine(cosine))
 
     def margin_cosine(self, cosine):
+        """(N,) true-class cos(theta_t) -> (N,) the value that replaces it in the loss."""
         raise NotImplementedError
 
 
@@ -179,21 +196,7 @@ class _CosineMarginClassifier(nn.Module):
 class CosFaceClassifier(_CosineMarginClassifier):
     """CosFace (large margin cosine loss): true-class logit s (cos(theta_t) - m)."""
 
-    @configurable
-    def __init__(self, input_dim: int, num_outputs: int, *, scale: float, margin: float):
-        """
-        Args:
-            input_dim: D, the feature dimension.
-            num_outputs: C = K + 1 output logits.
-            scale: s, the norm the features are rescaled to.
-            margin: m, subtracted from the true class's cosine.
-        """
-        super().__init__(input_dim, num_outputs, scale, margin, "COSFACE")
-
-    @classmethod
-    def from_config(cls, cfg, input_dim, num_outputs):
-        node = cfg.MODEL.EMBEDDING.COSFACE
-        return {"input_dim": input_dim, "num_outputs": num_outputs, "scale": node.SCALE, "margin": node.MARGIN}
+    config_key = "COSFACE"
 
     def margin_cosine(self, cosine):
         return cosine - self.margin
@@ -201,30 +204,20 @@ class CosFaceClassifier(_CosineMarginClassifier):
 
 @CLASSIFIER_REGISTRY.register()
 class ArcFaceClassifier(_CosineMarginClassifier):
-    """ArcFace (additive angular margin): true-class logit s cos(theta_t + m).
+    """ArcFace (additive angular margin): true-class logit s cos(theta_t + m), m in radians.
 
     Beyond theta_t = pi - m, cos(theta_t + m) would grow again with theta_t; there the
     true-class cosine is cos(theta_t) - m sin(m) instead (a CosFace-style margin), which
     keeps it decreasing in theta_t, as in the ArcFace authors' released implementation.
     """
 
+    config_key = "ARCFACE"
+
     @configurable
     def __init__(self, input_dim: int, num_outputs: int, *, scale: float, margin: float):
-        """
-        Args:
-            input_dim: D, the feature dimension.
-            num_outputs: C = K + 1 output logits.
-            scale: s, the norm the features are rescaled to.
-            margin: m, in radians, added to the true class's angle.
-        """
-        super().__init__(input_dim, num_outputs, scale, margin, "ARCFACE")
+        super().__init__(input_dim, num_outputs, scale=scale, margin=margin)
         if margin >= math.pi / 2:
             raise ValueError(f"MODEL.EMBEDDING.ARCFACE.MARGIN must be < pi / 2, got {margin}")
-
-    @classmethod
-    def from_config(cls, cfg, input_dim, num_outputs):
-        node = cfg.MODEL.EMBEDDING.ARCFACE
-        return {"input_dim": input_dim, "num_outputs": num_outputs, "scale": node.SCALE, "margin": node.MARGIN}
 
     def margin_cosine(self, cosine):
         sine = torch.sqrt((1.0 - cosine * cosine).clamp(min=0.0))
