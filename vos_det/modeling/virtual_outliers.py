@@ -1,0 +1,259 @@
+"""The VOS machinery shared by the box predictor and the image-classification head."""
+import inspect
+import logging
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_every_n_seconds
+
+from .energy import energy, max_softmax_ood_score, weighted_energy
+from .feature_queues import ClassFeatureQueues
+from .synthesis import SAMPLERS, robust_cholesky, sample_virtual_outliers
+from .uncertainty_loss import ID_LABEL, energy_logistic_loss
+
+__all__ = ["OOD_SCORES", "VirtualOutlierMixin", "pop_vos_options", "vos_kwargs_from_config"]
+
+# Scores that can back ood_scores / is_ood (MODEL.VOS.OOD_SCORE); "mahalanobis" needs
+# statistics fitted with tools/fit_mahalanobis.py (box predictor only).
+OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "mahalanobis")
+# Separates the synthesis seeds of consecutive iterations (a prime larger than any schedule).
+_SEED_STRIDE = 1_000_003
+# At most one warning about non-finite inputs in this many seconds.
+_WARNING_PERIOD_SECONDS = 60
+
+
+def vos_kwargs_from_config(cfg) -> dict:
+    """The ``MODEL.VOS`` keys as the keyword arguments of :meth:`init_virtual_outliers`."""
+    vos = cfg.MODEL.VOS
+    return {
+        "vos_enabled": vos.ENABLED,
+        "sample_number": vos.SAMPLE_NUMBER,
+        "starting_iter": vos.STARTING_ITER,
+        "sample_from": vos.SAMPLE_FROM,
+        "select": vos.SELECT,
+        "vos_loss_weight": vos.LOSS_WEIGHT,
+        "covariance_eps": vos.COVARIANCE_EPS,
+        "covariance_recompute_period": vos.COVARIANCE_RECOMPUTE_PERIOD,
+        "sampler": vos.SAMPLER,
+        "synthesis_seed": vos.SYNTHESIS_SEED,
+        "ood_score": vos.OOD_SCORE,
+        "ood_threshold": vos.OOD_THRESHOLD,
+        "use_calibrated_threshold": vos.USE_CALIBRATED_THRESHOLD,
+    }
+
+
+def pop_vos_options(kwargs: dict) -> dict:
+    """Remove the arguments of :meth:`VirtualOutlierMixin.init_virtual_outliers` from
+    ``kwargs`` (a host constructor's keyword arguments) and return them."""
+    names = inspect.signature(VirtualOutlierMixin.init_virtual_outliers).parameters
+    return {name: kwargs.pop(name) for name in list(kwargs) if name in names and name not in ("self", "feature_dim")}
+
+
+class VirtualOutlierMixin:
+    """Virtual Outlier Synthesis (Du et al., ICLR 2022) for an ``nn.Module`` classifier.
+
+    The host has ``num_classes`` (K) and a ``cls_score`` layer whose first K outputs are the
+    class logits, and calls :meth:`init_virtual_outliers` in its constructor. It then has
+
+    * per-class FIFO queues of ID features; once every queue is full and the iteration is
+      >= ``starting_iter``, class Gaussians with one shared covariance and ``select``
+      low-likelihood virtual outliers per class (eq. 1-3, :meth:`synthesize_outliers`);
+    * :meth:`uncertainty_loss`, the logistic regression on the weighted free energy, ID
+      features (label 1) against the outliers (label 0) (eq. 5-6);
+    * :meth:`ood_score_table`, every OOD score (larger = more OOD) and p(ID) (eq. 8), and the
+      threshold of ``is_ood`` (eq. 9), calibrated on ID validation data when stored.
+
+    Without VOS (``vos_enabled=False``) there are no queues and no extra parameters;
+    p(ID) is then sigmoid(-E) of the plain energy.
+    """
+
+    def init_virtual_outliers(
+        self,
+        feature_dim: int,
+        *,
+        vos_enabled: bool = True,
+        sample_number: int = 1000,
+        starting_iter: int = 12000,
+        sample_from: int = 10000,
+        select: int = 1,
+        vos_loss_weight: float = 0.1,
+        covariance_eps: float = 1e-4,
+        covariance_recompute_period: int = 500,
+        sampler: str = "chi2",
+        synthesis_seed: int = 0,
+        ood_score: str = "vos",
+        ood_threshold: float = 0.5,
+        use_calibrated_threshold: bool = True,
+    ):
+        """
+        Args:
+            feature_dim: D, the dimension of the queued features.
+            vos_enabled: synthesise outliers and train the uncertainty classifier.
+            sample_number: capacity of each class queue.
+            starting_iter: first iteration at which outliers may be synthesised.
+            sample_from: Gaussian draws per class at each synthesis step.
+            select: lowest-likelihood draws kept per class.
+            vos_loss_weight: beta, the weight of the uncertainty loss.
+            covariance_eps: initial diagonal jitter of the shared covariance.
+            covariance_recompute_period: exact covariance recomputation period, in steps.
+            sampler: "chi2" or "gaussian", see :func:`sample_virtual_outliers`.
+            synthesis_seed: base seed of the per-iteration synthesis random stream.
+            ood_score: the score behind ``ood_scores`` and ``is_ood``, one of OOD_SCORES.
+            ood_threshold: threshold on the OOD score used until a calibrated one is stored.
+            use_calibrated_threshold: prefer the calibrated threshold when one is stored.
+        """
+        if ood_score not in OOD_SCORES:
+            raise ValueError(f"MODEL.VOS.OOD_SCORE must be one of {OOD_SCORES}, got {ood_score!r}")
+        if not vos_enabled and ood_score in ("vos", "weighted_energy"):
+            raise ValueError(
+                f"MODEL.VOS.OOD_SCORE={ood_score!r} needs MODEL.VOS.ENABLED=True; a model "
+                "trained without VOS can use 'energy' or 'msp'"
+            )
+        if sampler not in SAMPLERS:
+            raise ValueError(f"MODEL.VOS.SAMPLER must be one of {SAMPLERS}, got {sampler!r}")
+        self.vos_enabled = vos_enabled
+        self.starting_iter = starting_iter
+        self.sample_from = sample_from
+        self.select = select
+        self.vos_loss_weight = vos_loss_weight
+        self.covariance_eps = covariance_eps
+        self.sampler = sampler
+        self.synthesis_seed = synthesis_seed
+        self.ood_score = ood_score
+        self.ood_threshold = ood_threshold
+        self.use_calibrated_threshold = use_calibrated_threshold
+        # Threshold on the OOD score calibrated on ID validation data; NaN until calibrated.
+        self.register_buffer("calibrated_ood_threshold", torch.tensor(float("nan")))
+        if vos_enabled:
+            self.feature_queues = ClassFeatureQueues(
+                self.num_classes, sample_number, feature_dim, covariance_recompute_period
+            )
+            # theta_w of eq. 6; the class weights are w = relu(theta_w).
+            self.energy_weights = nn.Parameter(torch.rand(self.num_classes))
+            # Logistic regression on -E: two logits (outlier, ID).
+            self.uncertainty_classifier = nn.Linear(1, 2)
+
+    # --- training -----------------------------------------------------------------------
+
+    def energy_class_weights(self):
+        """The non-negative class weights w = relu(theta_w) of eq. 6, shape (K,)."""
+        return F.relu(self.energy_weights)
+
+    @staticmethod
+    def finite_rows(logits, features, candidates, unit: str):
+        """``candidates`` without the rows whose logits or features are not all finite.
+
+        A non-finite feature would poison its queue (and the covariance) for good, and a
+        non-finite logit the losses: such rows are left out, and the event is logged as
+        ``vos/nonfinite_<unit>`` and in a warning.
+
+        Args:
+            logits (Tensor): (R, C) logits.
+            features (Tensor): (R, D) features.
+            candidates (Tensor): (R,) bool, the rows that would be used.
+            unit (str): what a row is, e.g. "boxes" or "images".
+
+        Returns:
+            Tensor: (R,) bool.
+        """
+        finite = torch.isfinite(features).all(dim=1) & torch.isfinite(logits).all(dim=1)
+        num_dropped = int((candidates & ~finite).sum())
+        if num_dropped:
+            storage = get_event_storage()
+            storage.put_scalar(f"vos/nonfinite_{unit}", num_dropped, smoothing_hint=False)
+            log_every_n_seconds(
+                logging.WARNING,
+                f"VOS: {num_dropped} {unit} with NaN/Inf features or logits were left out of "
+                f"the queues and the losses (iteration {storage.iter})",
+                n=_WARNING_PERIOD_SECONDS,
+                name=__name__,
+            )
+        return candidates & finite
+
+    def uncertainty_loss(self, id_logits, id_features, labels):
+        """Enqueue the ID features, synthesise outliers, and return the unweighted L_unc.
+
+        Args:
+            id_logits (Tensor): (N, K) class logits of the N (finite) ID samples.
+            id_features (Tensor): (N, D) their features.
+            labels (Tensor): (N,) their classes in [0, K).
+
+        Returns:
+            Tensor: scalar cross-entropy of the logistic regression (eq. 5); exactly zero
+            (but connected to the energy weights and the uncertainty classifier) before
+            synthesis starts or without ID samples.
+        """
+        storage = get_event_storage()
+        self.feature_queues.enqueue(id_features, labels)
+        iteration = storage.iter
+        outliers = None
+        if iteration >= self.starting_iter and self.feature_queues.all_full():
+            outliers = self.synthesize_outliers(iteration)
+        storage.put_scalar("vos/synthesis_active", float(outliers is not None), smoothing_hint=False)
+        if outliers is None or id_logits.shape[0] == 0:
+            parameters = [self.energy_weights, *self.uncertainty_classifier.parameters()]
+            return sum(p.sum() for p in parameters) * 0.0
+        outlier_logits = self.cls_score(outliers.to(id_features.dtype))[:, : self.num_classes]
+        return energy_logistic_loss(
+            id_logits, outlier_logits, self.energy_class_weights(), self.uncertainty_classifier, storage
+        )
+
+    @torch.no_grad()
+    def synthesize_outliers(self, iteration: int):
+        """Fit the class Gaussians to the queues and sample virtual outliers (eq. 1-3).
+
+        Args:
+            iteration (int): the training iteration; seeds the private random stream.
+
+        Returns:
+            Tensor or None: (K * select, D) float64 outliers, or None if the covariance
+            was not finite (the step then trains without the uncertainty loss).
+        """
+        means, covariance = self.feature_queues.gaussian()
+        scale = robust_cholesky(covariance, self.covariance_eps)
+        if scale is None:
+            return None
+        outliers, _ = sample_virtual_outliers(
+            means,
+            scale,
+            self.sample_from,
+            self.select,
+            sampler=self.sampler,
+            seed=self.synthesis_seed * _SEED_STRIDE + iteration,
+        )
+        return outliers
+
+    # --- inference ----------------------------------------------------------------------
+
+    def ood_score_table(self, logits):
+        """The energy, MSP and (with VOS) weighted-energy and VOS scores, and p(ID).
+
+        Args:
+            logits (Tensor): (N, K) class logits.
+
+        Returns:
+            tuple[dict[str, Tensor], Tensor]: scores by name (larger = more OOD), each (N,),
+            and p(ID) (N,): the logistic regression's probability with VOS, sigmoid(-E)
+            of the plain energy without.
+        """
+        logits = logits.float()
+        table = {"energy": energy(logits), "msp": max_softmax_ood_score(logits)}
+        if self.vos_enabled:
+            table["weighted_energy"] = weighted_energy(logits, self.energy_class_weights())
+            classifier_logits = self.uncertainty_classifier(-table["weighted_energy"][:, None])
+            id_scores = torch.softmax(classifier_logits, dim=1)[:, ID_LABEL]
+            table["vos"] = 1.0 - id_scores
+        else:
+            id_scores = torch.sigmoid(-table["energy"])
+        return table, id_scores
+
+    def current_ood_threshold(self) -> float:
+        """The threshold on the OOD score behind is_ood: calibrated if stored and wanted."""
+        calibrated = float(self.calibrated_ood_threshold)
+        if self.use_calibrated_threshold and not math.isnan(calibrated):
+            return calibrated
+        return self.ood_threshold
