@@ -85,3 +85,34 @@ def test_statistics_file_round_trip_and_errors(tmp_path):
         GaussianDiscriminant(DIM - 1).load_statistics(path)
     with pytest.raises(FileNotFoundError, match="MAHALANOBIS_STATS"):
         GaussianDiscriminant(DIM).load_statistics(str(tmp_path / "missing.pth"))
+
+
+def test_statistics_file_wins_over_the_checkpoint_of_an_unfitted_model(tmp_path):
+    """MODEL.VOS.MAHALANOBIS_STATS on a model whose checkpoint was saved before fitting: the
+    checkpoint's empty statistics must not replace the file's (they would make every
+    Mahalanobis score 0)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from test_train_digits import _tiny_cfg
+    from vos_det.engine import Trainer
+
+    cfg = _tiny_cfg(str(tmp_path))
+    model = Trainer.build_model(cfg)
+    checkpoint = DetectionCheckpointer(model, save_dir=str(tmp_path))
+    checkpoint.save("unfitted")  # no statistics in it
+
+    dim = model.roi_heads.box_predictor.bbox_pred.in_features
+    features = torch.randn(60, dim, dtype=torch.float64)
+    fitted = GaussianDiscriminant(dim).fit(features, torch.arange(60) % 5, 5)
+    stats = str(tmp_path / "stats.pth")
+    fitted.save_statistics(stats)
+
+    cfg.defrost()
+    cfg.MODEL.VOS.MAHALANOBIS_STATS = stats
+    restored = Trainer.build_model(cfg)
+    DetectionCheckpointer(restored).load(str(tmp_path / "unfitted.pth"))
+    discriminant = restored.roi_heads.box_predictor.mahalanobis
+    assert discriminant.num_classes == 5
+    torch.testing.assert_close(discriminant.precision, fitted.precision)
+    queries = torch.randn(7, dim, dtype=torch.float64)
+    torch.testing.assert_close(discriminant.ood_scores(queries), fitted.ood_scores(queries))

@@ -39,6 +39,9 @@ class GaussianDiscriminant(nn.Module):
         super().__init__()
         self.feature_dim = feature_dim
         self.eps = eps
+        # The file the statistics were loaded from (load_statistics); while set, loading a
+        # model checkpoint leaves them alone.
+        self.statistics_file = None
         self.register_buffer("counts", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("means", torch.zeros(0, feature_dim, dtype=torch.float64))
         self.register_buffer("scatter", torch.zeros(feature_dim, feature_dim, dtype=torch.float64))
@@ -49,6 +52,10 @@ class GaussianDiscriminant(nn.Module):
         return self.counts.numel()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.statistics_file is not None:
+            # Statistics named by MODEL.VOS.MAHALANOBIS_STATS win over those a checkpoint
+            # carries (typically none: a model trained before they were fitted).
+            return
         # The number of classes is data: take the shapes of the checkpoint's buffers.
         for name in ("counts", "means"):
             key = prefix + name
@@ -67,6 +74,9 @@ class GaussianDiscriminant(nn.Module):
     def load_statistics(self, path: str):
         """Load statistics written by :meth:`save_statistics` (no pickled code is run).
 
+        From then on, loading a model checkpoint (``load_state_dict`` of a parent module)
+        keeps these statistics instead of the checkpoint's.
+
         Raises:
             FileNotFoundError / ValueError: naming the file and the problem.
         """
@@ -80,7 +90,9 @@ class GaussianDiscriminant(nn.Module):
                 f"{path}: statistics of {state['means'].shape[1]}-d features, but the box head "
                 f"gives {self.feature_dim}-d features"
             )
+        self.statistics_file = None
         self.load_state_dict(state)
+        self.statistics_file = path
         return self
 
     def _check(self, features, labels=None):
