@@ -13,7 +13,9 @@ with a few keys changed (``VARIANTS``). For each one, in its own folder under
 
 then prints one table and writes it with every number of the reports to
 ``benchmarks/results/compare_ood_methods.json``. A variant whose ``ood_results.json``
-exists is not run again (``--rerun`` to force), so an interrupted comparison resumes.
+exists is not run again, so an interrupted comparison resumes; ``--rerun`` evaluates again
+(training and fitting are redone only where their files are missing: delete a variant's
+folder to train it again).
 
     .venv/bin/python benchmarks/compare_ood_methods.py                       # all, ~1.5 h on 2 cores
     .venv/bin/python benchmarks/compare_ood_methods.py --variants vanilla,vos
@@ -63,7 +65,11 @@ def _run(command, log_path, env):
 
 
 def run_variant(name, overrides, output_dir, extra_opts, env):
-    """Train, fit the Gaussians and evaluate one variant; returns its ood_results.json."""
+    """Train, fit the Gaussians (each unless its file exists) and evaluate one variant.
+
+    Returns:
+        dict: its ood_results.json, plus the seconds spent.
+    """
     python = sys.executable
     weights = os.path.join(output_dir, "model_final.pth")
     stats = os.path.join(output_dir, "mahalanobis_stats.pth")
@@ -71,15 +77,18 @@ def run_variant(name, overrides, output_dir, extra_opts, env):
     os.makedirs(output_dir, exist_ok=True)
     opts = overrides + extra_opts
     started = time.perf_counter()
-    _run(
-        [python, "tools/train_net.py", "--config", CONFIG, *opts, "OUTPUT_DIR", output_dir,
-         "DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()"],
-        log_path,
-        env,
-    )
-    trained = time.perf_counter()
-    _run([python, "tools/fit_mahalanobis.py", "--config", CONFIG, "--weights", weights, "--dataset", ID_TRAIN,
-          "--output", stats, *opts], log_path, env)
+    timing = {}
+    if not os.path.exists(weights):
+        _run(
+            [python, "tools/train_net.py", "--config", CONFIG, *opts, "OUTPUT_DIR", output_dir,
+             "DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()"],
+            log_path,
+            env,
+        )
+        timing["train"] = time.perf_counter() - started
+    if not os.path.exists(stats):
+        _run([python, "tools/fit_mahalanobis.py", "--config", CONFIG, "--weights", weights, "--dataset", ID_TRAIN,
+              "--output", stats, *opts], log_path, env)
     _run(
         [python, "tools/ood_eval.py", "--config", CONFIG, "--output-dir", os.path.join(output_dir, "ood_eval"),
          *opts, "MODEL.WEIGHTS", weights, "MODEL.VOS.MAHALANOBIS_STATS", stats, "TEST.OOD.PLOTS", "False"],
@@ -88,7 +97,8 @@ def run_variant(name, overrides, output_dir, extra_opts, env):
     )
     with open(os.path.join(output_dir, "ood_eval", "ood_results.json")) as f:
         report = json.load(f)
-    report["timing_seconds"] = {"train": trained - started, "total": time.perf_counter() - started}
+    timing["total"] = time.perf_counter() - started
+    report["timing_seconds"] = timing
     return report
 
 
@@ -122,7 +132,7 @@ def main():
     parser.add_argument("--output-root", default=str(REPO_ROOT / "output" / "compare_ood_methods"))
     parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/compare_ood_methods.json)")
     parser.add_argument("--quick", action="store_true", help="20 iterations per variant: a smoke run")
-    parser.add_argument("--rerun", action="store_true", help="run variants whose results exist again")
+    parser.add_argument("--rerun", action="store_true", help="evaluate variants whose results exist again")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every variant")
     args = parser.parse_args()
     variants = args.variants.split(",")
