@@ -19,7 +19,8 @@ Reported:
 
 Expected VOS extra at the paper's sizes: queues 20 x 1000 x 1024 float32 = 81.9 MB, float64
 statistics 20 x 1024 + 1024^2 = 8.5 MB, plus transients (D x D float64 temporaries, the
-enqueue's float64 copies, and for the exact recompute a float64 copy of the queues).
+enqueue's float64 copies, and for the exact recompute one class queue at a time in float64,
+N x D x 8 = 8.2 MB).
 
     python benchmarks/bench_memory.py [--device cuda] [--quick]
 """

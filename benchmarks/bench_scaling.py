@@ -9,14 +9,16 @@ so that the (K, N, D) queues need not exist: at K = 1203 they would be 4.9 GB, a
 of gaussian() from the sums does not depend on N. Per setting also:
 
 * the chi2 sampler's peak memory during one call (CPU: VmHWM above the RSS before the call,
-  reset via /proc/self/clear_refs; CUDA: max_memory_allocated above the allocated before),
-  the sampler chunks its draws at 2^24 values, so it must stay bounded at K = 1203;
+  reset via /proc/self/clear_refs; CUDA: max_memory_allocated above the allocated before);
+  the sampler draws the SELECT largest chi-square radii directly as order statistics
+  (K x SELECT values, whatever SAMPLE_FROM), so it must stay small at K = 1203;
 * the gaussian sampler (K x SAMPLE_FROM x D normal draws) where that is under
   ``--gaussian-budget`` values (skipped, and said so, above);
 * on the D axis, the enqueue of 512 features with the incremental statistics (B x D^2 work,
   independent of K), on real K = 20, N = 1000 queues.
 
-Finally a stress point: K = 1203 with SAMPLE_FROM = 100000 (120 M chi2 draws, chunked).
+Finally a stress point: K = 1203 with SAMPLE_FROM = 100000 (what would be 120 M chi2 draws
+drawn one by one; the column "unchunked float64 draws MB" is the size of those).
 
     python benchmarks/bench_scaling.py [--device cuda] [--quick]
 """

@@ -101,8 +101,10 @@ def instrument(predictor, device):
 
     Wraps them in place for the duration of the block (restoring the originals after);
     yields {part: [seconds per call]} and {"foreground": [enqueued rows per call]}.
+    robust_cholesky and sample_virtual_outliers are patched in the module that calls them
+    (the synthesis code shared by the box predictor and the classification head).
     """
-    from vos_det.modeling import output_layers
+    from vos_det.modeling import virtual_outliers as synthesis_caller
 
     records = {name: [] for name in ("enqueue", "gaussian", "robust_cholesky", "sample_virtual_outliers",
                                      "uncertainty_loss")}
@@ -121,8 +123,8 @@ def instrument(predictor, device):
     queues = predictor.feature_queues
     original_enqueue, original_gaussian = queues.enqueue, queues.gaussian
     original_loss = predictor.uncertainty_loss
-    original_cholesky = output_layers.robust_cholesky
-    original_sample = output_layers.sample_virtual_outliers
+    original_cholesky = synthesis_caller.robust_cholesky
+    original_sample = synthesis_caller.sample_virtual_outliers
 
     def counting_enqueue(features, labels, gather=True):
         sizes["foreground"].append(int(features.shape[0]))
@@ -131,14 +133,14 @@ def instrument(predictor, device):
     queues.enqueue = timed("enqueue", counting_enqueue)
     queues.gaussian = timed("gaussian", original_gaussian)
     predictor.uncertainty_loss = timed("uncertainty_loss", original_loss)
-    output_layers.robust_cholesky = timed("robust_cholesky", original_cholesky)
-    output_layers.sample_virtual_outliers = timed("sample_virtual_outliers", original_sample)
+    synthesis_caller.robust_cholesky = timed("robust_cholesky", original_cholesky)
+    synthesis_caller.sample_virtual_outliers = timed("sample_virtual_outliers", original_sample)
     try:
         yield records, sizes
     finally:
         del queues.enqueue, queues.gaussian, predictor.uncertainty_loss
-        output_layers.robust_cholesky = original_cholesky
-        output_layers.sample_virtual_outliers = original_sample
+        synthesis_caller.robust_cholesky = original_cholesky
+        synthesis_caller.sample_virtual_outliers = original_sample
 
 
 def direct_parts(predictor, num_foreground, num_rois, repeats, device):

@@ -300,3 +300,43 @@ def _numpy_gaussian_generic(reference, dim):
         scatter += (rows - means[-1]).T @ (rows - means[-1])
         total += rows.shape[0]
     return np.stack(means), scatter / total
+
+
+def test_recompute_statistics_per_class_matches_dense_formula():
+    """The per-class exact recompute gives the sums of all valid rows at once (empty,
+    partly filled, full and wrapped queues), and ignores stale slots beyond the count."""
+    generator = torch.Generator().manual_seed(6)
+    queues = ClassFeatureQueues(4, 6, 5)
+    queues.enqueue(torch.randn(9, 5, generator=generator), torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1]))
+    queues.enqueue(torch.randn(8, 5, generator=generator), torch.tensor([1, 1, 1, 3, 1, 1, 1, 1]))
+    queues.features[2].fill_(123.0)  # class 2 is empty: its slots must not count
+    queues.features[3, 1:].fill_(-7.0)  # beyond class 3's single entry
+    queues.recompute_statistics()
+    valid = torch.arange(6)[None, :] < queues.counts[:, None]
+    dense = queues.features.double() * valid[..., None]
+    flat = dense.reshape(-1, 5)
+    torch.testing.assert_close(queues.class_sums, dense.sum(dim=1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(queues.outer_product_sum, flat.T @ flat, rtol=1e-12, atol=1e-12)
+    assert bool(queues.statistics_valid) and int(queues.calls_since_recompute) == 0
+
+
+def test_incremental_statistics_after_many_wraps_match_exact_recompute():
+    """The incremental updates of enqueue (entering rows added, leaving rows removed) keep
+    the sums equal to an exact recompute after many wraps of every queue."""
+    generator = torch.Generator().manual_seed(7)
+    queues = ClassFeatureQueues(3, 5, 4, recompute_period=10**9)
+    queues.enqueue(torch.randn(15, 4, generator=generator) + 5.0, torch.arange(3).repeat(5))
+    queues.gaussian()
+    for _ in range(30):
+        labels = torch.randint(0, 3, (int(torch.randint(0, 12, (1,), generator=generator)),), generator=generator)
+        queues.enqueue(torch.randn(labels.numel(), 4, generator=generator) + 5.0, labels)
+    means, covariance = queues.gaussian()
+    exact = ClassFeatureQueues(3, 5, 4)
+    exact.load_state_dict(queues.state_dict())
+    exact.recompute_statistics()
+    torch.testing.assert_close(queues.class_sums, exact.class_sums, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(queues.outer_product_sum, exact.outer_product_sum, rtol=1e-12, atol=1e-10)
+    exact_means, exact_covariance = exact.gaussian()
+    torch.testing.assert_close(means, exact_means, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(covariance, exact_covariance, rtol=1e-9, atol=1e-11)
+    assert torch.equal(covariance, covariance.T)

@@ -4,7 +4,13 @@ import pytest
 import torch
 from scipy import stats
 
-from vos_det.modeling.synthesis import SAMPLERS, robust_cholesky, sample_virtual_outliers
+from vos_det.modeling.synthesis import (
+    SAMPLERS,
+    chi2_isf_log,
+    largest_chi2_order_statistics,
+    robust_cholesky,
+    sample_virtual_outliers,
+)
 
 
 def _gaussian_parameters(num_classes, dim, seed=0):
@@ -113,6 +119,98 @@ def test_chi2_sampler_second_largest_radius_law():
     assert stats.kstest(chi2_radii, mixture_cdf).pvalue > 0.01
 
 
+def test_chi2_sampler_matches_gaussian_sampler_at_larger_dim():
+    dim, num_samples, num_select, num_classes, num_seeds = 64, 300, 1, 40, 12
+    chi2_radii, _ = _selected_radii_and_directions("chi2", num_seeds, num_classes, dim, num_samples, num_select)
+    gauss_radii, _ = _selected_radii_and_directions(
+        "gaussian", num_seeds, num_classes, dim, num_samples, num_select
+    )
+    assert stats.ks_2samp(chi2_radii, gauss_radii).pvalue > 0.01
+
+
+# --- (b2) the chi-square order statistics behind the "chi2" sampler ---------------------------
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 256, 1024, 2048])
+def test_chi2_isf_log_matches_scipy(dim):
+    """The quantile solver against scipy's chi2.isf, from q = exp(-690) up to q = 0.99."""
+    log_q = torch.cat([torch.linspace(-690.0, -0.01, 400, dtype=torch.float64),
+                       torch.log(torch.tensor([1e-5, 1e-4, 0.1, 0.5, 0.9], dtype=torch.float64))])
+    x = chi2_isf_log(log_q, dim)
+    assert x.dtype == torch.float64 and torch.all(x > 0)
+    expected = stats.chi2.isf(np.exp(log_q.numpy()), dim)
+    np.testing.assert_allclose(x.numpy(), expected, rtol=1e-9)
+    # And in log space (where isf's own input rounding does not matter).
+    np.testing.assert_allclose(stats.chi2.logsf(x.numpy(), dim), log_q.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def _max_of_n_cdf(x, dim, n):
+    """P(max of n iid chi2(dim) <= x) = (1 - sf(x))^n, accurate in the far tail."""
+    return np.exp(n * np.log1p(-stats.chi2.sf(x, dim)))
+
+
+@pytest.mark.parametrize("dim, num_samples", [(256, 10000), (1024, 10000), (2048, 100000), (1024, 100000), (4, 7)])
+def test_largest_chi2_radius_has_the_law_of_the_maximum(dim, num_samples):
+    """KS test of the returned radius against the exact law of the max of n chi2(dim) draws."""
+    generator = torch.Generator().manual_seed(dim + num_samples)
+    radii = largest_chi2_order_statistics(4000, num_samples, 1, dim, generator=generator)
+    assert radii.shape == (4000, 1) and radii.dtype == torch.float64
+    assert stats.kstest(radii[:, 0].numpy(), lambda x: _max_of_n_cdf(x, dim, num_samples)).pvalue > 0.01
+
+
+@pytest.mark.parametrize("dim, num_samples", [(256, 2000), (1024, 10000)])
+def test_largest_chi2_radius_matches_brute_force_draws(dim, num_samples):
+    """Against the maxima of actual chi2 draws (the previous O(K * SAMPLE_FROM) sampler)."""
+    torch.manual_seed(dim)
+    chi2 = torch.distributions.Chi2(torch.tensor(float(dim), dtype=torch.float64))
+    brute = chi2.sample((300, num_samples)).max(dim=1).values.numpy()
+    ours = largest_chi2_order_statistics(3000, num_samples, 1, dim, generator=torch.Generator().manual_seed(1))
+    ours = ours[:, 0].numpy()
+    assert stats.ks_2samp(ours, brute).pvalue > 0.01
+    # Mean and quantiles within their sampling error.
+    assert abs(ours.mean() - brute.mean()) < 4 * brute.std() / np.sqrt(brute.size)
+    for level in (0.1, 0.5, 0.9):
+        assert abs(np.quantile(ours, level) - np.quantile(brute, level)) < 0.25 * brute.std()
+
+
+@pytest.mark.parametrize("dim, num_samples, num_select", [(1024, 10000, 5), (256, 100000, 3), (3, 6, 6)])
+def test_selected_chi2_radii_are_the_top_order_statistics(dim, num_samples, num_select):
+    """SELECT > 1: rows strictly decreasing, and the j-th column has the law of the j-th
+    largest of n draws, P(X_(j) <= x) = P(Binomial(n, sf(x)) <= j - 1)."""
+    generator = torch.Generator().manual_seed(num_select)
+    radii = largest_chi2_order_statistics(3000, num_samples, num_select, dim, generator=generator)
+    assert radii.shape == (3000, num_select)
+    assert torch.all(radii[:, 1:] < radii[:, :-1])
+    for j in range(num_select):
+        def cdf(x, j=j):
+            return stats.binom.cdf(j, num_samples, stats.chi2.sf(x, dim))
+
+        assert stats.kstest(radii[:, j].numpy(), cdf).pvalue > 0.01, j
+
+
+def test_chi2_sampler_select_above_one_returns_descending_distinct_radii():
+    means, _, scale = _gaussian_parameters(3, 16)
+    outliers, labels = sample_virtual_outliers(means, scale, 10000, 4, seed=9)
+    squared = _whitened(outliers, labels, means, scale).square().sum(dim=1).reshape(3, 4)
+    assert torch.all(squared[:, 1:] < squared[:, :-1])
+
+
+def test_chi2_order_statistics_follow_the_generator():
+    """Seeded through a torch.Generator (CPU): same seed, same radii, whatever the global stream."""
+    first = largest_chi2_order_statistics(5, 1000, 2, 64, generator=torch.Generator().manual_seed(4))
+    torch.rand(7)
+    second = largest_chi2_order_statistics(5, 1000, 2, 64, generator=torch.Generator().manual_seed(4))
+    other = largest_chi2_order_statistics(5, 1000, 2, 64, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(first, second) and not torch.equal(first, other)
+
+
+def test_chi2_sampler_cost_does_not_grow_with_sample_from():
+    """SAMPLE_FROM = 10^12 would be 8 TB of draws per class for a brute-force sampler."""
+    means, _, scale = _gaussian_parameters(2, 8)
+    outliers, _ = sample_virtual_outliers(means, scale, 10**12, 1, seed=0)
+    assert torch.isfinite(outliers).all()
+
+
 # --- (c) with SELECT == SAMPLE_FROM the samples are plain Gaussian draws --------------------
 
 
@@ -212,6 +310,23 @@ def test_robust_cholesky_positive_definite(dtype):
     torch.testing.assert_close(factor @ factor.T, expected, rtol=tol, atol=tol)
 
 
+def test_robust_cholesky_leaves_its_input_unchanged():
+    _, covariance, _ = _gaussian_parameters(1, 6)
+    before = covariance.clone()
+    robust_cholesky(covariance, 1e-4)
+    robust_cholesky(torch.zeros(6, 6, dtype=torch.float64), 1e-4)  # retries with more jitter
+    assert torch.equal(covariance, before)
+
+
+def test_robust_cholesky_finite_input_whose_sum_overflows():
+    """The cheap finiteness test (sum of the entries) must not reject a finite matrix."""
+    covariance = torch.diag(torch.full((8,), 1e38, dtype=torch.float32))
+    assert not torch.isfinite(covariance.sum())
+    factor = robust_cholesky(covariance, 1e-4)
+    assert factor is not None and torch.isfinite(factor).all()
+    torch.testing.assert_close(factor.double() @ factor.double().T, covariance.double(), rtol=1e-6, atol=0)
+
+
 def _rank_deficient_covariance(dim, rank, seed=0):
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(rank, dim, dtype=torch.float64, generator=generator)
@@ -255,10 +370,11 @@ def test_robust_cholesky_indefinite_input_falls_back_without_raising():
     torch.testing.assert_close(factor @ factor.T, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_robust_cholesky_non_finite_returns_none(bad):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", [(1, 2), (2, 1), (0, 0)], ids=["upper", "lower", "diagonal"])
+def test_robust_cholesky_non_finite_returns_none(bad, where):
     covariance = torch.eye(3, dtype=torch.float64)
-    covariance[1, 2] = bad
+    covariance[where] = bad
     assert robust_cholesky(covariance, 1e-4) is None
 
 

@@ -113,6 +113,9 @@ class ClassFeatureQueues(nn.Module):
             entering = features.double()
             self.class_sums.index_add_(0, labels, entering)
             self.class_sums.index_add_(0, labels[occupied], leaving, alpha=-1.0)
+            # Two GEMMs, E^T E and -L^T L. One GEMM over the rows stacked with weights +1 / -1
+            # does the same flops (torch has no SYRK) plus the copies that stack and sign the
+            # rows: measured equal at 46 rows and 10-15% slower at 512 (D = 1024, 2 cores).
             self.outer_product_sum.addmm_(entering.T, entering)
             self.outer_product_sum.addmm_(leaving.T, leaving, alpha=-1.0)
 
@@ -122,12 +125,19 @@ class ClassFeatureQueues(nn.Module):
 
     @torch.no_grad()
     def recompute_statistics(self):
-        """Recompute the class sums and the outer-product sum exactly from the queues."""
-        valid = torch.arange(self.capacity, device=self.counts.device)[None, :] < self.counts[:, None]
-        queued = self.features.double() * valid[..., None]
-        self.class_sums.copy_(queued.sum(dim=1))
-        flat = queued.reshape(-1, self.feature_dim)
-        self.outer_product_sum.copy_(flat.T @ flat)
+        """Recompute the class sums and the outer-product sum exactly from the queues.
+
+        One class at a time (its valid rows in float64, one GEMM accumulated into the
+        outer-product sum), so the peak extra memory is one (capacity, D) float64 block
+        instead of a float64 copy of all K queues. Same sums as over all rows at once, up to
+        the order of the floating-point additions.
+        """
+        self.outer_product_sum.zero_()
+        for k, count in enumerate(self.counts.tolist()):
+            # FIFO writes fill slots 0..count-1 before the queue wraps.
+            rows = self.features[k, :count].double()
+            self.class_sums[k].copy_(rows.sum(dim=0))
+            self.outer_product_sum.addmm_(rows.T, rows)
         self.statistics_valid.fill_(True)
         self.calls_since_recompute.zero_()
 
@@ -151,7 +161,12 @@ class ClassFeatureQueues(nn.Module):
         counts = self.counts.double()
         means = self.class_sums / counts[:, None]
         # sum_k sum_i (h - mu_k)(h - mu_k)^T = sum h h^T - sum_k n_k mu_k mu_k^T
-        scatter = self.outer_product_sum - (means * counts[:, None]).T @ means
-        covariance = scatter / counts.sum()
-        # Symmetrise away the rounding of the incremental updates.
-        return means, (covariance + covariance.T) / 2
+        #                                   = sum h h^T - S^T M (S: class sums, M: means),
+        # one addmm. It is not scaled inside the addmm: identical features then cancel
+        # exactly (scatter 0), as they do in the unscaled difference.
+        scatter = torch.addmm(self.outer_product_sum, self.class_sums.T, means, alpha=-1.0)
+        # Sigma = (scatter + scatter^T) / (2 N): symmetrises away the rounding of the
+        # incremental updates, exactly (a + b == b + a). A blocked transpose copy then an
+        # in-place add and scale: a strided read of scatter^T would be several times slower.
+        covariance = scatter.T.contiguous().add_(scatter).mul_(0.5 / float(counts.sum()))
+        return means, covariance
