@@ -169,7 +169,7 @@ def main():
     )
     headers = list(rows[0])
     cells = [[_cell(row[key]) for key in headers] for row in rows]
-    print(table(cells, headers, title=title))
+    table(cells, headers, title=title)
     output = args.output or str(RESULTS_DIR / f"compare_ood_methods{suffix}.json")
     write_json(
         output,
