@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw
 from vos_det.data import DIGITS_DET_ID_CLASSES, register_coco_json_dataset
 from vos_det.data.builtin import register_checked_pascal_voc, set_pascal_voc_roles
 from vos_det.data.image_io import read_image_file
+from vos_det.data.mapper import ImageMappingError
 from vos_det.data.pascal_voc import load_voc_dataset
 from vos_det.engine import OODPredictor, Trainer
 
@@ -502,3 +504,19 @@ def test_evaluation_of_images_without_ground_truth(tmp_path, dataset_names, kind
     with open(tmp_path / "out" / "ood_results.json") as f:
         boxes = json.load(f)["boxes"][name][name]
     assert boxes["images"] == 2 and boxes["detections"] > 0
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_training_on_a_truncated_image_fails_naming_the_file(tmp_path, dataset_names, num_workers):
+    root = _write_voc(tmp_path / "voc", {"good": _good_boxes(), "broken": _good_boxes()})
+    broken = os.path.join(root, "JPEGImages", "broken.jpg")
+    with open(broken, "rb") as f:
+        data = f.read()
+    with open(broken, "wb") as f:
+        f.write(data[: len(data) // 3])  # a JPEG cut short: PIL's error does not name it
+    register_checked_pascal_voc(VOC_NAME, root, "train", 2012, DIGITS_DET_ID_CLASSES)
+    cfg = _train_cfg(tmp_path / "out", VOC_NAME, "DATALOADER.NUM_WORKERS", str(num_workers))
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(ImageMappingError, match=re.escape(broken)):
+        trainer.train()

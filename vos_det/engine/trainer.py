@@ -2,11 +2,17 @@
 import logging
 import os
 
-from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 
+from ..data.mapper import ImageNamingDatasetMapper
 from ..data.resumable_sampler import ResumableTrainingSampler
 from ..evaluation.box_scores import collect_detections
 from ..evaluation.detection import build_detection_evaluator
@@ -62,7 +68,13 @@ class Trainer(DefaultTrainer):
         sampler = ResumableTrainingSampler(
             len(dataset), seed=seed, start_position=start_iter * cfg.SOLVER.IMS_PER_BATCH
         )
-        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=seed)
+        mapper = ImageNamingDatasetMapper(cfg, is_train=True)
+        return build_detection_train_loader(cfg, dataset=dataset, mapper=mapper, sampler=sampler, seed=seed)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader, whose errors name the image file."""
+        return build_detection_test_loader(cfg, dataset_name, mapper=ImageNamingDatasetMapper(cfg, is_train=False))
 
     def resume_or_load(self, resume=True):
         """As DefaultTrainer's; a resumed run also continues the image stream where it stopped."""
