@@ -4,7 +4,8 @@ import stat
 
 import pytest
 
-from vos_det.engine.checkpoint import AtomicWritePathManager, atomic_open
+from vos_det.engine.checkpoint import AtomicWritePathManager
+from vos_det.utils.file_io import atomic_open
 
 
 def _mode(path):

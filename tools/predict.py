@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from vos_det.data.image_io import IMAGE_EXTENSIONS, read_image_file
 from vos_det.engine import OODPredictor, instances_to_records
-from vos_det.engine.checkpoint import atomic_open
+from vos_det.utils.file_io import atomic_open
 from vos_det.utils.visualization import draw_ood_detections
 
 logger = logging.getLogger("vos_det.predict")

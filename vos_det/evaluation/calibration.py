@@ -24,6 +24,7 @@ import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.utils import comm
 
+from ..utils.file_io import atomic_open
 from .box_scores import collect_detections
 from .box_selection import select_boxes
 
@@ -164,8 +165,6 @@ def save_calibrated_model(model, output_dir: str, calibration: Calibration, weig
     Returns:
         dict: ``{"model": path, "json": path}``.
     """
-    from ..engine.checkpoint import atomic_open  # engine imports evaluation
-
     os.makedirs(output_dir, exist_ok=True)
     model_path = os.path.join(output_dir, CALIBRATED_MODEL_FILE)
     json_path = os.path.join(output_dir, THRESHOLD_FILE)

@@ -12,10 +12,11 @@ be added from its examples' features alone, with no retraining of the network: t
 equals a refit from scratch on all classes.
 """
 import os
-import tempfile
 
 import torch
 from torch import nn
+
+from ..utils.file_io import atomic_open
 
 __all__ = ["GaussianDiscriminant"]
 
@@ -65,11 +66,9 @@ class GaussianDiscriminant(nn.Module):
 
     def save_statistics(self, path: str):
         """Write the statistics (a state dict of tensors) to ``path``, atomically."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_open(path, "wb") as f:
             torch.save({k: v.cpu() for k, v in self.state_dict().items()}, f)
-        os.replace(f.name, path)
 
     def load_statistics(self, path: str):
         """Load statistics written by :meth:`save_statistics` (no pickled code is run).
