@@ -11,12 +11,10 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 
-from ..modeling.virtual_outliers import VirtualOutlierMixin, pop_vos_options, vos_kwargs_from_config
+from ..modeling.margin_classifiers import LinearClassifier
+from ..modeling.virtual_outliers import VirtualOutlierMixin, vos_kwargs_from_config
 
 __all__ = ["VOSClassificationHead"]
-
-# Initialisation of the class layer, as detectron2's FastRCNNOutputLayers.
-_CLS_SCORE_INIT_STD = 0.01
 
 
 class VOSClassificationHead(VirtualOutlierMixin, nn.Module):
@@ -45,14 +43,10 @@ class VOSClassificationHead(VirtualOutlierMixin, nn.Module):
         super().__init__()
         if num_classes <= 0 or input_dim <= 0:
             raise ValueError(f"need positive num_classes and input_dim, got {num_classes}, {input_dim}")
-        options = pop_vos_options(vos_options)
-        if vos_options:
-            raise TypeError(f"unexpected arguments {sorted(vos_options)}")
         self.num_classes = num_classes
-        self.cls_score = nn.Linear(input_dim, num_classes)
-        nn.init.normal_(self.cls_score.weight, std=_CLS_SCORE_INIT_STD)
-        nn.init.constant_(self.cls_score.bias, 0)
-        self.init_virtual_outliers(input_dim, **options)
+        # Initialised as detectron2's FastRCNNOutputLayers initialises its class layer.
+        self.cls_score = LinearClassifier(input_dim, num_classes)
+        self.init_virtual_outliers(input_dim, **vos_options)
 
     @classmethod
     def from_config(cls, cfg, input_dim):
