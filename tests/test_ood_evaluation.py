@@ -1,6 +1,5 @@
 """The OOD evaluation protocol: box selection, calibration, reports and tools/ood_eval.py."""
 import importlib.util
-import itertools
 import json
 import math
 import os
@@ -16,8 +15,6 @@ from detectron2.structures import Boxes, Instances
 
 from vos_det import add_vos_config
 from vos_det.config import resolve_config_file
-from vos_det.data import generate_digits_det
-from vos_det.data.builtin import register_all_digits_det
 from vos_det.data.digits_det import digits_det_paths
 from vos_det.engine import Trainer
 from vos_det.evaluation import (
@@ -35,8 +32,9 @@ from vos_det.evaluation.plots import plot_roc_curves, plot_score_histograms
 from vos_det.evaluation.protocol import OOD_RESULTS_FILE, PLOTS_DIR
 from vos_det.evaluation.report import write_json
 
+from test_train_digits import registered_tiny_digits
+
 REPO = Path(__file__).resolve().parent.parent
-DIGITS_DET_NAMES = ("digits_det_train", "digits_det_val", "digits_det_test", "digits_det_ood")
 SCORE_NAMES = {"vos", "energy", "weighted_energy", "msp"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -342,19 +340,8 @@ def test_report_writes_json_and_png_files(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_digits_root(tmp_path_factory):
     """A tiny digits-det under a temporary root, registered in place of the default one."""
-    root = str(tmp_path_factory.mktemp("datasets"))
-    generate_digits_det(root, num_train=16, num_val=3, num_test=4, num_ood=4)
-    default_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-
-    def reregister(dataset_root):
-        for name in DIGITS_DET_NAMES:
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        register_all_digits_det(dataset_root)
-
-    reregister(root)
-    yield root
-    reregister(default_root)
+    with registered_tiny_digits(str(tmp_path_factory.mktemp("datasets")), num_val=3) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")

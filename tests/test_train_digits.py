@@ -1,4 +1,5 @@
 """A few CPU iterations of the digits-det tiny config through the Trainer, end to end."""
+import contextlib
 import json
 import os
 
@@ -20,11 +21,11 @@ STARTING_ITER = 4
 MAX_ITER = 8
 
 
-@pytest.fixture(scope="module")
-def tiny_digits_root(tmp_path_factory):
-    """A tiny digits-det under a temporary root, registered in place of the default one."""
-    root = str(tmp_path_factory.mktemp("datasets"))
-    generate_digits_det(root, num_train=16, num_val=2, num_test=4, num_ood=4)
+@contextlib.contextmanager
+def registered_tiny_digits(root, num_val):
+    """A tiny digits-det written under ``root`` and registered in place of the default one
+    while the context lasts."""
+    generate_digits_det(root, num_train=16, num_val=num_val, num_test=4, num_ood=4)
     default_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
     def reregister(dataset_root):
@@ -34,8 +35,17 @@ def tiny_digits_root(tmp_path_factory):
         register_all_digits_det(dataset_root)
 
     reregister(root)
-    yield root
-    reregister(default_root)
+    try:
+        yield root
+    finally:
+        reregister(default_root)
+
+
+@pytest.fixture(scope="module")
+def tiny_digits_root(tmp_path_factory):
+    """A tiny digits-det under a temporary root, registered in place of the default one."""
+    with registered_tiny_digits(str(tmp_path_factory.mktemp("datasets")), num_val=2) as root:
+        yield root
 
 
 def _tiny_cfg(output_dir, *overrides):
