@@ -36,6 +36,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from tqdm import tqdm
 
+from ..utils.file_io import atomic_open
+
 __all__ = [
     "DIGITS_DET_ID_CLASSES",
     "DIGITS_DET_OOD_CLASSES",
@@ -489,10 +491,8 @@ def generate_digits_det(
             _write_voc_split(paths, split, num_images, seed, image_size, pools, progress)
         _write_ood_split(paths, num_ood, seed, image_size, pools, progress)
 
-    temporary_meta = f"{paths.meta_json}.tmp"
-    with open(temporary_meta, "w") as f:
+    with atomic_open(paths.meta_json, "w") as f:
         json.dump(parameters, f, indent=2)
-    os.replace(temporary_meta, paths.meta_json)
     return paths.dataset_dir
 
 
