@@ -22,7 +22,6 @@ folder to train it again).
     .venv/bin/python benchmarks/compare_ood_methods.py --quick                # 20 iterations each, a smoke run
     .venv/bin/python benchmarks/compare_ood_methods.py --variants cosface MODEL.EMBEDDING.COSFACE.SCALE 20.0
 """
-import argparse
 import json
 import os
 import subprocess
@@ -31,6 +30,8 @@ import time
 from collections import OrderedDict
 
 from _common import REPO_ROOT, RESULTS_DIR, machine_info, table, write_json
+
+from vos_det.cli import ToolParser, load_config, run_tool
 
 # Keys that turn the VOS config into each variant. "vos" is the config as it is.
 _VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
@@ -124,8 +125,8 @@ def _cell(value):
     return str(value)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def argument_parser():
+    parser = ToolParser(description=__doc__.split("\n\n")[0], config=False)
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}"
     )
@@ -133,12 +134,17 @@ def main():
     parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/compare_ood_methods.json)")
     parser.add_argument("--quick", action="store_true", help="20 iterations per variant: a smoke run")
     parser.add_argument("--rerun", action="store_true", help="evaluate variants whose results exist again")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every variant")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args):
+    """Options and KEY VALUE overrides (for every variant) in any order; checked first."""
     variants = args.variants.split(",")
     unknown = [name for name in variants if name not in VARIANTS]
     if unknown:
-        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    for name in variants:  # every variant's keys and the overrides, before hours of training
+        load_config(CONFIG, VARIANTS[name] + list(args.opts), training=True)
 
     extra_opts = list(args.opts)
     suffix = ""
@@ -186,5 +192,10 @@ def main():
     print(f"written to {output}")
 
 
+def run(argv=None):
+    """The command line (``argv`` without the program name; default ``sys.argv[1:]``)."""
+    return run_tool(main, argument_parser(), argv)
+
+
 if __name__ == "__main__":
-    main()
+    run()

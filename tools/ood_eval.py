@@ -4,7 +4,7 @@
     python tools/ood_eval.py --config digits_vos_tiny.yaml \\
         MODEL.WEIGHTS output/digits_vos_tiny/model_final.pth --calibrate digits_det_val
 
-    python tools/ood_eval.py --config vos_rcnn.yaml MODEL.WEIGHTS model_final.pth \\
+    python tools/ood_eval.py --config VOC-Detection/vos_rcnn.yaml MODEL.WEIGHTS output/voc_vos_rcnn/model_final.pth \\
         --ood-dataset coco_ood_val --ood-dataset my_ood=/data/ood.json:/data/ood_images
 
 The model runs once over every ID test set (``DATASETS.TEST``), every OOD set
@@ -16,39 +16,32 @@ positive class of FPR95; larger OOD score = more OOD). The output folder (``--ou
 default ``OUTPUT_DIR/ood_eval``) gets ``ood_results.json``, ``ood_plots/`` (ROC curves and
 ID-vs-OOD histograms, PNG) and, with ``--calibrate``, ``model_calibrated.pth`` (the model
 with the OOD threshold that keeps 95% of the ID validation boxes) and ``ood_threshold.json``.
+Options and ``KEY VALUE`` overrides may come in any order. Every dataset's files, the OOD
+jsons, the weights and the output folder are checked before any inference.
 """
-import argparse
-import logging
+# vos_det first: it quiets known third-party warnings before torch and detectron2 load.
+from vos_det.cli import ToolParser, add_launch_arguments, check_writable_dir, load_config, run_tool, setup_tool_logging
+
 import os
 import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.engine import launch
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
-from vos_det import add_vos_config
-from vos_det.config import resolve_config_file
 from vos_det.data import CLI_SPEC_FORMAT, check_class_names, register_from_cli
+from vos_det.data.availability import check_dataset_files, load_datasets_now
 from vos_det.engine import Trainer
-from vos_det.engine.checkpoint import check_checkpoint_matches_model
+from vos_det.engine.checkpoint import check_checkpoint_matches_model, check_weights_file
+from vos_det.errors import ConfigError
 from vos_det.evaluation import evaluate_ood_protocol, format_ood_report
-
-logger = logging.getLogger("vos_det.ood_eval")
 
 DEFAULT_OUTPUT_SUBDIR = "ood_eval"
 
 
 def argument_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--config-file", "--config", dest="config_file", required=True, metavar="FILE",
-        help="config file: a path or a name under configs/ (e.g. digits_vos_tiny.yaml)",
-    )
+    parser = ToolParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--ood-dataset", action="append", default=[], metavar="SPEC",
         help=f"an OOD test set: a registered name or {CLI_SPEC_FORMAT} (COCO json); repeat for "
@@ -63,23 +56,13 @@ def argument_parser():
         "--output-dir", default=None, metavar="DIR",
         help=f"output folder (default: OUTPUT_DIR/{DEFAULT_OUTPUT_SUBDIR})",
     )
-    parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine")
-    parser.add_argument("--num-machines", type=int, default=1)
-    parser.add_argument("--machine-rank", type=int, default=0)
-    parser.add_argument("--dist-url", default="auto")
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, default=[],
-        help="config overrides KEY VALUE ..., e.g. MODEL.WEIGHTS model_final.pth",
-    )
-    return parser
+    return add_launch_arguments(parser)
 
 
 def setup(args):
-    """The frozen config, the OOD sets, the calibration set and the output folder."""
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    cfg.merge_from_file(resolve_config_file(args.config_file))
-    cfg.merge_from_list(args.opts)
+    """The frozen config, the OOD sets, the calibration set and the output folder, all
+    checked before any inference (datasets' files and jsons, weights, writable output)."""
+    cfg = load_config(args.config_file, args.opts)
     id_dataset = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
     ood_datasets = [
         spec if "=" not in spec else register_from_cli(spec, id_dataset=id_dataset)
@@ -91,35 +74,32 @@ def setup(args):
     if args.calibrate is not None:
         calibration_dataset = args.calibrate or cfg.TEST.OOD.CALIBRATION_DATASET
         if not calibration_dataset:
-            raise ValueError(
+            raise ConfigError(
                 "--calibrate needs an ID validation set: --calibrate DATASET or "
                 "TEST.OOD.CALIBRATION_DATASET DATASET"
             )
     cfg.TEST.OOD.CALIBRATION_DATASET = calibration_dataset
-    output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR, DEFAULT_OUTPUT_SUBDIR)
-    cfg.OUTPUT_DIR = output_dir
+    cfg.OUTPUT_DIR = args.output_dir or os.path.join(cfg.OUTPUT_DIR, DEFAULT_OUTPUT_SUBDIR)
     cfg.freeze()
-    registered = set(DatasetCatalog.list())
-    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.OOD_TEST) + [calibration_dataset]:
-        if name and name not in registered:
-            raise KeyError(f"dataset {name!r} is not registered (OOD sets: a name or {CLI_SPEC_FORMAT})")
+    if not cfg.MODEL.WEIGHTS:
+        raise ConfigError("no weights to evaluate: pass MODEL.WEIGHTS path/to/model_final.pth")
+    check_weights_file(cfg.MODEL.WEIGHTS)
+    check_dataset_files(cfg.DATASETS.TEST)
+    # The OOD and calibration sets are loaded now: a broken json fails before the ID sets run.
+    load_datasets_now(list(cfg.DATASETS.OOD_TEST) + [calibration_dataset])
     if id_dataset is not None:
         class_names = MetadataCatalog.get(id_dataset).get("thing_classes", None)
         if class_names is not None:
             for name in list(cfg.DATASETS.TEST) + ([calibration_dataset] if calibration_dataset else []):
                 check_class_names(name, class_names)
+    check_writable_dir(cfg.OUTPUT_DIR, "output folder")
     return cfg
 
 
 def main(args):
     """Build the model, load MODEL.WEIGHTS, run the protocol; returns (results, report)."""
     cfg = setup(args)
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    rank = comm.get_rank()
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=rank, name="detectron2", abbrev_name="d2")
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=rank, name="vos_det")
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError("no weights to evaluate: pass MODEL.WEIGHTS path/to/model_final.pth")
+    setup_tool_logging(cfg, args, name="vos_det.ood_eval")
     model = Trainer.build_model(cfg)
     check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
@@ -137,8 +117,7 @@ def main(args):
     return results, report
 
 
-def run(argv=None):
-    args = argument_parser().parse_args(argv)
+def _launch(args):
     launch(
         main,
         args.num_gpus,
@@ -147,6 +126,11 @@ def run(argv=None):
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+def run(argv=None):
+    """The command line (``argv`` without the program name; default ``sys.argv[1:]``)."""
+    return run_tool(_launch, argument_parser(), argv)
 
 
 if __name__ == "__main__":

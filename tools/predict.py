@@ -5,18 +5,24 @@
         --weights output/digits_vos_tiny/model_final.pth \\
         --input datasets/digits_det/ood/images --output output/predictions --draw
 
-``--input`` takes image files, folders and glob patterns (quote them). The output folder gets
-``predictions.json`` (COCO-results style, plus id_score, ood_score and is_ood per box; larger
-ood_score = more OOD) and, with ``--draw``, one PNG per image: ID boxes solid green with class
-and score, OOD boxes dashed red with their OOD score. Unreadable files are reported, listed in
-the JSON under "errors", and skipped.
+``--input`` takes image files, folders and glob patterns (quote them). Options and ``KEY
+VALUE`` config overrides may come in any order (an upper-case token such as
+``MODEL.ROI_HEADS.SCORE_THRESH_TEST`` starts an override, also after ``--input``). The output
+folder is checked to be writable before any image runs; it gets ``predictions.json``
+(COCO-results style, plus id_score, ood_score and is_ood per box; larger ood_score = more
+OOD; ``category_id`` is the training set's own category id when its metadata has one (COCO
+json sets), else the 0-based class index, which is always in ``class_index``) and, with
+``--draw``, one PNG per image: ID boxes solid green with class and score, OOD boxes dashed red
+with "OOD (class?) score". Unreadable files are reported, listed in the JSON under "errors",
+and skipped.
 """
-import argparse
+# vos_det first: it quiets known third-party warnings before torch and detectron2 load.
+from vos_det.cli import ToolParser, check_writable_dir, run_tool
+
 import glob
 import json
 import logging
 import os
-import sys
 
 from PIL import Image
 from tqdm import tqdm
@@ -58,8 +64,7 @@ def find_images(inputs):
 
 
 def argument_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "--config-file", dest="config_file", required=True, help="config file or bare name under configs/")
+    parser = ToolParser(description=__doc__)
     parser.add_argument("--weights", required=True, help="model checkpoint (.pth)")
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="output folder")
@@ -72,7 +77,6 @@ def argument_parser():
         type=float,
         help="flag boxes with ood_score above this, instead of the checkpoint's calibrated threshold",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return parser
 
 
@@ -82,7 +86,7 @@ def main(args):
     if args.ood_threshold is not None:
         opts += ["MODEL.VOS.OOD_THRESHOLD", str(args.ood_threshold), "MODEL.VOS.USE_CALIBRATED_THRESHOLD", "False"]
     predictor = OODPredictor.from_config_file(args.config_file, args.weights, opts + args.opts)
-    os.makedirs(args.output, exist_ok=True)
+    check_writable_dir(args.output, "--output folder")  # before any image runs
     detections, image_entries, errors = [], [], []
     for image_id, path in enumerate(tqdm(images, desc="predict", unit="img")):
         try:
@@ -93,7 +97,9 @@ def main(args):
             continue
         height, width = instances.image_size
         image_entries.append({"id": image_id, "file_name": path, "height": height, "width": width})
-        detections.extend(instances_to_records(instances, image_id, path, predictor.class_names))
+        detections.extend(
+            instances_to_records(instances, image_id, path, predictor.class_names, predictor.category_ids)
+        )
         if args.draw:
             image_rgb = read_image_file(path, format="RGB")
             drawn = draw_ood_detections(image_rgb, instances, predictor.class_names)
@@ -106,6 +112,7 @@ def main(args):
         "ood_threshold": predictor.ood_threshold,
         "convention": "ood_score: larger = more OOD; is_ood = ood_score > ood_threshold",
         "class_names": predictor.class_names,
+        "category_ids": predictor.category_ids,
         "images": image_entries,
         "detections": detections,
         "errors": errors,
@@ -121,9 +128,11 @@ def main(args):
     return report
 
 
+def run(argv=None):
+    """The command line (``argv`` without the program name; default ``sys.argv[1:]``)."""
+    return run_tool(main, argument_parser(), argv)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        main(argument_parser().parse_args())
-    except (FileNotFoundError, ValueError, TypeError) as e:
-        sys.exit(f"error: {e}")
+    run()

@@ -1,45 +1,63 @@
 #!/usr/bin/env python
 """Train or evaluate a VOS detector with detectron2.
 
-    python tools/train_net.py --config vos_rcnn.yaml --num-gpus 8
+    python tools/train_net.py --config VOC-Detection/vos_rcnn.yaml --num-gpus 8
     python tools/train_net.py --config digits_vos_tiny.yaml
     python tools/train_net.py --config digits_vos_classifier.yaml      # image classification
-    python tools/train_net.py --config vos_rcnn.yaml --eval-only MODEL.WEIGHTS model_final.pth
+    python tools/train_net.py --config VOC-Detection/vos_rcnn.yaml --eval-only MODEL.WEIGHTS output/voc_vos_rcnn/model_final.pth
 
 ``--config`` is an alias of ``--config-file``; a bare file name is looked up under configs/.
-The trainer follows MODEL.META_ARCHITECTURE: ClassificationTrainer for VOSImageClassifier,
-else the detection Trainer.
+Options and ``KEY VALUE`` overrides may come in any order. The trainer follows
+MODEL.META_ARCHITECTURE: ClassificationTrainer for VOSImageClassifier, else the detection
+Trainer.
 """
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+# vos_det first: it quiets known third-party warnings before torch and detectron2 load.
+from vos_det.cli import ToolParser, add_launch_arguments, check_writable_dir, load_config, run_tool, setup_tool_logging
 
-from vos_det import add_vos_config
-from vos_det.classification import ClassificationTrainer, is_image_classifier
+import os
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from vos_det.classification import ClassificationTrainer, is_image_classifier, register_image_folders_from_config
 from vos_det.config import resolve_config_file
+from vos_det.data.availability import check_dataset_files, load_datasets_now
 from vos_det.engine import Trainer
-from vos_det.engine.checkpoint import check_checkpoint_matches_model
+from vos_det.engine.checkpoint import SaveCalibratedFinalModel, check_checkpoint_matches_model, check_weights_file
+from vos_det.engine.launch import launch_from_args
 
 
 def setup(args):
-    """Build the frozen config from the file and the command-line overrides."""
-    # default_setup copies args.config_file into OUTPUT_DIR, so resolve it in place.
+    """The frozen config from the file and the checked overrides; inputs checked, logs set up."""
+    # Resolved in place: the log and the worker processes name the file itself.
     args.config_file = resolve_config_file(args.config_file)
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, training=not args.eval_only)
     cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vos_det")
+    check_inputs(cfg, args)
+    check_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    setup_tool_logging(cfg, args, name="vos_det")
     return cfg
 
 
 def trainer_class(cfg):
     """The trainer of the model named by MODEL.META_ARCHITECTURE (classifier or detector)."""
     return ClassificationTrainer if is_image_classifier(cfg) else Trainer
+
+
+def check_inputs(cfg, args):
+    """Weights, dataset files and the OOD jsons, checked before the model is built."""
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if args.eval_only and not cfg.MODEL.WEIGHTS:
+        raise FileNotFoundError("--eval-only needs weights: MODEL.WEIGHTS path/to/model_final.pth")
+    if not resuming:
+        check_weights_file(cfg.MODEL.WEIGHTS)
+    if is_image_classifier(cfg):
+        register_image_folders_from_config(cfg)
+    names = list(cfg.DATASETS.TEST)
+    if not args.eval_only:
+        names += list(cfg.DATASETS.TRAIN)
+    check_dataset_files(names)
+    # The OOD and calibration sets are read now: a broken json fails before hours of training.
+    load_datasets_now(list(cfg.DATASETS.OOD_TEST) + [cfg.TEST.OOD.CALIBRATION_DATASET])
 
 
 def main(args):
@@ -53,25 +71,24 @@ def main(args):
         )
         return trainer_cls.test(cfg, model)
     trainer = trainer_cls(cfg)
+    # After the final evaluation: model_final.pth gets the threshold it calibrated, if any.
+    trainer.register_hooks([SaveCalibratedFinalModel()])
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
 def argument_parser():
-    parser = default_argument_parser()
-    parser.add_argument(
-        "--config", dest="config_file", metavar="FILE", help="alias of --config-file"
-    )
-    return parser
+    parser = ToolParser(description=__doc__)
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS, no training")
+    return add_launch_arguments(parser)
+
+
+def run(argv=None):
+    """The command line (``argv`` without the program name; default ``sys.argv[1:]``)."""
+    # One process per GPU, or CPU processes (gloo) with MODEL.DEVICE cpu: vos_det.engine.launch.
+    return run_tool(lambda args: launch_from_args(main, args), argument_parser(), argv)
 
 
 if __name__ == "__main__":
-    args = argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    run()

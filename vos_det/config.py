@@ -41,11 +41,15 @@ def add_vos_config(cfg):
     # "gaussian": z ~ N(0, I) is drawn in full and ranked by ||z||^2 (reference route).
     cfg.MODEL.VOS.SAMPLER = "chi2"
     # Base seed of the random stream of synthesis: iteration i uses its own seed derived
-    # from (SYNTHESIS_SEED, i), so all ranks draw the same outliers and a resumed run
+    # from (SYNTHESIS_SEED, i) (and the rank, see PER_RANK_OUTLIERS), so a resumed run
     # draws the ones it would have drawn without interruption.
     cfg.MODEL.VOS.SYNTHESIS_SEED = 0
+    # Each rank of a distributed run draws its own outliers, from a seed of (SYNTHESIS_SEED,
+    # iteration, rank), as the paper's per-GPU draws (8 GPUs x K x SELECT per step); rank 0
+    # draws what a single process does. False: every rank draws the same outliers.
+    cfg.MODEL.VOS.PER_RANK_OUTLIERS = True
     # Score written to Instances.ood_scores and thresholded into is_ood:
-    # "vos": 1 - p(ID | box), the logistic regression on the weighted energy (paper eq. 8);
+    # "vos": p(outlier | box) = 1 - p(ID | box), the logistic regression on the weighted energy (paper eq. 8);
     # "energy": the free energy -logsumexp of the foreground logits (the released code's
     #           test-time score on a VOS-trained model).
     cfg.MODEL.VOS.OOD_SCORE = "vos"
@@ -59,6 +63,64 @@ def add_vos_config(cfg):
     # Class Gaussians of the box features written by tools/fit_mahalanobis.py; when set,
     # every detection also gets ood_scores_mahalanobis ("" = none).
     cfg.MODEL.VOS.MAHALANOBIS_STATS = ""
+    # Post-hoc OOD scores (vos_det/modeling/ood_scores/; issue 12): every detection gets
+    # ood_scores_maxlogit and ood_scores_gen, plus ood_scores_<name> of every score fitted in
+    # STATE (knn, vim, react, mahalanobis_multilayer, safe). Any of them can be OOD_SCORE.
+    cfg.MODEL.VOS.POST_HOC = CN()
+    # File written by tools/fit_ood_scores.py next to the weights ("" = none fitted).
+    cfg.MODEL.VOS.POST_HOC.STATE = ""
+    # GEN (Liu et al. 2023): exponent gamma and M, the number of largest probabilities
+    # summed (paper defaults; M is capped at the number of classes).
+    cfg.MODEL.VOS.POST_HOC.GEN = CN({"GAMMA": 0.1, "TOP_M": 100})
+    # k-NN (Sun et al. 2022), used when fitting: K, the neighbour (0 = chosen on --val-id /
+    # --val-ood boxes by the fit tool, else the paper's 50); MAX_BANK_SIZE, training boxes
+    # kept in the bank (0 = all); at inference CHUNK_SIZE, bank rows per chunk of the exact
+    # search (0 = one matrix product).
+    cfg.MODEL.VOS.POST_HOC.KNN = CN({"K": 0, "MAX_BANK_SIZE": 0, "CHUNK_SIZE": 0})
+    # ViM (Wang et al. 2022): DIM, the principal subspace dimension (0 = half the feature
+    # dimension, between the paper's 1000 of 2048 and 512 of 768).
+    cfg.MODEL.VOS.POST_HOC.VIM = CN({"DIM": 0})
+    # ReAct (Sun et al. 2021): features clipped at this percentile of the training boxes'
+    # activations (paper: 90).
+    cfg.MODEL.VOS.POST_HOC.REACT = CN({"PERCENTILE": 90.0})
+    # Multi-layer Mahalanobis: the feature maps each box is ROI-pooled from ([] = those of
+    # ROI_HEADS.IN_FEATURES), and whether the penultimate box feature is appended.
+    cfg.MODEL.VOS.POST_HOC.MULTILAYER = CN({"IN_FEATURES": [], "INCLUDE_BOX_FEATURES": True})
+    # SAFE (Wilson et al. 2023): the NUM_LAYERS feature maps most sensitive to an FGSM step of
+    # FGSM_EPSILON (input pixel units, 0-255) are chosen among CANDIDATE_FEATURES ([] = every
+    # backbone output); an MLP with two hidden layers of HIDDEN_DIM is trained with Adam
+    # (EPOCHS, LEARNING_RATE, BATCH_SIZE) to tell perturbed from clean training boxes.
+    cfg.MODEL.VOS.POST_HOC.SAFE = CN(
+        {
+            "CANDIDATE_FEATURES": [],
+            "NUM_LAYERS": 2,
+            "FGSM_EPSILON": 8.0,
+            "HIDDEN_DIM": 256,
+            "EPOCHS": 30,
+            "LEARNING_RATE": 1e-3,
+            "BATCH_SIZE": 256,
+        }
+    )
+    # Variants of VOS (issue 13; all off by default = the paper's recipe). See README,
+    # "Making virtual outliers useful".
+    # Class-balanced uncertainty loss: ID samples and outliers weigh one half each.
+    cfg.MODEL.VOS.BALANCED_LOSS = False
+    # > 0: outliers are drawn beyond eq. 3's likelihood threshold at this tail probability
+    # (Gaussian conditioned on ||z||^2 >= chi2.isf(OUTLIER_TAIL, D); SAMPLE_FROM unused);
+    # 0 = the paper's "least likely of SAMPLE_FROM". Needs SAMPLER "chi2".
+    cfg.MODEL.VOS.OUTLIER_TAIL = 0.0
+    # Factor on the Mahalanobis radius of every Gaussian outlier (1.0 = off).
+    cfg.MODEL.VOS.OUTLIER_RADIUS_SCALE = 1.0
+    # > 0: a Linear + ReLU bottleneck of this width before the class layer (cls_score),
+    # whose outputs are queued and synthesised (box predictor and classification head); 0 = none.
+    cfg.MODEL.VOS.BOTTLENECK_DIM = 0
+    # How outliers are made: "gaussian" (paper eq. 1-3) or "npos" (NPOS-style: boundary ID
+    # features by k-NN distance, perturbed, the farthest kept; K * SELECT per step from
+    # SAMPLE_FROM candidates).
+    cfg.MODEL.VOS.OUTLIER_SYNTHESIS = "gaussian"
+    # NPOS: K, the neighbour of the k-NN distance; BOUNDARY, the boundary features perturbed;
+    # NOISE_SCALE, the norm of the Gaussian noise relative to the unit-normalised feature.
+    cfg.MODEL.VOS.NPOS = CN({"K": 10, "BOUNDARY": 100, "NOISE_SCALE": 0.5})
 
     # Regularisers of the box-head embedding, with or without VOS (MODEL.VOS.ENABLED).
     cfg.MODEL.EMBEDDING = CN()
@@ -109,15 +171,49 @@ def add_vos_config(cfg):
     # Normalisation of the conv layers ("", "BN", "GN", ...).
     cfg.MODEL.TINY_NET.NORM = "BN"
 
+    # RegNet of build_regnet_fpn_backbone (detectron2's RegNet, Radosavovic et al. 2020); the
+    # defaults are RegNetX-4.0GF, the VOS paper's second backbone (pycls's RegNetX-4.0GF).
+    cfg.MODEL.REGNET = CN()
+    # Number of blocks in all stages together.
+    cfg.MODEL.REGNET.DEPTH = 23
+    # Slope of the linear block widths before quantisation (w_a).
+    cfg.MODEL.REGNET.W_A = 38.65
+    # Width of the first block (w_0).
+    cfg.MODEL.REGNET.W_0 = 96
+    # Width multiplier between stages of the quantised widths (w_m).
+    cfg.MODEL.REGNET.W_M = 2.43
+    # Channels per group of the grouped 3x3 convolutions.
+    cfg.MODEL.REGNET.GROUP_WIDTH = 40
+    # Output channels of the stem.
+    cfg.MODEL.REGNET.STEM_WIDTH = 32
+    # Squeeze-and-excitation ratio (0 = none: RegNetX; RegNetY uses 0.25).
+    cfg.MODEL.REGNET.SE_RATIO = 0.0
+    # Normalisation of every conv ("FrozenBN" for ImageNet-initialised detection training).
+    cfg.MODEL.REGNET.NORM = "FrozenBN"
+    # Stages returned to the FPN (strides 4, 8, 16, 32).
+    cfg.MODEL.REGNET.OUT_FEATURES = ["s1", "s2", "s3", "s4"]
+
     # Out-of-distribution test sets, evaluated against the ID sets of DATASETS.TEST.
     cfg.DATASETS.OOD_TEST = ()
     cfg.TEST.OOD = CN()
+    # OOD evaluation protocol; every report and ood_results.json names it:
+    # "vos_official": the released VOS evaluation, exactly: threshold = the optimal F1 read off
+    #   COCOeval's precision averaged over IoU .50:.95 on the ID test set (per class the score
+    #   of highest F1, averaged over classes); a detection, ID or OOD set, is kept when its
+    #   PROPOSAL's maximum foreground probability reaches it (so a confident proposal's
+    #   secondary-class detections are kept too); FPR95 at the ROC point whose ID recall is
+    #   closest to 95%. BOX_SELECTION and FPR95_METHOD are not used;
+    # "vos_det": a detection is kept by its own class score (BOX_SELECTION), FPR95 read by
+    #   FPR95_METHOD. The paper's recipes (configs/VOC-Detection, BDD-Detection) set
+    #   "vos_official"; README, "Reproducing the paper", says why the default differs.
+    cfg.TEST.OOD.PROTOCOL = "vos_det"
     # With BOX_SELECTION "fixed": detections whose class score is below this are not scored
-    # for OOD (also the fallback when the optimal-F1 threshold cannot be computed).
+    # for OOD (also the fallback of either protocol when no optimal-F1 threshold exists).
     cfg.TEST.OOD.SCORE_THRESHOLD = 0.5
-    # Which detections are scored for OOD (ID and OOD sets alike, no ground-truth matching):
+    # Protocol "vos_det": which detections are scored for OOD (ID and OOD sets alike, no
+    # ground-truth matching):
     # "optimal_f1": class score >= the ID test set's optimal-F1 threshold (per class, the
-    #               score maximising F1 at IoU 0.5, averaged over classes; the VOS protocol);
+    #               score maximising F1, exact VOC matching at IoU 0.5, averaged over classes);
     # "fixed": class score >= TEST.OOD.SCORE_THRESHOLD.
     cfg.TEST.OOD.BOX_SELECTION = "optimal_f1"
     # ID validation set on which the OOD threshold of is_ood is calibrated and saved with
@@ -125,8 +221,8 @@ def add_vos_config(cfg):
     cfg.TEST.OOD.CALIBRATION_DATASET = ""
     # Fraction of the selected ID validation boxes the calibrated threshold keeps as ID.
     cfg.TEST.OOD.CALIBRATION_ID_KEEP = 0.95
-    # How FPR95 reads the ROC curve: "first_at_least" (first point keeping >= 95% of ID) or
-    # "official_closest" (the point whose ID recall is closest to 95%, as the VOS code).
+    # Protocol "vos_det": how FPR95 reads the ROC curve: "first_at_least" (first point
+    # keeping >= 95% of ID) or "official_closest" (ID recall closest to 95%, the VOS code's).
     cfg.TEST.OOD.FPR95_METHOD = "first_at_least"
     # Draw the ROC curves and ID-vs-OOD score histograms (PNG) under OUTPUT_DIR/ood_plots.
     cfg.TEST.OOD.PLOTS = True
@@ -141,6 +237,9 @@ def add_vos_config(cfg):
 
 # The configs/ folder of the repository (vos_det is installed editable from it).
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+# A bare name found in several folders (vos_rcnn.yaml: VOC and BDD100k) means this folder's
+# file, the paper's main recipe, so `train_net.py --config vos_rcnn.yaml` stays the VOC recipe.
+PREFERRED_CONFIG_FOLDER = "VOC-Detection"
 
 
 def resolve_config_file(name: str) -> str:
@@ -148,13 +247,16 @@ def resolve_config_file(name: str) -> str:
 
     Args:
         name: a path (``configs/VOC-Detection/vos_rcnn.yaml``), a path relative to configs/
-            (``VOC-Detection/vos_rcnn.yaml``) or a bare file name (``vos_rcnn.yaml``).
+            (``VOC-Detection/vos_rcnn.yaml``) or a bare file name (``vos_rcnn.yaml``). A bare
+            name found in several folders resolves to the one in
+            :data:`PREFERRED_CONFIG_FOLDER` if it is there.
 
     Returns:
         str: the path of the config file.
 
     Raises:
-        FileNotFoundError: no such file, or a bare name matching several files (listed).
+        FileNotFoundError: no such file, or a bare name matching several files (listed), none
+            of them in :data:`PREFERRED_CONFIG_FOLDER`.
     """
     if not name:
         raise FileNotFoundError("no config file given: pass --config NAME (e.g. vos_rcnn.yaml)")
@@ -166,6 +268,9 @@ def resolve_config_file(name: str) -> str:
     matches = sorted(CONFIGS_DIR.rglob(path.name)) if path.name == name else []
     if len(matches) == 1:
         return str(matches[0])
+    preferred = [m for m in matches if m.parent.name == PREFERRED_CONFIG_FOLDER]
+    if len(matches) > 1 and len(preferred) == 1:
+        return str(preferred[0])
     if len(matches) > 1:
         listed = ", ".join(str(m.relative_to(CONFIGS_DIR)) for m in matches)
         raise FileNotFoundError(f"config name {name!r} is ambiguous under {CONFIGS_DIR}: {listed}")

@@ -1,20 +1,92 @@
 """Checkpointing that never leaves a half-written file and restores the random state."""
+import errno
+import os
+import pickle
 import random
+import shutil
+import zipfile
+
+import math
 
 import numpy as np
 import torch
+from detectron2.engine import HookBase
 
+from ..errors import UserError
+from ..evaluation.calibration import find_ood_head
 from ..utils.file_io import atomic_open
 
-__all__ = ["AtomicWritePathManager", "RandomState", "check_checkpoint_matches_model"]
+__all__ = [
+    "AtomicWritePathManager",
+    "RandomState",
+    "SaveCalibratedFinalModel",
+    "check_checkpoint_matches_model",
+    "check_weights_file",
+    "disk_full_error",
+]
+
+
+def _mount_point(path: str) -> str:
+    """The mount point of the file system holding ``path`` (the "disk")."""
+    path = os.path.abspath(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` or an exception it was raised from is "no space left on device"
+    (torch.save reports a failed write as "unexpected pos ..." raised from the OSError)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_error(path: str) -> OSError:
+    """An ENOSPC OSError naming the disk, its free space and the file that was being written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    free = shutil.disk_usage(directory).free
+    return OSError(
+        errno.ENOSPC,
+        f"no space left on the disk {_mount_point(directory)} ({free / 2**20:.1f} MiB free) while writing "
+        f"{path}; it was not written, the previous checkpoint and last_checkpoint are unchanged. Free some "
+        "space (or set OUTPUT_DIR to another disk) and rerun with --resume",
+    )
+
+
+class _DiskFullNamingFile:
+    """Wraps an atomic file: a failure from a full disk is re-raised as :func:`disk_full_error`."""
+
+    def __init__(self, path, file):
+        self._path, self._file = path, file
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        try:
+            self._file.__exit__(exc_type, exc, traceback)
+        except OSError as error:
+            if _is_disk_full(error):
+                raise disk_full_error(self._path) from error
+            raise
+        if exc is not None and _is_disk_full(exc):
+            raise disk_full_error(self._path) from exc
+        return False
 
 
 class AtomicWritePathManager:
     """Wraps an iopath PathManager so that files opened for writing on local disk are atomic.
 
     fvcore's Checkpointer writes the checkpoint and the ``last_checkpoint`` tag through its
-    ``path_manager``; with this wrapper both appear complete or not at all. Reads, remote
-    paths and every other method go to the wrapped manager.
+    ``path_manager``; with this wrapper both appear complete or not at all, and a full disk
+    is reported as such (an OSError naming the disk and the file), not as torch's
+    "unexpected pos". Reads, remote paths and every other method go to the wrapped manager.
     """
 
     def __init__(self, path_manager):
@@ -25,7 +97,12 @@ class AtomicWritePathManager:
 
     def open(self, path, mode="r", **kwargs):
         if ("w" in mode or "x" in mode) and "://" not in str(path) and not kwargs:
-            return atomic_open(str(path), mode)
+            try:
+                return _DiskFullNamingFile(str(path), atomic_open(str(path), mode))
+            except OSError as error:
+                if _is_disk_full(error):
+                    raise disk_full_error(str(path)) from error
+                raise
         return self._path_manager.open(path, mode, **kwargs)
 
 
@@ -79,10 +156,77 @@ class RandomState:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class SaveCalibratedFinalModel(HookBase):
+    """Saves ``model_final.pth`` again after the final evaluation calibrated the OOD threshold.
+
+    With ``TEST.OOD.CALIBRATION_DATASET`` set, the evaluation at the end of training writes
+    the calibrated threshold into the model's ``calibrated_ood_threshold`` buffer, after
+    ``model_final.pth`` was saved. Registered after the evaluation hook, this hook saves the
+    final checkpoint once more, so that ``model_final.pth`` (not only
+    ``model_calibrated.pth``) flags OOD boxes with the calibrated threshold. It does nothing
+    when training stopped early or no threshold was calibrated.
+    """
+
+    def after_train(self):
+        trainer = self.trainer
+        if trainer.iter < trainer.max_iter or not trainer.cfg.TEST.OOD.CALIBRATION_DATASET:
+            return
+        try:
+            threshold = float(find_ood_head(trainer.model).calibrated_ood_threshold)
+        except TypeError:  # a model without VOS OOD scores
+            return
+        if math.isfinite(threshold):
+            # The trainer's state is saved with the file: give it the iteration the periodic
+            # checkpointer wrote model_final.pth at, so that --resume after a longer
+            # SOLVER.MAX_ITER continues at max_iter, not one iteration later.
+            after_loop_iter, trainer.iter = trainer.iter, trainer.max_iter - 1
+            try:
+                trainer.checkpointer.save("model_final")
+            finally:
+                trainer.iter = after_loop_iter
+
+
 # Buffers whose shapes may differ between checkpoint and model: the VOS feature queues
 # (training state, unused at inference) and the Mahalanobis statistics (their class count
 # is data, adopted on load).
 _SHAPE_FREE_BUFFERS = (".feature_queues.", ".mahalanobis.")
+
+
+def check_weights_file(weights: str, option: str = "MODEL.WEIGHTS") -> None:
+    """Raise when ``weights`` is a local path with no file, or a truncated ``.pth`` file.
+
+    Cheap (no tensor is read): run it before the model is built. Remote paths
+    (``detectron2://...``, ``https://...``) and "" are not checked.
+
+    Raises:
+        FileNotFoundError: no such file (named, with ``option``).
+        UserError: a ``.pth`` file whose zip directory is missing (a truncated copy).
+    """
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        where = "a folder, not a file" if os.path.isdir(weights) else "not found"
+        raise FileNotFoundError(f"weights file {weights} ({option}) {where}")
+    if weights.endswith(".pth") and os.path.isfile(weights) and not zipfile.is_zipfile(weights):
+        with open(weights, "rb") as f:
+            legacy_pickle = f.read(1) == b"\x80"  # torch's pre-1.6 format is a plain pickle
+        if not legacy_pickle:
+            raise UserError(
+                f"weights file {weights} ({option}, {os.path.getsize(weights)} bytes) is truncated or "
+                "not a torch .pth checkpoint (no zip directory at its end)"
+            )
+
+
+def _load_checkpoint(weights: str):
+    """torch.load of a .pth file, with errors that name it (missing, truncated, not a checkpoint)."""
+    check_weights_file(weights)
+    try:
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        size = os.path.getsize(weights)
+        first_sentence = str(error).split(". ")[0]
+        raise UserError(
+            f"weights file {weights} ({size} bytes) cannot be read as a checkpoint: truncated or not a "
+            f"torch .pth file ({first_sentence})"
+        ) from error
 
 
 def check_checkpoint_matches_model(weights: str, model) -> None:
@@ -99,11 +243,14 @@ def check_checkpoint_matches_model(weights: str, model) -> None:
         model (nn.Module): the model built from the config.
 
     Raises:
+        FileNotFoundError: no such file (named).
+        UserError: the file is truncated or no checkpoint (named).
         ValueError: naming the file, each mismatched tensor and both shapes.
     """
+    check_weights_file(weights)
     if not weights.endswith(".pth"):
         return
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    checkpoint = _load_checkpoint(weights)
     state = checkpoint.get("model", checkpoint)
     model_state = model.state_dict()
     mismatched = [

@@ -1,14 +1,18 @@
 """A predictor for end users: config + weights in, detections with OOD verdicts out."""
-from detectron2.config import get_cfg
+import logging
+import math
+
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 
-from ..config import add_vos_config, resolve_config_file
+from ..cli import load_config
 from ..data.image_io import read_image_file
 from ..modeling import VOSOutputLayers
-from .checkpoint import check_checkpoint_matches_model
+from .checkpoint import check_checkpoint_matches_model, check_weights_file
 
 __all__ = ["OODPredictor", "instances_to_records"]
+
+logger = logging.getLogger(__name__)
 
 
 class OODPredictor(DefaultPredictor):
@@ -29,9 +33,11 @@ class OODPredictor(DefaultPredictor):
             cfg (CfgNode): a config with the VOS keys and MODEL.WEIGHTS set.
 
         Raises:
+            FileNotFoundError: MODEL.WEIGHTS names no file (checked before the model is built).
             TypeError: the model's box predictor produces no OOD fields.
             ValueError: the checkpoint's tensors do not fit the model built from cfg.
         """
+        check_weights_file(cfg.MODEL.WEIGHTS)
         super().__init__(cfg)
         check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, self.model)
         box_predictor = getattr(getattr(self.model, "roi_heads", None), "box_predictor", None)
@@ -46,6 +52,27 @@ class OODPredictor(DefaultPredictor):
         num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         names = list(metadata.get("thing_classes", [])) if metadata is not None else []
         self.class_names = names if len(names) == num_classes else [str(i) for i in range(num_classes)]
+        # The dataset's own category id of each class index (COCO-json sets), else the index.
+        to_index = metadata.get("thing_dataset_id_to_contiguous_id", {}) if metadata is not None else {}
+        from_index = {index: dataset_id for dataset_id, index in to_index.items()}
+        self.category_ids = [from_index.get(i, i) for i in range(num_classes)]
+        self._warn_if_uncalibrated(cfg)
+
+    def _warn_if_uncalibrated(self, cfg):
+        """One warning when is_ood would use the default threshold for want of a calibrated one."""
+        predictor = self.box_predictor
+        if not predictor.use_calibrated_threshold or not math.isnan(float(predictor.calibrated_ood_threshold)):
+            return
+        logger.warning(
+            "%s holds no calibrated OOD threshold: is_ood uses MODEL.VOS.OOD_THRESHOLD=%s, which "
+            "may flag no box or every box. Calibrate it on an ID validation set with `python "
+            "tools/ood_eval.py --config CONFIG MODEL.WEIGHTS %s --calibrate VAL_SET` and use the "
+            "model_calibrated.pth it writes (or train with TEST.OOD.CALIBRATION_DATASET VAL_SET), "
+            "or pass a threshold of your own (predict.py --ood-threshold T)",
+            cfg.MODEL.WEIGHTS,
+            predictor.ood_threshold,
+            cfg.MODEL.WEIGHTS,
+        )
 
     @classmethod
     def from_config_file(cls, config_file, weights, opts=()):
@@ -56,10 +83,7 @@ class OODPredictor(DefaultPredictor):
             weights (str): checkpoint path (sets MODEL.WEIGHTS).
             opts (list[str]): KEY VALUE overrides, as on the command line.
         """
-        cfg = get_cfg()
-        add_vos_config(cfg)
-        cfg.merge_from_file(resolve_config_file(config_file))
-        cfg.merge_from_list(["MODEL.WEIGHTS", weights, *opts])
+        cfg = load_config(config_file, ["MODEL.WEIGHTS", weights, *opts])
         cfg.freeze()
         return cls(cfg)
 
@@ -84,7 +108,7 @@ class OODPredictor(DefaultPredictor):
         return self(image)["instances"].to("cpu")
 
 
-def instances_to_records(instances, image_id, file_name, class_names):
+def instances_to_records(instances, image_id, file_name, class_names, category_ids=None):
     """COCO-results-style dicts of one image's detections, with their OOD verdicts.
 
     Args:
@@ -92,12 +116,16 @@ def instances_to_records(instances, image_id, file_name, class_names):
         image_id (int): id of the image in the output.
         file_name (str): the image file.
         class_names (list[str]): names of the ID classes.
+        category_ids (list[int], optional): the dataset's category id of each class index
+            (:attr:`OODPredictor.category_ids`); the class index itself when None.
 
     Returns:
-        list[dict]: one dict per box: image_id, file_name, category_id (0-based class
-        index), category_name, bbox (XYWH, absolute pixels), score, id_score, ood_score
-        (larger = more OOD), is_ood.
+        list[dict]: one dict per box: image_id, file_name, category_id (the training set's
+        own category id when known: COCO-json sets; else the 0-based class index),
+        class_index (0-based), category_name, bbox (XYWH, absolute pixels), score, id_score,
+        ood_score (larger = more OOD), is_ood.
     """
+    category_ids = category_ids or list(range(len(class_names)))
     boxes = instances.pred_boxes.tensor.clone()
     boxes[:, 2:] -= boxes[:, :2]
     records = []
@@ -113,7 +141,8 @@ def instances_to_records(instances, image_id, file_name, class_names):
             {
                 "image_id": image_id,
                 "file_name": file_name,
-                "category_id": label,
+                "category_id": category_ids[label],
+                "class_index": label,
                 "category_name": class_names[label],
                 "bbox": [round(v, 2) for v in box],
                 "score": score,

@@ -66,14 +66,21 @@ class _AtomicLocalFile:
         if exc_type is None:
             self.close()
         else:
-            self._file.close()
+            with contextlib.suppress(OSError):  # flushing may fail again (a full disk)
+                self._file.close()
             os.unlink(self._temporary_path)
 
     def close(self):
         if self._file.closed:
             return
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except BaseException:  # e.g. a full disk: the temporary file goes, the target stays
+            with contextlib.suppress(OSError):
+                self._file.close()
+            os.unlink(self._temporary_path)
+            raise
         self._file.close()
         os.replace(self._temporary_path, self._path)
 

@@ -1,0 +1,267 @@
+"""Range and choice checks of the vos_det config keys, run before any work.
+
+One table, :data:`RULES`, maps a key to a check of its value; :data:`CROSS_CHECKS` holds the
+checks that read several keys. A new key gets its check by adding one line to ``RULES``
+(``"MODEL.VOS.NEW_KEY": at_least(0),``). A key absent from the config (a config built without
+the module that adds it) is skipped. :func:`validate_config` runs them all when a tool loads
+its config (:func:`vos_det.cli.load_config`) and when a VOS model is built, so a mistake
+fails in the first seconds, not at the first synthesis step hours into a run.
+"""
+import logging
+import math
+
+from .errors import ConfigError
+
+__all__ = ["CROSS_CHECKS", "RULES", "at_least", "between", "greater_than", "one_of", "validate_config"]
+
+logger = logging.getLogger(__name__)
+
+_MISSING = object()
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def at_least(low, integer=False):
+    """A check: a finite number (an integer if ``integer``) >= ``low``."""
+    kind = "an integer" if integer else "a number"
+
+    def check(value):
+        if not _is_number(value) or (integer and not isinstance(value, int)):
+            return f"must be {kind} >= {low}"
+        return None if value >= low else f"must be >= {low}"
+
+    return check
+
+
+def greater_than(low):
+    """A check: a finite number > ``low``."""
+    return lambda value: None if _is_number(value) and value > low else f"must be a number > {low}"
+
+
+def between(low, high, *, high_open=False, low_open=False):
+    """A check: a finite number in [low, high] (``low_open`` / ``high_open`` exclude an end)."""
+    text = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+    def check(value):
+        if not _is_number(value):
+            return f"must be a number in {text}"
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        return None if above and below else f"must be in {text}"
+
+    return check
+
+
+def one_of(choices):
+    """A check: a value among ``choices`` (a tuple, or a callable returning the names, read at
+    check time so that registries filled later count)."""
+
+    def check(value):
+        allowed = tuple(choices() if callable(choices) else choices)
+        return None if value in allowed else f"must be one of {', '.join(map(str, allowed))}"
+
+    return check
+
+
+def each_of(choices):
+    """A check: a list or tuple whose every item is among ``choices`` (as :func:`one_of`)."""
+    single = one_of(choices)
+
+    def check(value):
+        for item in value:
+            problem = single(item)
+            if problem:
+                return f"item {item!r} {problem}"
+        return None
+
+    return check
+
+
+def _registry_names(module, registry):
+    """A callable listing the names of ``module.registry`` (imported lazily: no cycle)."""
+
+    def names():
+        import importlib
+
+        return sorted(name for name, _ in getattr(importlib.import_module(module), registry))
+
+    return names
+
+
+def _ood_scores():
+    from .modeling import OOD_SCORES
+
+    return OOD_SCORES
+
+
+def _modeling_constant(module, name):
+    """``vos_det.modeling.<module>.<name>``, imported when a check runs (no import cycle)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"vos_det.modeling.{module}"), name)
+
+
+# key -> check(value) returning None when fine, else what is allowed.
+RULES = {
+    "MODEL.VOS.SAMPLE_NUMBER": at_least(1, integer=True),
+    "MODEL.VOS.STARTING_ITER": at_least(0, integer=True),
+    "MODEL.VOS.SAMPLE_FROM": at_least(1, integer=True),
+    "MODEL.VOS.SELECT": at_least(1, integer=True),
+    "MODEL.VOS.LOSS_WEIGHT": at_least(0.0),
+    "MODEL.VOS.COVARIANCE_EPS": greater_than(0.0),
+    "MODEL.VOS.COVARIANCE_RECOMPUTE_PERIOD": at_least(1, integer=True),
+    "MODEL.VOS.SAMPLER": one_of(lambda: _modeling_constant("synthesis", "SAMPLERS")),
+    "MODEL.VOS.SYNTHESIS_SEED": at_least(0, integer=True),
+    "MODEL.VOS.OOD_SCORE": one_of(_ood_scores),
+    "MODEL.VOS.OOD_THRESHOLD": lambda v: None if _is_number(v) else "must be a finite number",
+    "MODEL.VOS.OUTLIER_TAIL": between(0.0, 1.0, high_open=True),
+    "MODEL.VOS.OUTLIER_RADIUS_SCALE": greater_than(0.0),
+    "MODEL.VOS.BOTTLENECK_DIM": at_least(0, integer=True),
+    "MODEL.VOS.OUTLIER_SYNTHESIS": one_of(("gaussian", "npos")),
+    "MODEL.VOS.NPOS.K": at_least(1, integer=True),
+    "MODEL.VOS.NPOS.BOUNDARY": at_least(1, integer=True),
+    "MODEL.VOS.NPOS.NOISE_SCALE": greater_than(0.0),
+    "MODEL.VOS.POST_HOC.GEN.GAMMA": greater_than(0.0),
+    "MODEL.VOS.POST_HOC.GEN.TOP_M": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.KNN.K": at_least(0, integer=True),
+    "MODEL.VOS.POST_HOC.KNN.MAX_BANK_SIZE": at_least(0, integer=True),
+    "MODEL.VOS.POST_HOC.KNN.CHUNK_SIZE": at_least(0, integer=True),
+    "MODEL.VOS.POST_HOC.VIM.DIM": at_least(0, integer=True),
+    "MODEL.VOS.POST_HOC.REACT.PERCENTILE": between(0.0, 100.0, low_open=True),
+    "MODEL.VOS.POST_HOC.SAFE.NUM_LAYERS": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON": greater_than(0.0),
+    "MODEL.VOS.POST_HOC.SAFE.HIDDEN_DIM": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.EPOCHS": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.LEARNING_RATE": greater_than(0.0),
+    "MODEL.VOS.POST_HOC.SAFE.BATCH_SIZE": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.GEN.GAMMA": greater_than(0.0),
+    "MODEL.VOS.POST_HOC.GEN.TOP_M": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.KNN.K": at_least(0, integer=True),
+    "MODEL.VOS.POST_HOC.KNN.MAX_BANK_SIZE": at_least(0, integer=True),
+    "MODEL.VOS.POST_HOC.KNN.CHUNK_SIZE": at_least(0, integer=True),
+    "MODEL.VOS.POST_HOC.VIM.DIM": at_least(0, integer=True),
+    "MODEL.VOS.POST_HOC.REACT.PERCENTILE": between(0.0, 100.0, low_open=True),
+    "MODEL.VOS.POST_HOC.SAFE.NUM_LAYERS": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON": at_least(0.0),
+    "MODEL.VOS.POST_HOC.SAFE.HIDDEN_DIM": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.EPOCHS": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.LEARNING_RATE": greater_than(0.0),
+    "MODEL.VOS.POST_HOC.SAFE.BATCH_SIZE": at_least(1, integer=True),
+    "MODEL.VOS.OUTLIER_TAIL": between(0.0, 1.0, high_open=True),
+    "MODEL.VOS.OUTLIER_RADIUS_SCALE": greater_than(0.0),
+    "MODEL.VOS.BOTTLENECK_DIM": at_least(0, integer=True),
+    "MODEL.VOS.OUTLIER_SYNTHESIS": one_of(("gaussian", "npos")),
+    "MODEL.VOS.NPOS.K": at_least(1, integer=True),
+    "MODEL.VOS.NPOS.BOUNDARY": at_least(1, integer=True),
+    "MODEL.VOS.NPOS.NOISE_SCALE": at_least(0.0),
+    "MODEL.VOS.BOX_PREDICTOR": one_of(_registry_names("vos_det.modeling.output_layers", "BOX_PREDICTOR_REGISTRY")),
+    "MODEL.EMBEDDING.CLASSIFIER": one_of(_registry_names("vos_det.modeling.margin_classifiers", "CLASSIFIER_REGISTRY")),
+    "MODEL.EMBEDDING.LOSSES": each_of(_registry_names("vos_det.modeling.embedding_losses", "EMBEDDING_LOSS_REGISTRY")),
+    "MODEL.EMBEDDING.L2_SOFTMAX.ALPHA": greater_than(0.0),
+    "MODEL.EMBEDDING.COSFACE.SCALE": greater_than(0.0),
+    "MODEL.EMBEDDING.COSFACE.MARGIN": at_least(0.0),
+    "MODEL.EMBEDDING.ARCFACE.SCALE": greater_than(0.0),
+    "MODEL.EMBEDDING.ARCFACE.MARGIN": between(0.0, math.pi, high_open=True),
+    "MODEL.EMBEDDING.SPHEREFACE.MARGIN": at_least(1, integer=True),
+    "MODEL.EMBEDDING.SPHEREFACE.LAMBDA_BASE": at_least(0.0),
+    "MODEL.EMBEDDING.SPHEREFACE.LAMBDA_MIN": at_least(0.0),
+    "MODEL.EMBEDDING.SPHEREFACE.LAMBDA_GAMMA": at_least(0.0),
+    "MODEL.EMBEDDING.SPHEREFACE.LAMBDA_POWER": at_least(0.0),
+    "MODEL.EMBEDDING.CENTER_LOSS.WEIGHT": at_least(0.0),
+    "MODEL.EMBEDDING.CENTER_LOSS.ALPHA": between(0.0, 1.0),
+    "MODEL.EMBEDDING.CIDER.EMBEDDING_DIM": at_least(1, integer=True),
+    "MODEL.EMBEDDING.CIDER.TEMPERATURE": greater_than(0.0),
+    "MODEL.EMBEDDING.CIDER.PROTOTYPE_MOMENTUM": between(0.0, 1.0, high_open=True),
+    "MODEL.EMBEDDING.CIDER.COMPACTNESS_WEIGHT": at_least(0.0),
+    "MODEL.EMBEDDING.CIDER.DISPERSION_WEIGHT": at_least(0.0),
+    "TEST.OOD.SCORE_THRESHOLD": between(0.0, 1.0),
+    "TEST.OOD.BOX_SELECTION": one_of(("optimal_f1", "fixed")),
+    "TEST.OOD.CALIBRATION_ID_KEEP": between(0.0, 1.0, low_open=True, high_open=True),
+    "TEST.OOD.FPR95_METHOD": one_of(("first_at_least", "official_closest")),
+    "TEST.OOD.PROTOCOL": one_of(("vos_official", "vos_det")),
+}
+
+
+def _get(cfg, key, default=None):
+    node = cfg
+    for name in key.split("."):
+        if name not in node:
+            return default
+        node = node[name]
+    return node
+
+
+def _select_within_sample_from(cfg):
+    if _get(cfg, "MODEL.VOS.OUTLIER_TAIL", 0.0):  # tail sampling draws no SAMPLE_FROM candidates
+        return None
+    select, sample_from = _get(cfg, "MODEL.VOS.SELECT"), _get(cfg, "MODEL.VOS.SAMPLE_FROM")
+    if _is_number(select) and _is_number(sample_from) and select > sample_from:
+        return (
+            f"MODEL.VOS.SELECT={select} must be <= MODEL.VOS.SAMPLE_FROM={sample_from} "
+            "(the outliers kept are among the samples drawn)"
+        )
+    return None
+
+
+def _tail_needs_chi2(cfg):
+    tail, sampler = _get(cfg, "MODEL.VOS.OUTLIER_TAIL", 0.0), _get(cfg, "MODEL.VOS.SAMPLER")
+    if _is_number(tail) and tail > 0 and sampler != "chi2":
+        return f"MODEL.VOS.OUTLIER_TAIL={tail} needs MODEL.VOS.SAMPLER chi2, not {sampler!r}"
+    return None
+
+
+def _score_needs_vos(cfg):
+    score = _get(cfg, "MODEL.VOS.OOD_SCORE")
+    if score in ("vos", "weighted_energy") and _get(cfg, "MODEL.VOS.ENABLED") is False:
+        return (
+            f"MODEL.VOS.OOD_SCORE={score!r} needs MODEL.VOS.ENABLED True; a model trained "
+            "without VOS can use 'energy' or 'msp'"
+        )
+    return None
+
+
+# Checks reading several keys: cfg -> None when fine, else the message (naming the keys).
+CROSS_CHECKS = [_select_within_sample_from, _tail_needs_chi2, _score_needs_vos]
+
+
+def _warn_unreachable_synthesis(cfg):
+    """Warn when synthesis cannot start within the training schedule."""
+    if not _get(cfg, "MODEL.VOS.ENABLED", False):
+        return
+    starting_iter, max_iter = _get(cfg, "MODEL.VOS.STARTING_ITER"), _get(cfg, "SOLVER.MAX_ITER")
+    if _is_number(starting_iter) and _is_number(max_iter) and starting_iter >= max_iter:
+        logger.warning(
+            "MODEL.VOS.STARTING_ITER=%s >= SOLVER.MAX_ITER=%s: outlier synthesis and the "
+            "uncertainty loss never start, this trains a vanilla detector",
+            starting_iter,
+            max_iter,
+        )
+
+
+def validate_config(cfg, training=False):
+    """Check every key of :data:`RULES` present in ``cfg`` and every :data:`CROSS_CHECKS`.
+
+    Args:
+        cfg (CfgNode): the config (frozen or not).
+        training (bool): also warn about training-only settings (STARTING_ITER >= MAX_ITER).
+
+    Raises:
+        ConfigError: every problem found, one per line, each naming the key, the value and
+            what is allowed.
+    """
+    problems = []
+    for key, check in RULES.items():
+        value = _get(cfg, key, _MISSING)
+        if value is _MISSING:
+            continue
+        problem = check(value)
+        if problem:
+            problems.append(f"{key}={value!r}: {problem}")
+    problems += [p for p in (check(cfg) for check in CROSS_CHECKS) if p]
+    if problems:
+        raise ConfigError("invalid config value" + ("s:\n  " if len(problems) > 1 else ": ") + "\n  ".join(problems))
+    if training:
+        _warn_unreachable_synthesis(cfg)
+
