@@ -1,4 +1,5 @@
-"""Two gloo processes on the CPU: all-gathered class queues and identical outliers on every rank.
+"""Two gloo processes on the CPU: all-gathered class queues, and outliers of each rank's own
+(MODEL.VOS.PER_RANK_OUTLIERS) that a resumed run redraws.
 
 The workers are started with detectron2's ``launch`` exactly as ``tools/train_net.py --num-gpus
 2`` does. On a machine without CUDA it spawns the processes with
@@ -99,8 +100,9 @@ def _train(rank):
     predictor = model.roi_heads.box_predictor
     queues = predictor.feature_queues
 
-    # Record what this rank hands to the queues, and the outliers it synthesises.
-    enqueued, outliers = [], {}
+    # Record what this rank hands to the queues, the outliers it synthesises, and the
+    # predictor's state (its queues) when it synthesises the last ones.
+    enqueued, outliers, last_state = [], {}, {}
     enqueue, synthesize_outliers = queues.enqueue, predictor.synthesize_outliers
 
     def recording_enqueue(features, labels, gather=True):
@@ -108,6 +110,7 @@ def _train(rank):
         return enqueue(features, labels, gather=gather)
 
     def recording_synthesize_outliers(iteration):
+        last_state.update({name: value.clone() for name, value in predictor.state_dict().items()})
         outliers[iteration] = synthesize_outliers(iteration)
         return outliers[iteration]
 
@@ -132,9 +135,23 @@ def _train(rank):
         "queues": {name: buffer.clone() for name, buffer in queues.named_buffers()},
         "enqueued": enqueued,
         "outliers": outliers,
+        **_redraw(cfg, rank, last_state, NUM_ITERATIONS - 1),
         "losses": losses,
         "parameters": {name: p.detach().clone() for name, p in model.named_parameters()},
     }
+
+
+def _redraw(cfg, rank, state, iteration):
+    """The outliers of ``iteration`` drawn again by a new model given the recorded state, as a
+    resumed run does: with per-rank outliers, and with PER_RANK_OUTLIERS False."""
+    torch.manual_seed(100 + rank)  # other initial weights: only the loaded state may matter
+    predictor = build_model(cfg).roi_heads.box_predictor
+    redrawn = {}
+    for per_rank in (True, False):
+        predictor.load_state_dict(state)
+        predictor.per_rank_outliers = per_rank
+        redrawn["resumed_outliers" if per_rank else "shared_outliers"] = predictor.synthesize_outliers(iteration)
+    return redrawn
 
 
 def _worker(output_dir):
@@ -223,17 +240,33 @@ def test_ranks_hold_identical_queues_of_all_ranks_features(distributed_run):
             assert torch.equal(buffer, first["queues"][name]), name
 
 
-def test_ranks_synthesise_identical_outliers(distributed_run):
+def test_each_rank_synthesises_its_own_outliers(distributed_run):
     first, second = distributed_run("train")
     # Synthesis needs every queue full, which no rank's own classes achieve: the all-gather
     # is what starts it, at STARTING_ITER on both ranks.
     assert sorted(first["outliers"]) == sorted(second["outliers"]) == list(range(STARTING_ITER, NUM_ITERATIONS))
     for iteration, outliers in first["outliers"].items():
         assert outliers is not None and outliers.shape[0] == NUM_CLASSES
-        assert torch.isfinite(outliers).all()
-        assert torch.equal(outliers, second["outliers"][iteration]), iteration
+        assert torch.isfinite(outliers).all() and torch.isfinite(second["outliers"][iteration]).all()
+        # Same queues (hence Gaussians) on both ranks, other draws (PER_RANK_OUTLIERS True).
+        assert not torch.isclose(outliers, second["outliers"][iteration]).any(), iteration
     # Each iteration draws other outliers (the seed includes the iteration).
     assert not torch.equal(first["outliers"][STARTING_ITER], first["outliers"][STARTING_ITER + 1])
+
+
+def test_a_resumed_run_redraws_each_ranks_outliers(distributed_run):
+    last = NUM_ITERATIONS - 1
+    for result in distributed_run("train"):
+        assert torch.equal(result["resumed_outliers"], result["outliers"][last])
+
+
+def test_rank_zero_draws_the_single_process_outliers(distributed_run):
+    first, second = distributed_run("train")
+    last = NUM_ITERATIONS - 1
+    # PER_RANK_OUTLIERS False: every rank draws rank 0's outliers, those of a single process
+    # (whose seed ignores the rank), so turning per-rank outliers on changes nothing there.
+    assert torch.equal(first["shared_outliers"], second["shared_outliers"])
+    assert torch.equal(first["shared_outliers"], first["outliers"][last])
 
 
 def test_losses_are_finite_and_the_uncertainty_loss_starts(distributed_run):
@@ -255,3 +288,14 @@ def test_ddp_keeps_parameters_identical_across_ranks(distributed_run):
     assert any(name.endswith("energy_weights") for name in first["parameters"])
     for name, parameter in first["parameters"].items():
         assert torch.equal(parameter, second["parameters"][name]), name
+
+
+def test_single_process_seed_is_the_one_before_per_rank_outliers():
+    """Rank 0 adds nothing to the seed: single-process training draws what it always drew."""
+    cfg = get_cfg()
+    add_vos_config(cfg)
+    cfg.merge_from_file(resolve_config_file("digits_vos_tiny.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VOS.SYNTHESIS_SEED", str(SYNTHESIS_SEED)])
+    assert cfg.MODEL.VOS.PER_RANK_OUTLIERS
+    predictor = build_model(cfg).roi_heads.box_predictor
+    assert predictor.synthesis_seed_at(7) == SYNTHESIS_SEED * 1_000_003 + 7

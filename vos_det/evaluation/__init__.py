@@ -26,10 +26,13 @@ __all__ = [
 from .box_scores import BoxOODScoreCollector, DetectionRecords, collect_detections
 from .box_selection import (
     BOX_SELECTION_RULES,
+    PROTOCOLS,
     BoxSelection,
+    coco_optimal_f1_threshold,
     load_ground_truth,
     optimal_f1_threshold,
     select_boxes,
+    select_boxes_for_config,
 )
 from .calibration import Calibration, calibrate_on_dataset, calibrate_threshold, threshold_keeping
 from .detection import VOCDetectionEvaluator, build_detection_evaluator
@@ -38,6 +41,7 @@ from .report import format_ood_report, format_ood_table
 
 __all__ += [
     "BOX_SELECTION_RULES",
+    "PROTOCOLS",
     "BoxOODScoreCollector",
     "BoxSelection",
     "Calibration",
@@ -46,6 +50,7 @@ __all__ += [
     "build_detection_evaluator",
     "calibrate_on_dataset",
     "calibrate_threshold",
+    "coco_optimal_f1_threshold",
     "collect_detections",
     "evaluate_ood_protocol",
     "format_ood_report",
@@ -53,5 +58,6 @@ __all__ += [
     "load_ground_truth",
     "optimal_f1_threshold",
     "select_boxes",
+    "select_boxes_for_config",
     "threshold_keeping",
 ]

@@ -6,7 +6,7 @@ and applied afterwards, and the same records serve the detection metrics, the OO
 and the calibration.
 """
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -27,7 +27,12 @@ class DetectionRecords:
         image_ids (np.ndarray): (N,) object array, the ``image_id`` of each box's image.
         boxes (np.ndarray): (N, 4) float64, XYXY in the image's original pixel coordinates.
         classes (np.ndarray): (N,) int64, the predicted (contiguous) class.
-        scores (np.ndarray): (N,) float64, the top class probability (``Instances.scores``).
+        scores (np.ndarray): (N,) float64, the detection's class probability
+            (``Instances.scores``).
+        proposal_scores (np.ndarray): (N,) float64, the maximum foreground probability of the
+            detection's proposal (``Instances.proposal_scores``; NaN for a model without it).
+            A proposal yields one detection per class above the test score threshold, so a
+            secondary-class detection has a proposal score above its own class score.
         ood_scores (dict[str, np.ndarray]): score name -> (N,) float64 OOD scores
             (larger = more OOD), from the ``ood_scores_<name>`` fields.
         num_images (int): images seen, those without any detection included.
@@ -39,6 +44,11 @@ class DetectionRecords:
     scores: np.ndarray
     ood_scores: Dict[str, np.ndarray] = field(default_factory=dict)
     num_images: int = 0
+    proposal_scores: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        if self.proposal_scores is None:
+            self.proposal_scores = np.full(self.scores.shape, np.nan)
 
     def __len__(self):
         return int(self.scores.shape[0])
@@ -63,11 +73,14 @@ class DetectionRecords:
             scores=self.scores[mask],
             ood_scores={name: values[mask] for name, values in self.ood_scores.items()},
             num_images=self.num_images,
+            proposal_scores=self.proposal_scores[mask],
         )
 
-    def select(self, score_threshold: float):
-        """The detections whose top class probability is >= ``score_threshold``."""
-        return self.subset(self.scores >= score_threshold)
+    def select(self, score_threshold: float, score_field: str = "scores"):
+        """The detections whose ``score_field`` ("scores": their class probability, or
+        "proposal_scores": their proposal's maximum foreground probability) is >=
+        ``score_threshold``."""
+        return self.subset(getattr(self, score_field) >= score_threshold)
 
 
 def _image_records(image_id, instances):
@@ -79,6 +92,11 @@ def _image_records(image_id, instances):
         "boxes": instances.pred_boxes.tensor.detach().cpu().double().numpy().reshape(num, 4),
         "classes": instances.pred_classes.detach().cpu().numpy().astype(np.int64),
         "scores": instances.scores.detach().cpu().double().numpy(),
+        "proposal_scores": (
+            instances.proposal_scores.detach().cpu().double().numpy()
+            if instances.has("proposal_scores")
+            else np.full(num, np.nan)
+        ),
         "ood_scores": {
             name[len(OOD_FIELD_PREFIX) :]: values.detach().cpu().double().numpy()
             for name, values in fields.items()
@@ -123,6 +141,7 @@ class BoxOODScoreCollector(DatasetEvaluator):
             boxes=np.concatenate([p["boxes"] for p in parts]),
             classes=np.concatenate([p["classes"] for p in parts]),
             scores=np.concatenate([p["scores"] for p in parts]),
+            proposal_scores=np.concatenate([p["proposal_scores"] for p in parts]),
             ood_scores={
                 name: np.concatenate([p["ood_scores"].get(name, np.zeros(0)) for p in parts])
                 for name in score_names

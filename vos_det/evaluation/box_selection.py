@@ -1,8 +1,32 @@
-"""Which detections are scored for OOD: the box-selection rule of the VOS protocol.
+"""Which detections are scored for OOD: the box selection of the two OOD protocols.
 
-The official VOS protocol keeps, on the ID and the OOD test sets alike, every detection
-whose top class probability is at least a score threshold, without any matching to ground
-truth. The threshold is, by default, the "optimal F1" threshold of the ID test set:
+Both protocols keep, on the ID and the OOD test sets alike, every detection whose score
+reaches a threshold, without any matching to ground truth; the threshold is the "optimal F1"
+threshold of the ID test set. They differ in how that threshold is found and which score of
+a detection is compared with it (``TEST.OOD.PROTOCOL``):
+
+``"vos_official"``, the released VOS evaluation (``compute_average_precision.py`` and the
+box filter of its OOD scripts), exactly:
+
+* COCOeval (pycocotools) on the ID test set's detections, scored by their class score;
+  ``eval["precision"]`` (101 recall thresholds r) and ``eval["scores"]`` (the score at which
+  each r is reached), area "all", 100 detections per image, are averaged over the ten IoU
+  thresholds .50:.95;
+* per class, F1(r) = 2 P(r) r / (P(r) + r) and the class's threshold is the averaged score
+  at the first r of highest F1 (numpy's argmax: a NaN counts as the highest, so a class
+  without any true positive, whose F1 at r = 0 is 0 / 0, gets its top score); the threshold
+  is the mean of the class thresholds that are not 0 (0 = that recall was never reached);
+* a detection is kept when its PROPOSAL's maximum foreground probability
+  (``proposal_scores``) is >= the threshold, so a confident proposal's detections of other,
+  less likely classes are kept too.
+
+The ground truth is given to COCOeval as the release does: VOC "difficult" boxes are
+ordinary boxes, COCO crowd boxes are crowd. One deliberate difference: a class without any
+ground-truth box in the set (COCOeval's precision -1) is left out of the mean, where the
+released code would average its -1 in (VOC test and BDD100k val hold every class).
+
+``"vos_det"`` keeps a detection by its own class score, and its ``"optimal_f1"`` threshold is
+computed exactly at IoU 0.5, as the VOC AP:
 
 * for each class, its detections are sorted by score and matched to the ground truth as in
   the PASCAL VOC devkit (a detection matches the same-class ground-truth box of its image
@@ -16,15 +40,14 @@ truth. The threshold is, by default, the "optimal F1" threshold of the ID test s
 * the threshold is the mean of the class thresholds, over the classes that have ground
   truth, detections and a non-zero best F1.
 
-The official code (``compute_average_precision.py``) reads the same quantity off COCOeval's
-101-point interpolated precision, averaged over the IoU thresholds .50:.95; here it is
-computed exactly at IoU 0.5, as the VOC AP is.
-
-``"fixed"`` uses a given threshold instead (``TEST.OOD.SCORE_THRESHOLD``).
+``"fixed"`` (``TEST.OOD.BOX_SELECTION``, protocol "vos_det") uses a given threshold instead
+(``TEST.OOD.SCORE_THRESHOLD``), which is also either protocol's fallback when no class has a
+threshold.
 """
 import logging
 import os
 import xml.etree.ElementTree as ET
+from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -36,6 +59,9 @@ from detectron2.utils.file_io import PathManager
 
 __all__ = [
     "BOX_SELECTION_RULES",
+    "PROTOCOLS",
+    "coco_optimal_f1_threshold",
+    "select_boxes_for_config",
     "BoxSelection",
     "GroundTruthBoxes",
     "load_ground_truth",
@@ -46,8 +72,23 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Values of cfg.TEST.OOD.BOX_SELECTION.
+# Values of cfg.TEST.OOD.PROTOCOL, each with the sentence that names it in reports.
+PROTOCOLS = ("vos_official", "vos_det")
+PROTOCOL_DESCRIPTIONS = {
+    "vos_official": (
+        "vos_official (the released VOS evaluation): boxes kept by their proposal's maximum "
+        "foreground probability >= the optimal-F1 threshold of COCOeval's precision averaged "
+        "over IoU .50:.95; FPR95 at the ROC point whose ID recall is closest to 95%"
+    ),
+    "vos_det": (
+        "vos_det: boxes kept by their own class score (TEST.OOD.BOX_SELECTION); FPR95 read as "
+        "TEST.OOD.FPR95_METHOD says"
+    ),
+}
+# Values of cfg.TEST.OOD.BOX_SELECTION (protocol "vos_det").
 BOX_SELECTION_RULES = ("optimal_f1", "fixed")
+# The rule of protocol "vos_official".
+OFFICIAL_RULE = "coco_optimal_f1"
 # A detection matches a ground-truth box when their IoU is above this (VOC AP50).
 MATCH_IOU = 0.5
 
@@ -62,18 +103,26 @@ class GroundTruthBoxes:
             xmax, ymax], so that the IoU is the devkit's).
         classes (np.ndarray): (G,) int64 contiguous class ids.
         ignore (np.ndarray): (G,) bool, VOC "difficult" / COCO "iscrowd" boxes.
+        difficult (np.ndarray): (G,) bool, the VOC "difficult" boxes among ``ignore`` (the
+            released VOS evaluation counts them as ordinary boxes).
     """
 
     boxes: np.ndarray
     classes: np.ndarray
     ignore: np.ndarray
+    difficult: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        if self.difficult is None:
+            self.difficult = np.zeros(len(self.classes), dtype=bool)
 
     @classmethod
-    def from_lists(cls, boxes, classes, ignore=None):
+    def from_lists(cls, boxes, classes, ignore=None, difficult=None):
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         classes = np.asarray(classes, dtype=np.int64).reshape(-1)
         ignore = np.zeros(len(classes), dtype=bool) if ignore is None else np.asarray(ignore, dtype=bool)
-        return cls(boxes, classes, ignore.reshape(-1))
+        difficult = None if difficult is None else np.asarray(difficult, dtype=bool).reshape(-1)
+        return cls(boxes, classes, ignore.reshape(-1), difficult)
 
 
 def _voc_objects(annotation_file, class_names):
@@ -90,7 +139,7 @@ def _voc_objects(annotation_file, class_names):
         boxes.append([xmin - 1.0, ymin - 1.0, xmax, ymax])
         classes.append(class_names.index(name))
         ignore.append(int(obj.findtext("difficult", "0") or 0) == 1)
-    return GroundTruthBoxes.from_lists(boxes, classes, ignore)
+    return GroundTruthBoxes.from_lists(boxes, classes, ignore, difficult=ignore)
 
 
 def load_ground_truth(dataset_name: str) -> Dict[object, GroundTruthBoxes]:
@@ -298,17 +347,129 @@ def optimal_f1_threshold(records, ground_truth, num_classes=None, iou_threshold=
     return (float(np.mean(thresholds)) if thresholds else None), per_class
 
 
+def _coco_eval(records, ground_truth, num_classes):
+    """pycocotools' COCOeval of the detections, evaluated and accumulated (output muted).
+
+    Ground truth as the released VOS code builds it: every box (VOC "difficult" included)
+    with ``iscrowd`` 0, COCO crowd boxes with ``iscrowd`` 1; class c is category c + 1.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    unknown = sorted({str(i) for i in records.image_ids if i not in ground_truth})
+    if unknown:
+        raise ValueError(f"{len(unknown)} image id(s) of the detections have no ground truth, e.g. {unknown[:3]}")
+    coco_ids = {image_id: index + 1 for index, image_id in enumerate(ground_truth)}
+    annotations = []
+    for image_id, gt in ground_truth.items():
+        crowd = gt.ignore & ~gt.difficult
+        for box, class_id, is_crowd in zip(gt.boxes, gt.classes, crowd):
+            width, height = box[2] - box[0], box[3] - box[1]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": coco_ids[image_id],
+                    "category_id": int(class_id) + 1,
+                    "bbox": [float(box[0]), float(box[1]), float(width), float(height)],
+                    "area": float(width * height),
+                    "iscrowd": int(is_crowd),
+                }
+            )
+    detections = [
+        {
+            "image_id": coco_ids[image_id],
+            "category_id": int(class_id) + 1,
+            "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+            "score": float(score),
+        }
+        for image_id, box, class_id, score in zip(records.image_ids, records.boxes, records.classes, records.scores)
+    ]
+    with open(os.devnull, "w") as devnull, redirect_stdout(devnull):
+        coco_gt = COCO()
+        coco_gt.dataset = {
+            "images": [{"id": i} for i in coco_ids.values()],
+            "annotations": annotations,
+            "categories": [{"id": c + 1} for c in range(num_classes)],
+        }
+        coco_gt.createIndex()
+        coco_eval = COCOeval(coco_gt, coco_gt.loadRes(detections), iouType="bbox")
+        coco_eval.params.catIds = list(range(1, num_classes + 1))
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+    return coco_eval
+
+
+def coco_optimal_f1_threshold(records, ground_truth, num_classes=None):
+    """The optimal-F1 threshold of the released VOS code (see the module doc).
+
+    Args:
+        records (DetectionRecords): every detection of the ID set, with its class score.
+        ground_truth (dict): image_id -> :class:`GroundTruthBoxes`, every image of the set.
+        num_classes (int, optional): classes 0..num_classes-1; default: those seen in the
+            detections or the ground truth.
+
+    Returns:
+        tuple[float or None, dict]: the mean of the non-zero class thresholds (None if there
+        is none) and, per class id, ``{"threshold", "f1", "precision", "recall",
+        "num_detections", "num_gt"}`` (recall: the COCO recall threshold of the best F1;
+        precision and F1 averaged over IoU) or ``{"skipped": reason, ...}``.
+    """
+    if num_classes is None:
+        seen = {int(c) for c in records.classes} | {int(c) for g in ground_truth.values() for c in g.classes}
+        num_classes = max(seen) + 1 if seen else 0
+    num_gt = np.bincount(
+        np.concatenate([g.classes for g in ground_truth.values()] + [np.zeros(0, dtype=np.int64)]),
+        minlength=num_classes,
+    )
+    num_detections = np.bincount(records.classes, minlength=num_classes)
+    per_class = {c: {"num_detections": int(num_detections[c]), "num_gt": int(num_gt[c])} for c in range(num_classes)}
+    if not len(records) or not num_classes:
+        for info in per_class.values():
+            info["skipped"] = "no detection"
+        return None, per_class
+    coco_eval = _coco_eval(records, ground_truth, num_classes)
+    # (T, R, K, A, M) -> (R, K): mean over the IoU thresholds, area "all", 100 detections.
+    precision = coco_eval.eval["precision"].mean(axis=0)[:, :, 0, -1]
+    scores = coco_eval.eval["scores"].mean(axis=0)[:, :, 0, -1]
+    recall = np.asarray(coco_eval.params.recThrs)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = 2 * precision * recall / (precision + recall)
+    # np.argmax as the released code: the first maximum (a NaN counts as the maximum).
+    best = f1.argmax(axis=0)
+    thresholds = []
+    for class_id, info in per_class.items():
+        if not info["num_gt"]:
+            info["skipped"] = "no ground-truth box"
+            continue
+        threshold = float(scores[best[class_id], class_id])
+        if threshold == 0.0:
+            info["skipped"] = "score 0 at the best F1 (its recall never reached)"
+            continue
+        info.update(
+            threshold=threshold,
+            f1=float(f1[best[class_id], class_id]),
+            precision=float(precision[best[class_id], class_id]),
+            recall=float(recall[best[class_id], 0]),
+        )
+        thresholds.append(threshold)
+    return (float(np.mean(thresholds)) if thresholds else None), per_class
+
+
 @dataclass
 class BoxSelection:
     """A box-selection rule resolved to a score threshold.
 
     Attributes:
-        rule: "optimal_f1" or "fixed".
-        score_threshold: detections with a top class probability >= this are kept.
+        rule: "coco_optimal_f1" (protocol "vos_official"), "optimal_f1" or "fixed".
+        score_threshold: detections whose ``score_field`` is >= this are kept.
         dataset: the set the threshold was determined on ("" for "fixed").
-        per_class: for "optimal_f1", per class name, the class's threshold and F1 (or why
-            it was skipped).
-        fallback: True when "optimal_f1" found no class threshold and the fixed one is used.
+        per_class: for the optimal-F1 rules, per class name, the class's threshold and F1
+            (or why it was skipped).
+        fallback: True when no class threshold exists and the fixed one is used.
+        protocol: "vos_official" or "vos_det".
+        score_field: the score compared with the threshold: "proposal_scores" (the
+            proposal's maximum foreground probability, "vos_official") or "scores" (the
+            detection's class probability, "vos_det").
     """
 
     rule: str
@@ -316,23 +477,46 @@ class BoxSelection:
     dataset: str = ""
     per_class: Dict[str, dict] = field(default_factory=dict)
     fallback: bool = False
+    protocol: str = "vos_det"
+    score_field: str = "scores"
+
+    def apply(self, records):
+        """The detections of ``records`` (DetectionRecords) this selection keeps."""
+        values = getattr(records, self.score_field)
+        if np.isnan(values).any():
+            raise ValueError(
+                f"protocol {self.protocol!r} selects boxes by Instances.{self.score_field}, which "
+                "the model's detections do not carry (a box predictor other than "
+                "VOSOutputLayers?): use TEST.OOD.PROTOCOL vos_det"
+            )
+        return records.select(self.score_threshold, self.score_field)
 
     def describe(self) -> str:
-        """One sentence stating the rule and the threshold."""
-        keep = f"detections with top class probability >= {self.score_threshold:.4f} are kept"
+        """One sentence stating the protocol, the rule and the threshold."""
+        compared = (
+            "their proposal's maximum foreground probability"
+            if self.score_field == "proposal_scores"
+            else "their class probability"
+        )
+        keep = f"detections with {compared} >= {self.score_threshold:.4f} are kept (protocol {self.protocol})"
         if self.rule == "fixed" or self.fallback:
-            why = " (optimal F1 undefined: no class has a true positive)" if self.fallback else ""
+            why = " (optimal F1 undefined: no class has a threshold)" if self.fallback else ""
             return f"fixed score threshold{why}: {keep}"
         used = [name for name, info in self.per_class.items() if "threshold" in info]
+        if self.rule == OFFICIAL_RULE:
+            how = "per class, the score of highest F1 of COCOeval's precision averaged over IoU .50:.95"
+        else:
+            how = f"per class, the score maximising F1 (VOC matching, IoU > {MATCH_IOU}, difficult ignored)"
         return (
-            f"optimal F1 on {self.dataset}: per class, the score maximising F1 (VOC matching, "
-            f"IoU > {MATCH_IOU}, difficult ignored), averaged over {len(used)} of "
+            f"optimal F1 on {self.dataset}: {how}, averaged over {len(used)} of "
             f"{len(self.per_class)} classes; {keep}"
         )
 
     def to_dict(self) -> dict:
         return {
+            "protocol": self.protocol,
             "rule": self.rule,
+            "score_field": self.score_field,
             "score_threshold": self.score_threshold,
             "dataset": self.dataset,
             "description": self.describe(),
@@ -349,26 +533,35 @@ def select_boxes(
     ground_truth: Optional[dict] = None,
     dataset_name: str = "",
     class_names=None,
+    protocol: str = "vos_det",
 ) -> BoxSelection:
-    """Resolve a box-selection rule to a :class:`BoxSelection`.
+    """Resolve a protocol's box selection to a :class:`BoxSelection`.
 
     Args:
-        rule: one of :data:`BOX_SELECTION_RULES`.
-        fixed_threshold: the threshold of "fixed", and the fallback of "optimal_f1" when no
-            class has a true positive.
-        records (DetectionRecords): the ID set's detections (for "optimal_f1").
+        rule: one of :data:`BOX_SELECTION_RULES` (protocol "vos_det"; unused by
+            "vos_official", whose rule is fixed).
+        fixed_threshold: the threshold of "fixed", and the fallback of the optimal-F1 rules
+            when no class has a threshold.
+        records (DetectionRecords): the ID set's detections (for the optimal-F1 rules).
         ground_truth (dict): its ground truth; loaded from ``dataset_name`` when None.
         dataset_name: the ID set.
         class_names (list[str], optional): names of the class ids (default: the dataset's
             ``thing_classes``).
+        protocol: one of :data:`PROTOCOLS`.
 
     Returns:
         BoxSelection
     """
-    if rule not in BOX_SELECTION_RULES:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"TEST.OOD.PROTOCOL must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "vos_official":
+        rule, score_field = OFFICIAL_RULE, "proposal_scores"
+    elif rule not in BOX_SELECTION_RULES:
         raise ValueError(f"TEST.OOD.BOX_SELECTION must be one of {BOX_SELECTION_RULES}, got {rule!r}")
+    else:
+        score_field = "scores"
     if rule == "fixed":
-        return BoxSelection("fixed", float(fixed_threshold))
+        return BoxSelection("fixed", float(fixed_threshold), protocol=protocol, score_field=score_field)
     if records is None:
         raise ValueError("the optimal-F1 box selection needs the detections of the ID set")
     if ground_truth is None:
@@ -376,15 +569,29 @@ def select_boxes(
     if class_names is None and dataset_name:
         class_names = MetadataCatalog.get(dataset_name).get("thing_classes", None)
     num_classes = len(class_names) if class_names else None
-    threshold, per_class = optimal_f1_threshold(records, ground_truth, num_classes)
+    compute = coco_optimal_f1_threshold if rule == OFFICIAL_RULE else optimal_f1_threshold
+    threshold, per_class = compute(records, ground_truth, num_classes)
     named = {
         (class_names[c] if class_names and c < len(class_names) else str(c)): info
         for c, info in per_class.items()
     }
     if threshold is None:
         logger.warning(
-            "optimal-F1 box selection on %s: no class has a true positive; using the fixed "
+            "optimal-F1 box selection on %s: no class has a threshold; using the fixed "
             "threshold %s (TEST.OOD.SCORE_THRESHOLD)", dataset_name, fixed_threshold
         )
-        return BoxSelection("optimal_f1", float(fixed_threshold), dataset_name, named, fallback=True)
-    return BoxSelection("optimal_f1", threshold, dataset_name, named)
+        threshold, fallback = float(fixed_threshold), True
+    else:
+        fallback = False
+    return BoxSelection(rule, threshold, dataset_name, named, fallback, protocol, score_field)
+
+
+def select_boxes_for_config(cfg, records, dataset_name: str) -> BoxSelection:
+    """:func:`select_boxes` with the config's ``TEST.OOD`` protocol, rule and fixed threshold."""
+    return select_boxes(
+        cfg.TEST.OOD.BOX_SELECTION,
+        fixed_threshold=cfg.TEST.OOD.SCORE_THRESHOLD,
+        records=records,
+        dataset_name=dataset_name,
+        protocol=cfg.TEST.OOD.PROTOCOL,
+    )

@@ -26,7 +26,7 @@ from detectron2.utils import comm
 
 from ..utils.file_io import atomic_open
 from .box_scores import collect_detections
-from .box_selection import select_boxes
+from .box_selection import select_boxes_for_config
 
 __all__ = [
     "CALIBRATED_MODEL_FILE",
@@ -97,6 +97,7 @@ class Calibration:
         num_boxes: number of ID boxes calibrated on.
         dataset: the calibration set.
         box_selection: the box-selection rule applied to its detections.
+        protocol: the OOD protocol whose box selection that is (``TEST.OOD.PROTOCOL``).
     """
 
     ood_score: str
@@ -107,6 +108,7 @@ class Calibration:
     num_boxes: int
     dataset: str = ""
     box_selection: str = ""
+    protocol: str = ""
 
     def describe(self) -> str:
         gamma = f", i.e. gamma = {self.gamma:.4f} on p(ID)" if self.gamma is not None else ""
@@ -128,7 +130,7 @@ def calibrate_threshold(model, id_ood_scores, keep: float = 0.95, **info) -> Cal
         model (nn.Module): the detector; its OOD head's ``calibrated_ood_threshold`` is set.
         id_ood_scores: 1-D array, the ``ood_scores`` (the head's score) of the ID boxes.
         keep: fraction of ID boxes to keep as ID.
-        info: ``dataset`` and ``box_selection`` strings, recorded in the result.
+        info: ``dataset``, ``box_selection`` and ``protocol`` strings, recorded in the result.
 
     Returns:
         Calibration
@@ -181,8 +183,8 @@ def calibrate_on_dataset(
 ) -> Calibration:
     """Calibrate the OOD threshold of ``model`` on an ID validation set.
 
-    The detections are selected by ``cfg.TEST.OOD.BOX_SELECTION`` applied to that set
-    itself ("optimal_f1" uses its ground truth), and the threshold keeps
+    The detections are selected by the box selection of ``cfg.TEST.OOD.PROTOCOL`` applied to
+    that set itself (its optimal-F1 threshold uses its ground truth), and the threshold keeps
     ``cfg.TEST.OOD.CALIBRATION_ID_KEEP`` of them. With ``output_dir``, the model and
     ``ood_threshold.json`` are saved there (main process only).
 
@@ -203,14 +205,9 @@ def calibrate_on_dataset(
     if records is None:
         loader = (build_test_loader or build_detection_test_loader)(cfg, dataset_name)
         _, records = collect_detections(model, loader)
-    selection = select_boxes(
-        cfg.TEST.OOD.BOX_SELECTION,
-        fixed_threshold=cfg.TEST.OOD.SCORE_THRESHOLD,
-        records=records,
-        dataset_name=dataset_name,
-    )
+    selection = select_boxes_for_config(cfg, records, dataset_name)
     head = find_ood_head(model)
-    selected = records.select(selection.score_threshold)
+    selected = selection.apply(records)
     scores = selected.ood_scores.get(head.ood_score)
     if scores is None or not len(scores):
         raise ValueError(
@@ -223,6 +220,7 @@ def calibrate_on_dataset(
         cfg.TEST.OOD.CALIBRATION_ID_KEEP,
         dataset=dataset_name,
         box_selection=selection.describe(),
+        protocol=selection.protocol,
     )
     logger.info("Calibration on %s: %s", dataset_name, calibration.describe())
     if output_dir and comm.is_main_process():

@@ -4,11 +4,14 @@
    records every detection with its class score and all its OOD scores.
 2. ID detection quality comes from the detection evaluators of the same pass (COCO-style
    AP / AP50 / AP75 and, for VOC-format sets, the VOC AP).
-3. The box-selection rule (``TEST.OOD.BOX_SELECTION``) is resolved on each ID set to a score
-   threshold (optimal F1 by default); the detections of the ID set and of every OOD set with
-   a class score >= that threshold are kept.
-4. For each (ID set, OOD set) pair and each OOD score: FPR95 (ID positive), AUROC, AUPR-In,
-   AUPR-Out and the OOD-positive FPR95.
+3. The protocol's box selection (``TEST.OOD.PROTOCOL``, see :mod:`.box_selection`) is
+   resolved on each ID set to a score threshold; the detections of the ID set and of every
+   OOD set whose score reaches it are kept ("vos_official": the proposal's maximum
+   foreground probability against the released code's threshold; "vos_det": the class
+   score against ``TEST.OOD.BOX_SELECTION``'s).
+4. For each (ID set, OOD set) pair and each OOD score: FPR95 (ID positive; the ROC point
+   closest to 95% ID recall under "vos_official", ``TEST.OOD.FPR95_METHOD`` under
+   "vos_det"), AUROC, AUPR-In, AUPR-Out and the OOD-positive FPR95.
 5. Optionally the OOD threshold is calibrated on an ID validation set and saved with the
    model; the table is printed and written to JSON, the ROC curves and histograms to PNG.
 """
@@ -22,14 +25,14 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.utils import comm
 
 from .box_scores import collect_detections
-from .box_selection import select_boxes
+from .box_selection import PROTOCOL_DESCRIPTIONS, PROTOCOLS, select_boxes_for_config
 from .calibration import CALIBRATED_MODEL_FILE, THRESHOLD_FILE, calibrate_on_dataset, find_ood_head
 from .detection import build_detection_evaluator
 from .ood_metrics import FPR_METHODS, ood_metrics
 from .plots import plot_roc_curves, plot_score_histograms, safe_file_name
 from .report import format_ood_report, write_json
 
-__all__ = ["FPR95_CONVENTION", "OOD_RESULTS_FILE", "PLOTS_DIR", "evaluate_ood_protocol"]
+__all__ = ["FPR95_CONVENTION", "OOD_RESULTS_FILE", "PLOTS_DIR", "evaluate_ood_protocol", "fpr95_method"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,17 @@ _OOD_POSITIVE_TEXT = (
     "FPR95 (OOD pos.): OOD is the positive class (OpenOOD convention), the percentage of ID "
     "boxes flagged OOD at the threshold that catches 95% of OOD boxes"
 )
+
+
+def fpr95_method(cfg) -> str:
+    """How the config's protocol reads FPR95 off the ROC curve (one of FPR_METHODS)."""
+    protocol = cfg.TEST.OOD.PROTOCOL
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"TEST.OOD.PROTOCOL must be one of {PROTOCOLS}, got {protocol!r}")
+    method = "official_closest" if protocol == "vos_official" else cfg.TEST.OOD.FPR95_METHOD
+    if method not in FPR_METHODS:
+        raise ValueError(f"TEST.OOD.FPR95_METHOD must be one of {FPR_METHODS}, got {method!r}")
+    return method
 
 
 def _numeric(metrics):
@@ -117,9 +131,8 @@ def evaluate_ood_protocol(
     if calibration_dataset is None:
         calibration_dataset = cfg.TEST.OOD.CALIBRATION_DATASET
     draw_plots = cfg.TEST.OOD.PLOTS if draw_plots is None else draw_plots
-    fpr_method = cfg.TEST.OOD.FPR95_METHOD
-    if fpr_method not in FPR_METHODS:
-        raise ValueError(f"TEST.OOD.FPR95_METHOD must be one of {FPR_METHODS}, got {fpr_method!r}")
+    protocol = cfg.TEST.OOD.PROTOCOL
+    fpr_method = fpr95_method(cfg)
     if detection_evaluators is not None and len(detection_evaluators) != len(id_datasets):
         raise ValueError(
             f"got {len(detection_evaluators)} evaluators for {len(id_datasets)} ID test sets"
@@ -159,24 +172,14 @@ def evaluate_ood_protocol(
         )
 
     selections = OrderedDict(
-        (
-            name,
-            select_boxes(
-                cfg.TEST.OOD.BOX_SELECTION,
-                fixed_threshold=cfg.TEST.OOD.SCORE_THRESHOLD,
-                records=records,
-                dataset_name=name,
-            ),
-        )
-        for name, records in id_records.items()
+        (name, select_boxes_for_config(cfg, records, name)) for name, records in id_records.items()
     )
     boxes, skipped, ood_results = {}, [], {}
     selected_scores = {}
     for id_name, selection in selections.items():
-        threshold = selection.score_threshold
         kept = OrderedDict(
-            [(id_name, id_records[id_name].select(threshold))]
-            + [(ood_name, records.select(threshold)) for ood_name, records in ood_records.items()]
+            [(id_name, selection.apply(id_records[id_name]))]
+            + [(ood_name, selection.apply(records)) for ood_name, records in ood_records.items()]
         )
         all_records = {id_name: id_records[id_name], **ood_records}
         boxes[id_name] = {
@@ -206,6 +209,7 @@ def evaluate_ood_protocol(
     }
 
     report = {
+        "protocol": {"name": protocol, "description": PROTOCOL_DESCRIPTIONS[protocol]},
         "results": results,
         "convention": f"{FPR95_CONVENTION} ({_FPR_METHOD_TEXT[fpr_method]}). {_OOD_POSITIVE_TEXT}.",
         "box_selection": {name: s.to_dict() for name, s in selections.items()},

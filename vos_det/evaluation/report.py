@@ -76,13 +76,15 @@ def format_ood_report(report):
 
     Args:
         report (dict): with ``results``, ``convention``, ``box_selection``, ``boxes`` and
-            optionally ``calibration``, ``skipped``, ``plots``.
+            optionally ``protocol``, ``calibration``, ``skipped``, ``plots``.
 
     Returns:
         str
     """
     results = report["results"]
     lines = []
+    if report.get("protocol"):
+        lines += [f"OOD protocol: {report['protocol']['description']}", ""]
     detection = {k: v for k, v in results.items() if k in report.get("box_selection", {})}
     table = format_detection_table(detection)
     if table:
@@ -112,7 +114,8 @@ def format_ood_report(report):
                 )
             )
     if results.get("ood"):
-        lines += ["", "OOD detection over the kept boxes (percent):"]
+        protocol = f", protocol {report['protocol']['name']}" if report.get("protocol") else ""
+        lines += ["", f"OOD detection over the kept boxes (percent{protocol}):"]
         lines.append(format_ood_table(results["ood"], "Convention: " + report["convention"]))
     for skipped in report.get("skipped", []):
         lines.append(f"Not computed: {skipped}")
