@@ -14,11 +14,20 @@ slow on CPUs and distort every timing.
 
 Target: whole-model ratio (VOS / plain) <= 1.02.
 
+Post-hoc OOD scores (vos_det/modeling/ood_scores/): fitted on the boxes of another synthetic
+batch (SAFE with one FGSM step), the k-NN bank then replaced by ``--knn-bank-sizes`` unit
+vectors (training features resampled with jitter), the whole VOS model forward is timed with
+no post-hoc score vs all seven, the k-NN search exact (one matrix product) and chunked
+(``--knn-chunk`` bank rows at a time), at the config's score threshold; then each score
+alone on the detections of the batch (``--post-hoc-repeats`` interleaved repeats).
+
     python benchmarks/bench_inference.py [--device cuda] [--quick] [--images 8]
 """
 import statistics
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 import _common as C
 
@@ -35,9 +44,16 @@ def main():
                         help="ROI_HEADS.SCORE_THRESH_TEST values to time")
     parser.add_argument("--logit-std", type=float, default=2.0,
                         help="std of the class logits after re-drawing cls_score (0 keeps the init)")
+    parser.add_argument("--knn-bank-sizes", type=int, nargs="+", default=[10000, 100000],
+                        help="training boxes in the k-NN memory bank for the post-hoc timing")
+    parser.add_argument("--knn-chunk", type=int, default=8192, help="bank rows per chunk of the chunked k-NN")
+    parser.add_argument("--post-hoc-repeats", type=int, default=5,
+                        help="interleaved repeats of the post-hoc timing (2 with --quick)")
     args = C.finish_args(parser.parse_args())
     if args.quick:
         args.images = min(args.images, 2)
+        args.post_hoc_repeats = min(args.post_hoc_repeats, 2)
+        args.knn_bank_sizes = [min(n, 10000) for n in args.knn_bank_sizes]
     device = torch.device(args.device)
     info = C.machine_info(device)
     C.print_header("bench_inference: OOD fields vs plain detectron2 inference", info, args)
@@ -56,6 +72,8 @@ def main():
 
     generator = torch.Generator().manual_seed(args.seed)
     batch = C.synthetic_batch(args.images, args.image_size, cfg_vos.MODEL.ROI_HEADS.NUM_CLASSES, generator, device)
+    # Images with boxes on which the post-hoc scores are fitted.
+    fit_batch = C.synthetic_batch(args.images, args.image_size, cfg_vos.MODEL.ROI_HEADS.NUM_CLASSES, generator, device)
     for image in batch:
         del image["instances"]
 
@@ -139,6 +157,8 @@ def main():
     worst = max(r["model_ratio"] for r in results.values())
     print(f"whole-model target <= {TARGET_RATIO} (worst threshold): "
           f"{C.verdict(worst, TARGET_RATIO, higher_is_better=False)}")
+    vos_predictor.test_score_thresh = cfg_vos.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+    post_hoc = post_hoc_costs(args, vos_model, batch, fit_batch, device)
     C.write_json(args.output, {
         "benchmark": "bench_inference",
         "machine": info,
@@ -146,7 +166,108 @@ def main():
         "results_by_threshold": results,
         "target_ratio_max": TARGET_RATIO,
         "target_met": worst <= TARGET_RATIO,
+        "post_hoc_scores": post_hoc,
     })
+
+
+def post_hoc_costs(args, model, batch, fit_batch, device):
+    """Added inference cost of the post-hoc OOD scores, all together and one by one."""
+    from vos_det.engine.post_hoc_fitting import extract_box_fit_data
+    from vos_det.modeling.ood_scores import pool_box_layers
+
+    predictor = model.roi_heads.box_predictor
+    scoring = predictor.post_hoc
+    fitted = scoring.scores
+    data = extract_box_fit_data(model, [fit_batch], fgsm_epsilon=8.0, description="fit boxes")
+    for score in fitted.values():
+        if score.needs_fit:
+            score.fit(data)
+    knn = fitted["knn"]
+    k = knn.fitted_config["k"] = 50
+    generator = torch.Generator().manual_seed(args.seed + 2)
+    banks = {}
+    for size in args.knn_bank_sizes:
+        rows = torch.randint(len(data.features), (size,), generator=generator)
+        jitter = 0.1 * data.features.std() * torch.randn(size, data.features.shape[1], generator=generator)
+        banks[size] = F.normalize(data.features[rows] + jitter, dim=1).to(device)
+    knn.bank = banks[args.knn_bank_sizes[0]]
+    none = nn.ModuleDict()
+
+    captured = {}
+    original = predictor.add_ood_fields
+
+    def capture(instances, logits, features=None, boxes=None):
+        captured.update(logits=logits, features=features, boxes=boxes)
+        return original(instances, logits, features, boxes)
+
+    predictor.add_ood_fields = capture
+    with torch.no_grad():
+        outputs = model(batch)
+    del predictor.add_ood_fields
+    detections = sum(len(o["instances"]) for o in outputs)
+
+    def forward(scores, bank=None, chunk=0):
+        def timed():
+            scoring.scores = scores
+            if bank is not None:
+                knn.bank, knn.chunk_size = bank, chunk
+            with torch.no_grad():
+                model(batch)
+        return timed
+
+    variants = {"model_no_post_hoc": forward(none)}
+    for size, bank in banks.items():
+        variants[f"model_all_bank{size}_exact"] = forward(fitted, bank, 0)
+        variants[f"model_all_bank{size}_chunked"] = forward(fitted, bank, args.knn_chunk)
+    times = C.interleaved(variants, args.post_hoc_repeats, warmup=1, device=device, progress="post-hoc model")
+    scoring.scores = fitted
+    summaries = {name: C.summary(values) for name, values in times.items()}
+    base = summaries["model_no_post_hoc"]["median_s"]
+    rows = []
+    for name, summary in summaries.items():
+        rows.append([name, C.ms(summary["median_s"]), f"{1e3 * (summary['median_s'] - base) / args.images:.2f}",
+                     f"{summary['median_s'] / base:.3f}"])
+    C.table(rows, ["variant", "ms / forward", "added ms / image", "ratio"],
+            title=f"Post-hoc scores in the model forward ({args.images} images, {detections} detections, "
+                  f"k = {k}, {args.post_hoc_repeats} repeats, medians)")
+
+    # Each score alone on the captured detections (k-NN with each bank, exact and chunked).
+    features, logits = captured["features"], captured["logits"]
+    strides = model.roi_heads.feature_strides
+    with torch.no_grad():
+        maps = model.backbone(model.preprocess_image(batch).tensor)
+    layers = pool_box_layers(maps, strides, scoring.layer_names(), captured["boxes"])
+
+    def alone(name, bank=None, chunk=0):
+        def timed():
+            if bank is not None:
+                knn.bank, knn.chunk_size = bank, chunk
+            with torch.no_grad():
+                fitted[name](features, logits, layer_features=layers, logits_of=predictor.foreground_logits)
+        return timed
+
+    score_variants = {"pool_box_layers": lambda: pool_box_layers(maps, strides, scoring.layer_names(), captured["boxes"])}
+    for name in fitted:
+        if name != "knn":
+            score_variants[name] = alone(name)
+    for size, bank in banks.items():
+        score_variants[f"knn_bank{size}_exact"] = alone("knn", bank, 0)
+        score_variants[f"knn_bank{size}_chunked"] = alone("knn", bank, args.knn_chunk)
+    score_times = C.interleaved(score_variants, args.post_hoc_repeats, warmup=1, device=device)
+    score_summaries = {name: C.summary(values) for name, values in score_times.items()}
+    C.table([[name, C.ms(s["median_s"]), f"{1e3 * s['median_s'] / max(detections, 1):.4f}"]
+             for name, s in score_summaries.items()],
+            ["score", "ms (all detections)", "ms / detection"],
+            title=f"Each post-hoc score alone on the {detections} detections of the batch")
+    return {
+        "detections": detections,
+        "knn_k": k,
+        "knn_chunk": args.knn_chunk,
+        "feature_dim": int(features.shape[1]),
+        "model": summaries,
+        "added_ms_per_image": {name: 1e3 * (s["median_s"] - base) / args.images for name, s in summaries.items()},
+        "per_score": score_summaries,
+    }
 
 
 if __name__ == "__main__":

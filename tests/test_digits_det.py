@@ -1,4 +1,5 @@
 """Tests of the digits-det generator and its registration in detectron2's catalogs."""
+import hashlib
 import itertools
 import json
 import os
@@ -15,7 +16,14 @@ from sklearn.datasets import load_digits
 
 from vos_det.data import DIGITS_DET_ID_CLASSES, DIGITS_DET_OOD_CLASSES, generate_digits_det
 from vos_det.data.builtin import register_all_digits_det
-from vos_det.data.digits_det import digits_det_paths, glyph_indices_per_split
+from vos_det.data.digits_det import (
+    DIGITS_DET_FAR_OOD_CLASSES,
+    DIGITS_DET_OOD_VAL_CLASSES,
+    digits_det_paths,
+    glyph_indices_per_split,
+)
+from vos_det.data.digits_det_canvases import SHIFTED_CANVAS_STYLES
+from vos_det.data.digits_det_shapes import TEST_SHAPES, VALIDATION_SHAPES, render_shape, sample_shape
 
 SMALL_SIZES = {"num_train": 6, "num_val": 3, "num_test": 3, "num_ood": 4}
 IMAGE_SIZE = 128
@@ -26,6 +34,9 @@ DIGITS_DET_DATASET_NAMES = (
     "digits_det_val",
     "digits_det_test",
     "digits_det_ood",
+    "digits_det_far_ood",
+    "digits_det_shifted_test",
+    "digits_det_ood_val",
 )
 # Width in pixels of the band around a box that stands for the local background.
 BACKGROUND_RING_WIDTH = 3
@@ -287,3 +298,107 @@ def test_voc_evaluator_scores_the_ground_truth_as_perfect(small_root, unregister
     # The evaluator averages over all classes and gives 0 to those absent from the few images.
     expected_ap = 100.0 * len(classes_present) / len(DIGITS_DET_ID_CLASSES)
     assert evaluator.evaluate()["bbox"]["AP"] == pytest.approx(expected_ap)
+
+
+# SHA-256 over (relative path, SHA-256 of the file) of every file under voc/ and ood/ of
+# generate_small(root) (seed 0), recorded with the generator as it was before the far-OOD,
+# shifted and OOD-validation splits were added (commit d7947c2): all files, and the
+# annotation / image-set files alone (independent of the JPEG encoder's version).
+ORIGINAL_SPLITS_SHA256 = "571c50f32e5d52e2ddc435e18550baa9d1e5804827ce2b1d2008de62821c2fb6"
+ORIGINAL_ANNOTATIONS_SHA256 = "867343d971699060c04c1abeb6c1ee84773ff9dd4232f7bae4c2ed6063007975"
+
+
+def tree_digest(dataset_dir, suffixes=None):
+    """SHA-256 over the relative paths and contents of the files under voc/ and ood/."""
+    digest = hashlib.sha256()
+    for subdir in ("voc", "ood"):
+        for dirpath, _, names in sorted(os.walk(os.path.join(dataset_dir, subdir))):
+            for name in sorted(names):
+                if suffixes and not name.endswith(suffixes):
+                    continue
+                path = os.path.join(dirpath, name)
+                digest.update(os.path.relpath(path, dataset_dir).encode())
+                with open(path, "rb") as f:
+                    digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
+
+
+def test_original_splits_are_byte_identical_to_before_the_new_splits(small_root):
+    dataset_dir = digits_det_paths(small_root).dataset_dir
+    assert tree_digest(dataset_dir, suffixes=(".xml", ".json", ".txt")) == ORIGINAL_ANNOTATIONS_SHA256
+    assert tree_digest(dataset_dir) == ORIGINAL_SPLITS_SHA256
+
+
+def test_new_split_sizes_default_to_the_original_ones_and_can_be_set(tmp_path, small_root):
+    paths = digits_det_paths(small_root)
+    assert len(os.listdir(paths.far_ood_image_dir)) == SMALL_SIZES["num_ood"]
+    assert len(os.listdir(paths.ood_val_image_dir)) == SMALL_SIZES["num_val"]
+    with open(os.path.join(paths.shifted_voc_dir, "ImageSets", "Main", "shifted_test.txt")) as f:
+        assert len(f.read().split()) == SMALL_SIZES["num_test"]
+    sized = digits_det_paths(os.path.dirname(generate_small(tmp_path, num_far_ood=2, num_ood_val=1)))
+    assert len(os.listdir(sized.far_ood_image_dir)) == 2
+    assert len(os.listdir(sized.ood_val_image_dir)) == 1
+    with pytest.raises(ValueError, match="num_shifted_test"):
+        generate_small(tmp_path / "bad", num_shifted_test=1)
+
+
+def test_far_ood_and_ood_val_hold_the_shapes_and_glyphs_they_should(small_root):
+    paths = digits_det_paths(small_root)
+    far_ood = load_coco_json(paths.far_ood_json, paths.far_ood_image_dir, "far_ood_check")
+    far_names = {a["category_id"] for r in far_ood for a in r["annotations"]}
+    assert far_names and far_names <= set(range(len(DIGITS_DET_FAR_OOD_CLASSES)))
+    with open(paths.far_ood_json) as f:
+        assert [c["name"] for c in json.load(f)["categories"]] == list(TEST_SHAPES)
+    with open(paths.ood_val_json) as f:
+        ood_val = json.load(f)
+    assert [c["name"] for c in ood_val["categories"]] == list(DIGITS_DET_OOD_VAL_CLASSES)
+    # The OOD validation split shares no shape kind with the far-OOD test split.
+    assert not set(VALIDATION_SHAPES) & set(TEST_SHAPES)
+    for record in far_ood:
+        for annotation in record["annotations"]:
+            x, y, width, height = annotation["bbox"]
+            assert x >= 0 and y >= 0 and x + width <= IMAGE_SIZE and y + height <= IMAGE_SIZE
+
+
+@pytest.mark.parametrize("kind", TEST_SHAPES + VALIDATION_SHAPES)
+def test_every_shape_fills_most_of_its_square_like_a_glyph(kind):
+    rng = np.random.default_rng(0)
+    for side in (20, 48):
+        opacity = render_shape(sample_shape(kind, rng), side)
+        assert opacity.shape == (side, side)
+        assert opacity.min() >= 0.0 and opacity.max() <= 1.0
+        rows, cols = np.nonzero(opacity >= 0.5 / 16)
+        # The box of the visible pixels spans at least half the square one way, as digits do.
+        assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 >= side / 2
+    with pytest.raises(ValueError, match="unknown shape"):
+        sample_shape("hexapod", rng)
+
+
+def test_shifted_split_is_id_digits_on_every_canvas_style(small_root, tmp_path):
+    paths = digits_det_paths(small_root)
+    records = load_voc_instances(paths.shifted_voc_dir, "shifted_test", DIGITS_DET_ID_CLASSES)
+    assert len(records) == SMALL_SIZES["num_test"]
+    assert all(a["category_id"] < len(DIGITS_DET_ID_CLASSES) for r in records for a in r["annotations"])
+    with open(os.path.join(paths.shifted_voc_dir, "shifted_test_styles.json")) as f:
+        styles = json.load(f)
+    assert set(styles.values()) <= set(SHIFTED_CANVAS_STYLES)
+    # Over enough images every style occurs.
+    many = digits_det_paths(os.path.dirname(generate_small(tmp_path, num_shifted_test=40)))
+    with open(os.path.join(many.shifted_voc_dir, "shifted_test_styles.json")) as f:
+        assert set(json.load(f).values()) == set(SHIFTED_CANVAS_STYLES)
+
+
+def test_new_splits_are_registered_with_their_roles(small_root, unregistered_digits_det):
+    register_all_digits_det(small_root)
+    shifted = MetadataCatalog.get("digits_det_shifted_test")
+    assert shifted.ood_role == "id" and shifted.evaluator_type == "pascal_voc"
+    assert shifted.thing_classes == list(DIGITS_DET_ID_CLASSES)
+    assert len(DatasetCatalog.get("digits_det_shifted_test")) == SMALL_SIZES["num_test"]
+    for name, classes, size in (
+        ("digits_det_far_ood", DIGITS_DET_FAR_OOD_CLASSES, SMALL_SIZES["num_ood"]),
+        ("digits_det_ood_val", DIGITS_DET_OOD_VAL_CLASSES, SMALL_SIZES["num_val"]),
+    ):
+        metadata = MetadataCatalog.get(name)
+        assert metadata.ood_role == "ood" and metadata.id_dataset == "digits_det_train"
+        assert metadata.thing_classes == list(classes)
+        assert len(DatasetCatalog.get(name)) == size

@@ -11,6 +11,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from vos_det.modeling.ood_scores import POST_HOC_SCORES
 from vos_det.modeling.output_layers import OOD_SCORES, VOSOutputLayers
 
 NUM_CLASSES = 3
@@ -262,7 +263,12 @@ def _reference_table(layer, logits):
     return table, id_scores
 
 
-@pytest.mark.parametrize("ood_score", OOD_SCORES)
+# The scores a model has without fitted post-hoc state (tests/test_ood_scores.py covers the
+# fitted ones).
+SCORES_WITHOUT_POST_HOC_STATE = tuple(s for s in OOD_SCORES if s not in POST_HOC_SCORES) + ("maxlogit", "gen")
+
+
+@pytest.mark.parametrize("ood_score", SCORES_WITHOUT_POST_HOC_STATE)
 def test_inference_adds_ood_fields_of_kept_boxes(ood_score):
     layer = _layer(ood_score=ood_score, ood_threshold=0.4)
     layer.eval()
@@ -277,7 +283,7 @@ def test_inference_adds_ood_fields_of_kept_boxes(ood_score):
     for image, logits, kept, nan_row in zip(instances, logits_per_image, kept_indices, (1, 14 - 12)):
         n = len(image.pred_boxes)
         total += n
-        for name in ("id_scores", "ood_scores", "is_ood", *(f"ood_scores_{s}" for s in OOD_SCORES)):
+        for name in ("id_scores", "ood_scores", "is_ood", *(f"ood_scores_{s}" for s in SCORES_WITHOUT_POST_HOC_STATE)):
             assert image.has(name), name
             assert len(image.get(name)) == n
         assert len(kept) == n

@@ -16,7 +16,15 @@ from vos_det.data.builtin import register_all_digits_det
 from vos_det.engine import Trainer
 from vos_det.engine.trainer import OOD_RESULTS_FILE
 
-DIGITS_DET_NAMES = ("digits_det_train", "digits_det_val", "digits_det_test", "digits_det_ood")
+DIGITS_DET_NAMES = (
+    "digits_det_train",
+    "digits_det_val",
+    "digits_det_test",
+    "digits_det_ood",
+    "digits_det_far_ood",
+    "digits_det_shifted_test",
+    "digits_det_ood_val",
+)
 STARTING_ITER = 4
 MAX_ITER = 8
 
@@ -90,7 +98,8 @@ def test_vos_loss_starts_at_starting_iter_and_outputs_carry_ood_fields(tiny_digi
         results = json.load(f)["results"]
     assert set(results["digits_det_test"]["bbox"]) >= {"AP", "AP50"}
     per_score = results["ood"]["digits_det_test"]["digits_det_ood"]
-    assert set(per_score) == {"vos", "energy", "weighted_energy", "msp"}
+    # maxlogit and gen: the post-hoc scores that need no fitted state.
+    assert set(per_score) == {"vos", "energy", "weighted_energy", "msp", "maxlogit", "gen"}
     for metrics in per_score.values():
         assert 0.0 <= metrics["FPR95"] <= 100.0 and 0.0 <= metrics["AUROC"] <= 100.0
 

@@ -17,7 +17,10 @@ Datasets (folder layout and sources in datasets/README.md):
 - ``coco_ood_val``, ``openimages_ood_val``: the OOD test sets of the VOC benchmark (COCO json).
 - ``bdd100k_train``, ``bdd100k_val``: the ID sets of the BDD100k benchmark (COCO json, the 10
   detection classes of BDD100K in their official order).
-- ``digits_det_{train,val,test}``, ``digits_det_ood``: the CPU benchmark made by digits_det.
+- ``digits_det_{train,val,test}``, ``digits_det_ood``: the CPU benchmark made by digits_det;
+  ``digits_det_far_ood`` (non-digit shapes, OOD), ``digits_det_shifted_test`` (digits 0-4 on
+  new canvas styles, ID) and ``digits_det_ood_val`` (OOD validation: for choosing
+  hyperparameters, never a test split).
 """
 import os
 
@@ -25,7 +28,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances, register_pascal_voc
 
 from .coco_json import register_coco_json_dataset
-from .digits_det import DIGITS_DET_ID_CLASSES, DIGITS_DET_OOD_CLASSES, digits_det_paths
+from .digits_det import (
+    DIGITS_DET_FAR_OOD_CLASSES,
+    DIGITS_DET_ID_CLASSES,
+    DIGITS_DET_OOD_CLASSES,
+    DIGITS_DET_OOD_VAL_CLASSES,
+    digits_det_paths,
+)
 from .pascal_voc import load_voc_dataset
 
 __all__ = [
@@ -176,34 +185,37 @@ def register_all_bdd100k(root: str) -> None:
 def register_all_digits_det(root: str) -> None:
     """Register the digits-det splits of ``<root>/digits_det`` (made by generate_digits_det).
 
-    Registers ``digits_det_{train,val,test}`` (ID, PASCAL VOC layout, VOC evaluator with the
-    area AP) and ``digits_det_ood`` (OOD, COCO json). Names already in the catalog are left
-    untouched.
+    Registers ``digits_det_{train,val,test}`` and ``digits_det_shifted_test`` (ID, PASCAL
+    VOC layout, VOC evaluator with the area AP) and ``digits_det_ood``,
+    ``digits_det_far_ood`` and ``digits_det_ood_val`` (OOD, COCO json). Names already in the
+    catalog are left untouched.
 
     Args:
         root: the datasets root.
     """
     paths = digits_det_paths(root)
-    for split in ("train", "val", "test"):
+    voc_splits = {split: paths.voc_dir for split in ("train", "val", "test")}
+    voc_splits["shifted_test"] = paths.shifted_voc_dir
+    for split, voc_dir in voc_splits.items():
         name = f"digits_det_{split}"
         if name in DatasetCatalog.list():
             continue
-        register_checked_pascal_voc(
-            name, paths.voc_dir, split, _VOC_AREA_METRIC_YEAR, DIGITS_DET_ID_CLASSES
-        )
+        register_checked_pascal_voc(name, voc_dir, split, _VOC_AREA_METRIC_YEAR, DIGITS_DET_ID_CLASSES)
         MetadataCatalog.get(name).set(evaluator_type="pascal_voc", ood_role="id")
 
-    ood_name = "digits_det_ood"
-    if ood_name not in DatasetCatalog.list():
+    ood_splits = {
+        "digits_det_ood": (DIGITS_DET_OOD_CLASSES, paths.ood_json, paths.ood_image_dir),
+        "digits_det_far_ood": (DIGITS_DET_FAR_OOD_CLASSES, paths.far_ood_json, paths.far_ood_image_dir),
+        "digits_det_ood_val": (DIGITS_DET_OOD_VAL_CLASSES, paths.ood_val_json, paths.ood_val_image_dir),
+    }
+    for ood_name, (class_names, json_file, image_dir) in ood_splits.items():
+        if ood_name in DatasetCatalog.list():
+            continue
         register_coco_instances(
             ood_name,
-            {
-                "thing_classes": list(DIGITS_DET_OOD_CLASSES),
-                "ood_role": "ood",
-                "id_dataset": "digits_det_train",
-            },
-            paths.ood_json,
-            paths.ood_image_dir,
+            {"thing_classes": list(class_names), "ood_role": "ood", "id_dataset": "digits_det_train"},
+            json_file,
+            image_dir,
         )
 
 

@@ -13,10 +13,20 @@ On-disk layout under ``<root>/digits_det`` (see :func:`digits_det_paths`)::
     voc/ImageSets/Main/{train,val,test}.txt
     ood/images/<id>.jpg              OOD images (digits 5-9 only, test glyph pool),
     ood/annotations.json             COCO instances json, categories "five".."nine" = ids 1..5
+    far_ood/images/<id>.jpg          far-OOD: non-digit shapes (TEST_SHAPES of
+    far_ood/annotations.json         digits_det_shapes) on the same canvases, COCO json
+    shifted_test/...                 covariate shift: digits 0-4 (test glyph pool) on the
+                                     canvas styles of digits_det_canvases, VOC layout (image
+                                     set shifted_test; shifted_test_styles.json names each
+                                     image's style); every box is ID
+    ood_val/images/<id>.jpg          OOD validation: digits 5-9 of the val glyph pool and
+    ood_val/annotations.json         VALIDATION_SHAPES (kinds absent from far_ood), COCO json
     meta.json                        generation parameters, written last: marks completion
 
 Every image is drawn from its own random stream keyed by (seed, split, image index), so the
-first N images of a split do not depend on the sizes of the other splits.
+first N images of a split do not depend on the sizes of the other splits, and the splits
+added later (far_ood, shifted_test, ood_val) left the files of the others byte-identical.
+Hyperparameters are chosen on val + ood_val, never on a test split.
 
 Command line::
 
@@ -29,7 +39,7 @@ import logging
 import os
 import shutil
 import xml.etree.ElementTree as ET
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -37,10 +47,15 @@ from sklearn.datasets import load_digits
 from tqdm import tqdm
 
 from ..utils.file_io import atomic_open
+from .digits_det_canvases import SHIFTED_CANVAS_STYLES, CanvasStyle, textured_background
+from .digits_det_objects import PickObject, glyph_picker, mixed_picker, shape_picker
+from .digits_det_shapes import TEST_SHAPES, VALIDATION_SHAPES
 
 __all__ = [
+    "DIGITS_DET_FAR_OOD_CLASSES",
     "DIGITS_DET_ID_CLASSES",
     "DIGITS_DET_OOD_CLASSES",
+    "DIGITS_DET_OOD_VAL_CLASSES",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_NUM_OOD",
     "DEFAULT_NUM_TEST",
@@ -60,6 +75,10 @@ DIGITS_DET_OOD_CLASSES = ("five", "six", "seven", "eight", "nine")
 _DIGIT_NAMES = DIGITS_DET_ID_CLASSES + DIGITS_DET_OOD_CLASSES
 _ID_DIGITS = tuple(range(len(DIGITS_DET_ID_CLASSES)))
 _OOD_DIGITS = tuple(range(len(DIGITS_DET_ID_CLASSES), len(_DIGIT_NAMES)))
+# Classes of the far-OOD test split (shapes) and of the OOD validation split (digits 5-9 of
+# the val glyph pool, and shapes of other kinds than the far-OOD ones).
+DIGITS_DET_FAR_OOD_CLASSES = TEST_SHAPES
+DIGITS_DET_OOD_VAL_CLASSES = DIGITS_DET_OOD_CLASSES + VALIDATION_SHAPES
 
 # Default generation parameters (see generate_digits_det).
 DEFAULT_IMAGE_SIZE = 128
@@ -74,18 +93,33 @@ _FORMAT_VERSION = 1
 # Fractions of the glyphs of every digit that go to each glyph pool (stratified, disjoint).
 _GLYPH_POOL_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 # The glyph pool each image split draws from; OOD images use the unseen test handwriting.
-_SPLIT_GLYPH_POOL = {"train": "train", "val": "val", "test": "test", "ood": "test"}
+# The shifted ID test split uses the test handwriting too; the OOD validation split the val
+# handwriting, so that no test glyph is seen when choosing hyperparameters.
+_SPLIT_GLYPH_POOL = {
+    "train": "train",
+    "val": "val",
+    "test": "test",
+    "ood": "test",
+    "shifted_test": "test",
+    "ood_val": "val",
+}
 _VOC_SPLITS = ("train", "val", "test")
 _OOD_SPLIT = "ood"
+# The splits of the multi-shift benchmark (see the module docstring).
+_FAR_OOD_SPLIT = "far_ood"
+_SHIFTED_TEST_SPLIT = "shifted_test"
+_OOD_VAL_SPLIT = "ood_val"
 # Independent random streams, keyed by their position here: the glyph-pool split, then one
-# per image split.
-_RANDOM_STREAMS = ("glyph_pools",) + _VOC_SPLITS + (_OOD_SPLIT,)
+# per image split. New splits are appended, so that the streams (and the files) of the
+# earlier ones never change.
+_RANDOM_STREAMS = (
+    ("glyph_pools",)
+    + _VOC_SPLITS
+    + (_OOD_SPLIT, _FAR_OOD_SPLIT, _SHIFTED_TEST_SPLIT, _OOD_VAL_SPLIT)
+)
+# Fraction of the objects of the OOD validation split that are digits (the rest are shapes).
+_OOD_VAL_DIGIT_FRACTION = 0.5
 
-# load_digits glyph intensities range over 0..16.
-_GLYPH_MAX_INTENSITY = 16.0
-# A scaled glyph pixel belongs to the digit (and to its box) when its bilinear intensity
-# rounds to at least 1 on that 0..16 scale.
-_GLYPH_VISIBLE_INTENSITY = 0.5
 _MIN_DIGITS_PER_IMAGE = 1
 _MAX_DIGITS_PER_IMAGE = 4
 # Side of the square a glyph is upscaled to, in pixels (inclusive range).
@@ -94,15 +128,7 @@ _MAX_GLYPH_SIZE = 48
 # Random placements tried per digit before the image keeps fewer digits.
 _MAX_PLACEMENT_ATTEMPTS = 50
 
-# Background: a tint colour modulated by smooth low-frequency noise (bicubic upscaling of a
-# coarse random grid) plus per-pixel fine noise. Colours are in [0, 1].
 _NUM_CHANNELS = 3
-_BACKGROUND_TINT_RANGE = (0.1, 0.9)
-_BACKGROUND_GRID_CELLS_RANGE = (3, 8)
-_BACKGROUND_LOW_FREQUENCY_AMPLITUDE = 0.15
-_BACKGROUND_FINE_NOISE_STD = 0.03
-# Per-channel gain of the texture, so that the texture itself is tinted.
-_BACKGROUND_CHANNEL_GAIN_RANGE = (0.5, 1.5)
 
 # Foreground: a random colour whose luminance differs from that of the background under the
 # glyph by at least this much, drawn with an opacity in the given range.
@@ -141,6 +167,16 @@ class DigitsDetPaths(NamedTuple):
     """COCO instances json of the OOD split."""
     meta_json: str
     """Generation parameters; present only once the dataset is complete."""
+    far_ood_image_dir: str
+    """Images of the far-OOD split (shapes)."""
+    far_ood_json: str
+    """COCO instances json of the far-OOD split."""
+    shifted_voc_dir: str
+    """The covariate-shifted ID test split in PASCAL VOC layout (image set shifted_test)."""
+    ood_val_image_dir: str
+    """Images of the OOD validation split."""
+    ood_val_json: str
+    """COCO instances json of the OOD validation split."""
 
 
 def digits_det_paths(root: str) -> DigitsDetPaths:
@@ -161,6 +197,11 @@ def digits_det_paths(root: str) -> DigitsDetPaths:
         ood_image_dir=os.path.join(ood_dir, "images"),
         ood_json=os.path.join(ood_dir, "annotations.json"),
         meta_json=os.path.join(dataset_dir, "meta.json"),
+        far_ood_image_dir=os.path.join(dataset_dir, _FAR_OOD_SPLIT, "images"),
+        far_ood_json=os.path.join(dataset_dir, _FAR_OOD_SPLIT, "annotations.json"),
+        shifted_voc_dir=os.path.join(dataset_dir, _SHIFTED_TEST_SPLIT),
+        ood_val_image_dir=os.path.join(dataset_dir, _OOD_VAL_SPLIT, "images"),
+        ood_val_json=os.path.join(dataset_dir, _OOD_VAL_SPLIT, "annotations.json"),
     )
 
 
@@ -199,22 +240,6 @@ def glyph_indices_per_split(seed: int = 0) -> Dict[str, np.ndarray]:
     return {name: np.sort(np.concatenate(parts)) for name, parts in pools.items()}
 
 
-def _textured_background(rng: np.random.Generator, image_size: int) -> np.ndarray:
-    """Draw a tinted texture of smooth plus fine noise, (H, W, 3) float in [0, 1]."""
-    grid_cells = rng.integers(*_BACKGROUND_GRID_CELLS_RANGE, endpoint=True)
-    coarse_grid = rng.uniform(-1.0, 1.0, size=(grid_cells, grid_cells)).astype(np.float32)
-    smooth_noise = np.asarray(
-        Image.fromarray(coarse_grid).resize((image_size, image_size), Image.Resampling.BICUBIC)
-    )
-    fine_noise = rng.standard_normal((image_size, image_size))
-    texture = (
-        _BACKGROUND_LOW_FREQUENCY_AMPLITUDE * smooth_noise + _BACKGROUND_FINE_NOISE_STD * fine_noise
-    )
-    tint = rng.uniform(*_BACKGROUND_TINT_RANGE, size=_NUM_CHANNELS)
-    channel_gain = rng.uniform(*_BACKGROUND_CHANNEL_GAIN_RANGE, size=_NUM_CHANNELS)
-    return np.clip(tint + texture[..., None] * channel_gain, 0.0, 1.0)
-
-
 def _contrasting_colour(rng: np.random.Generator, background_colour: np.ndarray) -> np.ndarray:
     """Draw a random RGB colour whose luminance stands out from ``background_colour``."""
     background_luminance = background_colour @ _LUMA_WEIGHTS
@@ -250,56 +275,58 @@ def _place_square(
 
 
 def _render_image(
-    rng: np.random.Generator, glyph_pool: np.ndarray, digits: Tuple[int, ...], image_size: int
-) -> Tuple[np.ndarray, List[Tuple[int, int, int, int]], List[int]]:
-    """Render one canvas with 1 to 4 non-overlapping glyphs of the given digits.
+    rng: np.random.Generator,
+    pick_object: PickObject,
+    image_size: int,
+    style: Optional[CanvasStyle] = None,
+) -> Tuple[np.ndarray, List[Tuple[int, int, int, int]], List[str]]:
+    """Render one canvas with 1 to 4 non-overlapping objects (digit glyphs or shapes).
 
     Args:
         rng: the image's random stream.
-        glyph_pool: indices of the load_digits glyphs to draw from.
-        digits: the digits that may appear; each pasted glyph picks one uniformly.
+        pick_object: draws each object (see :class:`~.digits_det_objects.PickObject`).
         image_size: side of the square canvas in pixels.
+        style: background and corruption of the canvas; None = the textured background of
+            the original splits, uncorrupted.
 
     Returns:
-        The image (H, W, 3) uint8; per glyph its tight box as (x0, y0, x1, y1) inclusive pixel
-        indices; and per glyph its digit.
+        The image (H, W, 3) uint8; per object its tight box as (x0, y0, x1, y1) inclusive
+        pixel indices; and per object its class name.
     """
-    glyph_images, digit_of_glyph = _load_glyphs()
-    canvas = _textured_background(rng, image_size)
-    num_digits = rng.integers(_MIN_DIGITS_PER_IMAGE, _MAX_DIGITS_PER_IMAGE, endpoint=True)
+    canvas = (style.background if style else textured_background)(rng, image_size)
+    num_objects = rng.integers(_MIN_DIGITS_PER_IMAGE, _MAX_DIGITS_PER_IMAGE, endpoint=True)
     squares: List[Tuple[int, int, int]] = []
     boxes: List[Tuple[int, int, int, int]] = []
-    labels: List[int] = []
-    for _ in range(num_digits):
-        digit = digits[rng.integers(len(digits))]
-        glyph = rng.choice(glyph_pool[digit_of_glyph[glyph_pool] == digit])
+    labels: List[str] = []
+    for _ in range(num_objects):
+        name, draw = pick_object(rng)
         square = _place_square(rng, squares, image_size)
         if square is None:
-            # The canvas is too crowded for another digit: keep the ones placed so far.
+            # The canvas is too crowded for another object: keep the ones placed so far.
             break
         squares.append(square)
         x, y, side = square
 
-        intensity = np.asarray(
-            Image.fromarray(glyph_images[glyph]).resize((side, side), Image.Resampling.BILINEAR)
-        )
+        object_opacity, visible = draw(side)
         region = canvas[y : y + side, x : x + side]
         colour = _contrasting_colour(rng, region.mean(axis=(0, 1)))
         opacity = rng.uniform(*_FOREGROUND_OPACITY_RANGE)
-        alpha = opacity * np.clip(intensity / _GLYPH_MAX_INTENSITY, 0.0, 1.0)[..., None]
+        alpha = opacity * object_opacity[..., None]
         region[...] = (1.0 - alpha) * region + alpha * colour
 
-        rows, cols = np.nonzero(intensity >= _GLYPH_VISIBLE_INTENSITY)
+        rows, cols = np.nonzero(visible)
         boxes.append(
             (int(x + cols.min()), int(y + rows.min()), int(x + cols.max()), int(y + rows.max()))
         )
-        labels.append(int(digit))
+        labels.append(name)
+    if style:
+        canvas = style.corrupt(rng, canvas)
     image = np.round(canvas * _MAX_PIXEL_VALUE).astype(np.uint8)
     return image, boxes, labels
 
 
 def _voc_annotation(
-    image_id: str, image_size: int, boxes: List[Tuple[int, int, int, int]], labels: List[int]
+    image_id: str, image_size: int, boxes: List[Tuple[int, int, int, int]], labels: List[str]
 ) -> ET.ElementTree:
     """Build the PASCAL VOC XML of one image (boxes as 1-based inclusive pixel indices)."""
     annotation = ET.Element("annotation")
@@ -310,9 +337,9 @@ def _voc_annotation(
     ET.SubElement(size, "height").text = str(image_size)
     ET.SubElement(size, "depth").text = str(_NUM_CHANNELS)
     ET.SubElement(annotation, "segmented").text = "0"
-    for (x0, y0, x1, y1), digit in zip(boxes, labels):
+    for (x0, y0, x1, y1), name in zip(boxes, labels):
         obj = ET.SubElement(annotation, "object")
-        ET.SubElement(obj, "name").text = _DIGIT_NAMES[digit]
+        ET.SubElement(obj, "name").text = name
         ET.SubElement(obj, "pose").text = "Unspecified"
         ET.SubElement(obj, "truncated").text = "0"
         ET.SubElement(obj, "difficult").text = "0"
@@ -325,23 +352,31 @@ def _voc_annotation(
 
 
 def _write_voc_split(
-    paths: DigitsDetPaths,
+    voc_dir: str,
     split: str,
     num_images: int,
     seed: int,
     image_size: int,
-    pools: Dict[str, np.ndarray],
+    pick_object: PickObject,
     progress: tqdm,
+    styles: Optional[Dict[str, CanvasStyle]] = None,
 ) -> None:
-    """Render the images of one ID split and write them in PASCAL VOC layout."""
-    image_dir = os.path.join(paths.voc_dir, "JPEGImages")
-    annotation_dir = os.path.join(paths.voc_dir, "Annotations")
+    """Render the images of one ID split and write them in PASCAL VOC layout.
+
+    With ``styles``, each image first draws one of them uniformly; the style of every
+    image is then written to ``<voc_dir>/<split>_styles.json``.
+    """
+    image_dir = os.path.join(voc_dir, "JPEGImages")
+    annotation_dir = os.path.join(voc_dir, "Annotations")
     image_ids = [f"{split}_{index:06d}" for index in range(num_images)]
+    style_of_image = {}
     for index, image_id in enumerate(image_ids):
         rng = _random_stream(seed, split, index)
-        image, boxes, labels = _render_image(
-            rng, pools[_SPLIT_GLYPH_POOL[split]], _ID_DIGITS, image_size
-        )
+        style = None
+        if styles:
+            style_of_image[image_id] = list(styles)[rng.integers(len(styles))]
+            style = styles[style_of_image[image_id]]
+        image, boxes, labels = _render_image(rng, pick_object, image_size, style)
         Image.fromarray(image).save(
             os.path.join(image_dir, f"{image_id}.jpg"), quality=_JPEG_QUALITY
         )
@@ -349,61 +384,69 @@ def _write_voc_split(
             os.path.join(annotation_dir, f"{image_id}.xml"), encoding="utf-8"
         )
         progress.update()
-    with open(os.path.join(paths.voc_dir, "ImageSets", "Main", f"{split}.txt"), "w") as f:
+    with open(os.path.join(voc_dir, "ImageSets", "Main", f"{split}.txt"), "w") as f:
         f.write("".join(f"{image_id}\n" for image_id in image_ids))
+    if styles:
+        with open(os.path.join(voc_dir, f"{split}_styles.json"), "w") as f:
+            json.dump(style_of_image, f, indent=1)
 
 
-def _write_ood_split(
-    paths: DigitsDetPaths,
+def _write_coco_split(
+    image_dir: str,
+    json_file: str,
+    split: str,
     num_images: int,
     seed: int,
     image_size: int,
-    pools: Dict[str, np.ndarray],
+    pick_object: PickObject,
+    categories: Sequence[Tuple[str, str]],
+    description: str,
     progress: tqdm,
 ) -> None:
-    """Render the OOD images and write them with a COCO instances json."""
-    category_id_of_digit = {
-        digit: _FIRST_COCO_CATEGORY_ID + rank for rank, digit in enumerate(_OOD_DIGITS)
+    """Render the images of one OOD split and write them with a COCO instances json.
+
+    Args:
+        categories: (name, supercategory) of every class ``pick_object`` may draw; their
+            COCO ids are 1, 2, ... in this order.
+        description: the json's ``info.description``.
+    """
+    category_id_of_name = {
+        name: _FIRST_COCO_CATEGORY_ID + rank for rank, (name, _) in enumerate(categories)
     }
     images, annotations = [], []
     for index in range(num_images):
-        rng = _random_stream(seed, _OOD_SPLIT, index)
-        image, boxes, labels = _render_image(
-            rng, pools[_SPLIT_GLYPH_POOL[_OOD_SPLIT]], _OOD_DIGITS, image_size
-        )
-        file_name = f"{_OOD_SPLIT}_{index:06d}.jpg"
-        Image.fromarray(image).save(
-            os.path.join(paths.ood_image_dir, file_name), quality=_JPEG_QUALITY
-        )
+        rng = _random_stream(seed, split, index)
+        image, boxes, labels = _render_image(rng, pick_object, image_size)
+        file_name = f"{split}_{index:06d}.jpg"
+        Image.fromarray(image).save(os.path.join(image_dir, file_name), quality=_JPEG_QUALITY)
         image_id = index + 1
         images.append(
             {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
         )
-        for (x0, y0, x1, y1), digit in zip(boxes, labels):
+        for (x0, y0, x1, y1), name in zip(boxes, labels):
             width, height = x1 + 1 - x0, y1 + 1 - y0
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": category_id_of_digit[digit],
+                    "category_id": category_id_of_name[name],
                     "bbox": [x0, y0, width, height],
                     "area": width * height,
                     "iscrowd": 0,
                 }
             )
         progress.update()
-    categories = [
-        {"id": category_id, "name": _DIGIT_NAMES[digit], "supercategory": "digit"}
-        for digit, category_id in category_id_of_digit.items()
-    ]
     coco = {
-        "info": {"description": "digits-det OOD split (digits 5-9)"},
+        "info": {"description": description},
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": categories,
+        "categories": [
+            {"id": category_id_of_name[name], "name": name, "supercategory": supercategory}
+            for name, supercategory in categories
+        ],
     }
-    with open(paths.ood_json, "w") as f:
+    with open(json_file, "w") as f:
         json.dump(coco, f)
 
 
@@ -424,6 +467,9 @@ def generate_digits_det(
     num_val: int = DEFAULT_NUM_VAL,
     num_test: int = DEFAULT_NUM_TEST,
     num_ood: int = DEFAULT_NUM_OOD,
+    num_far_ood: Optional[int] = None,
+    num_shifted_test: Optional[int] = None,
+    num_ood_val: Optional[int] = None,
     overwrite: bool = False,
 ) -> str:
     """Generate the digits-det benchmark under ``<root>/digits_det`` unless it already exists.
@@ -440,6 +486,11 @@ def generate_digits_det(
         num_val: number of ID validation images (val glyph pool).
         num_test: number of ID test images (test glyph pool).
         num_ood: number of OOD images (digits 5-9, test glyph pool).
+        num_far_ood: number of far-OOD images (shapes of TEST_SHAPES); None = ``num_ood``.
+        num_shifted_test: number of covariate-shifted ID test images (digits 0-4, test glyph
+            pool, canvas styles of SHIFTED_CANVAS_STYLES); None = ``num_test``.
+        num_ood_val: number of OOD validation images (digits 5-9 of the val glyph pool and
+            shapes of VALIDATION_SHAPES); None = ``num_val``.
         overwrite: regenerate even if an identical dataset exists.
 
     Returns:
@@ -447,18 +498,27 @@ def generate_digits_det(
 
     Raises:
         ValueError: if ``image_size`` cannot hold the largest glyph or a split is too small
-            for detectron2's loaders (ID splits need 2 images, the OOD split 1).
+            for detectron2's loaders (ID splits need 2 images, the OOD splits 1).
     """
     if image_size < _MAX_GLYPH_SIZE:
         raise ValueError(f"image_size must be at least {_MAX_GLYPH_SIZE}, got {image_size}")
-    split_sizes = dict(zip(_VOC_SPLITS, (num_train, num_val, num_test)))
+    num_far_ood = num_ood if num_far_ood is None else num_far_ood
+    num_shifted_test = num_test if num_shifted_test is None else num_shifted_test
+    num_ood_val = num_val if num_ood_val is None else num_ood_val
+    split_sizes = dict(
+        zip(_VOC_SPLITS + (_SHIFTED_TEST_SPLIT,), (num_train, num_val, num_test, num_shifted_test))
+    )
     for split, num_images in split_sizes.items():
         if num_images < _MIN_VOC_SPLIT_SIZE:
             raise ValueError(
                 f"num_{split} must be at least {_MIN_VOC_SPLIT_SIZE}, got {num_images}"
             )
-    if num_ood < _MIN_OOD_SPLIT_SIZE:
-        raise ValueError(f"num_ood must be at least {_MIN_OOD_SPLIT_SIZE}, got {num_ood}")
+    ood_split_sizes = {_OOD_SPLIT: num_ood, _FAR_OOD_SPLIT: num_far_ood, _OOD_VAL_SPLIT: num_ood_val}
+    for split, num_images in ood_split_sizes.items():
+        if num_images < _MIN_OOD_SPLIT_SIZE:
+            raise ValueError(
+                f"num_{split} must be at least {_MIN_OOD_SPLIT_SIZE}, got {num_images}"
+            )
 
     paths = digits_det_paths(root)
     parameters = {
@@ -469,6 +529,9 @@ def generate_digits_det(
         "num_val": num_val,
         "num_test": num_test,
         "num_ood": num_ood,
+        "num_far_ood": num_far_ood,
+        "num_shifted_test": num_shifted_test,
+        "num_ood_val": num_ood_val,
     }
     if not overwrite and _read_meta(paths.meta_json) == parameters:
         logger.info("digits-det already generated in %s", paths.dataset_dir)
@@ -477,19 +540,65 @@ def generate_digits_det(
     # Invalidate first, so that a dataset interrupted below is never taken as complete.
     if os.path.exists(paths.meta_json):
         os.remove(paths.meta_json)
-    for generated_dir in (paths.voc_dir, paths.ood_dir):
+    generated_dirs = (
+        paths.voc_dir,
+        paths.ood_dir,
+        paths.shifted_voc_dir,
+        os.path.dirname(paths.far_ood_json),
+        os.path.dirname(paths.ood_val_json),
+    )
+    for generated_dir in generated_dirs:
         shutil.rmtree(generated_dir, ignore_errors=True)
-    for subdir in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
-        os.makedirs(os.path.join(paths.voc_dir, subdir))
-    os.makedirs(paths.ood_image_dir)
+    for voc_dir in (paths.voc_dir, paths.shifted_voc_dir):
+        for subdir in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
+            os.makedirs(os.path.join(voc_dir, subdir))
+    for image_dir in (paths.ood_image_dir, paths.far_ood_image_dir, paths.ood_val_image_dir):
+        os.makedirs(image_dir)
 
     logger.info("Generating digits-det in %s with %s", paths.dataset_dir, parameters)
     pools = glyph_indices_per_split(seed)
-    total_images = sum(split_sizes.values()) + num_ood
+
+    glyph_images, digit_of_glyph = _load_glyphs()
+
+    def glyphs(split, digits):
+        pool = pools[_SPLIT_GLYPH_POOL[split]]
+        return glyph_picker(glyph_images, digit_of_glyph, pool, [_DIGIT_NAMES[d] for d in digits], digits)
+
+    total_images = sum(split_sizes.values()) + sum(ood_split_sizes.values())
     with tqdm(total=total_images, desc="digits-det", unit="img") as progress:
-        for split, num_images in split_sizes.items():
-            _write_voc_split(paths, split, num_images, seed, image_size, pools, progress)
-        _write_ood_split(paths, num_ood, seed, image_size, pools, progress)
+        # The original splits first, in their original order.
+        for split in _VOC_SPLITS:
+            _write_voc_split(
+                paths.voc_dir, split, split_sizes[split], seed, image_size,
+                glyphs(split, _ID_DIGITS), progress,
+            )
+        _write_coco_split(
+            paths.ood_image_dir, paths.ood_json, _OOD_SPLIT, num_ood, seed, image_size,
+            glyphs(_OOD_SPLIT, _OOD_DIGITS), [(name, "digit") for name in DIGITS_DET_OOD_CLASSES],
+            "digits-det OOD split (digits 5-9)", progress,
+        )
+        _write_coco_split(
+            paths.far_ood_image_dir, paths.far_ood_json, _FAR_OOD_SPLIT, num_far_ood, seed,
+            image_size, shape_picker(TEST_SHAPES),
+            [(name, "shape") for name in DIGITS_DET_FAR_OOD_CLASSES],
+            "digits-det far-OOD split (non-digit shapes)", progress,
+        )
+        _write_voc_split(
+            paths.shifted_voc_dir, _SHIFTED_TEST_SPLIT, num_shifted_test, seed, image_size,
+            glyphs(_SHIFTED_TEST_SPLIT, _ID_DIGITS), progress, styles=SHIFTED_CANVAS_STYLES,
+        )
+        _write_coco_split(
+            paths.ood_val_image_dir, paths.ood_val_json, _OOD_VAL_SPLIT, num_ood_val, seed,
+            image_size,
+            mixed_picker(
+                glyphs(_OOD_VAL_SPLIT, _OOD_DIGITS), shape_picker(VALIDATION_SHAPES),
+                _OOD_VAL_DIGIT_FRACTION,
+            ),
+            [(name, "digit") for name in DIGITS_DET_OOD_CLASSES]
+            + [(name, "shape") for name in VALIDATION_SHAPES],
+            "digits-det OOD validation split (digits 5-9 of the val glyph pool, other shapes)",
+            progress,
+        )
 
     with atomic_open(paths.meta_json, "w") as f:
         json.dump(parameters, f, indent=2)
@@ -511,6 +620,9 @@ def main() -> None:
     parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
     parser.add_argument("--num-test", type=int, default=DEFAULT_NUM_TEST)
     parser.add_argument("--num-ood", type=int, default=DEFAULT_NUM_OOD)
+    parser.add_argument("--num-far-ood", type=int, help="default: --num-ood")
+    parser.add_argument("--num-shifted-test", type=int, help="default: --num-test")
+    parser.add_argument("--num-ood-val", type=int, help="default: --num-val")
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if it exists")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
@@ -522,6 +634,9 @@ def main() -> None:
         num_val=args.num_val,
         num_test=args.num_test,
         num_ood=args.num_ood,
+        num_far_ood=args.num_far_ood,
+        num_shifted_test=args.num_shifted_test,
+        num_ood_val=args.num_ood_val,
         overwrite=args.overwrite,
     )
     print(dataset_dir)

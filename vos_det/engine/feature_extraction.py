@@ -4,7 +4,7 @@ from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data import transforms as T
 from tqdm import tqdm
 
-__all__ = ["build_annotated_test_loader", "ground_truth_box_features"]
+__all__ = ["box_head_features", "build_annotated_test_loader", "ground_truth_box_features"]
 
 
 def build_annotated_test_loader(cfg, dataset_name):
@@ -17,6 +17,24 @@ def build_annotated_test_loader(cfg, dataset_name):
         ],
     )
     return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+
+def box_head_features(model, feature_maps, boxes):
+    """The features the box predictor's class layer reads for given boxes.
+
+    Args:
+        model (GeneralizedRCNN): the detector.
+        feature_maps (dict[str, Tensor]): the backbone's outputs for a batch.
+        boxes (list[Boxes]): per image, the boxes to pool.
+
+    Returns:
+        Tensor: (sum n_i, D).
+    """
+    roi_heads = model.roi_heads
+    pooled = roi_heads.box_pooler([feature_maps[f] for f in roi_heads.box_in_features], boxes)
+    box_features = roi_heads.box_head(pooled).flatten(start_dim=1)
+    # The input of cls_score: after the bottleneck of MODEL.VOS.BOTTLENECK_DIM if any.
+    return getattr(roi_heads.box_predictor, "bottleneck", torch.nn.Identity())(box_features)
 
 
 @torch.no_grad()
@@ -35,14 +53,12 @@ def ground_truth_box_features(model, data_loader, description="features"):
     Returns:
         tuple[Tensor, Tensor]: features (N, D) float32 and class indices (N,) int64, CPU.
     """
-    roi_heads = model.roi_heads
     features, labels = [], []
     for inputs in tqdm(data_loader, desc=description, unit="img"):
         images = model.preprocess_image(inputs)
         feature_maps = model.backbone(images.tensor)
         gt_boxes = [x["instances"].gt_boxes.to(images.tensor.device) for x in inputs]
-        pooled = roi_heads.box_pooler([feature_maps[f] for f in roi_heads.box_in_features], gt_boxes)
-        box_features = roi_heads.box_head(pooled).flatten(start_dim=1)
+        box_features = box_head_features(model, feature_maps, gt_boxes)
         features.append(box_features.float().cpu())
         labels.append(torch.cat([x["instances"].gt_classes for x in inputs]))
     if not features:

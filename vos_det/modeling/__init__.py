@@ -6,6 +6,8 @@ from .cider import CIDERLoss
 from .embedding_losses import EMBEDDING_LOSS_REGISTRY
 from .feature_queues import ClassFeatureQueues
 from .margin_classifiers import CLASSIFIER_REGISTRY
+from .ood_scores import OOD_SCORE_REGISTRY, POST_HOC_SCORES
+from . import regnet as _regnet  # registers build_regnet_fpn_backbone
 from .output_layers import BOX_PREDICTOR_REGISTRY, OOD_SCORES, VOSOutputLayers
 from .roi_heads import VOSROIHeads
 from .synthesis import robust_cholesky, sample_virtual_outliers

@@ -10,7 +10,9 @@ from detectron2.utils.registry import Registry
 
 from .embedding_losses import build_embedding_losses
 from .mahalanobis import GaussianDiscriminant
-from .margin_classifiers import build_box_classifier
+from .margin_classifiers import LinearClassifier, build_box_classifier
+from .ood_scores import build_post_hoc_scores
+from .ood_scores.scoring import PostHocScoring
 from .virtual_outliers import OOD_SCORES, VirtualOutlierMixin, pop_vos_options, vos_kwargs_from_config
 
 __all__ = ["BOX_PREDICTOR_REGISTRY", "VOSOutputLayers", "OOD_SCORES"]
@@ -49,6 +51,11 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
     linear ``cls_score`` (L2-constrained softmax, CosFace, ArcFace, SphereFace; see
     :mod:`vos_det.modeling.margin_classifiers`), and ``embedding_losses`` add losses on the
     foreground box features (center loss, CIDER).
+
+    With ``bottleneck_dim`` > 0 (a variant, off by default), a Linear + ReLU of that width
+    sits between the box head and the class layer: the class logits, the queues, the
+    synthesis, the embedding losses and the Mahalanobis statistics all use its output,
+    while the box regression reads the box head's output.
     """
 
     @configurable
@@ -59,6 +66,9 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         mahalanobis_stats: str = "",
         classifier: nn.Module = None,
         embedding_losses=(),
+        bottleneck_dim: int = 0,
+        post_hoc_scores: nn.ModuleDict = None,
+        post_hoc_state: str = "",
         **kwargs,
     ):
         """
@@ -71,6 +81,12 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
                 (see :data:`CLASSIFIER_REGISTRY`); None keeps the linear layer.
             embedding_losses (list[nn.Module]): losses on the foreground box features
                 (see :data:`EMBEDDING_LOSS_REGISTRY`).
+            bottleneck_dim: width of the Linear + ReLU before the class layer; 0 = none.
+                ``classifier``, if given, must take inputs of that width.
+            post_hoc_scores: name -> post-hoc OOD score (see
+                :func:`~vos_det.modeling.ood_scores.build_post_hoc_scores`); None = all,
+                with their defaults.
+            post_hoc_state: their fitted state, written by tools/fit_ood_scores.py ("" = none).
             kwargs: the VOS options, arguments of
                 :meth:`VirtualOutlierMixin.init_virtual_outliers` (vos_enabled,
                 sample_number, starting_iter, ..., the MODEL.VOS keys), and those of
@@ -78,23 +94,39 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         """
         vos_options = pop_vos_options(kwargs)
         super().__init__(input_shape, **kwargs)
+        if bottleneck_dim < 0:
+            raise ValueError(f"MODEL.VOS.BOTTLENECK_DIM must be >= 0, got {bottleneck_dim}")
+        feature_dim = self.bbox_pred.in_features
+        self.bottleneck = nn.Identity()
+        if bottleneck_dim:
+            self.bottleneck = nn.Sequential(nn.Linear(feature_dim, bottleneck_dim), nn.ReLU(inplace=True))
+            feature_dim = bottleneck_dim
+            self.cls_score = LinearClassifier(feature_dim, self.num_classes + 1)
         if classifier is not None:
             self.cls_score = classifier
         self.embedding_losses = nn.ModuleList(embedding_losses)
-        feature_dim = self.bbox_pred.in_features
         self.init_virtual_outliers(feature_dim, **vos_options)
         # Post-hoc class Gaussians of the box features, fitted by tools/fit_mahalanobis.py;
         # when loaded, every detection also gets ood_scores_mahalanobis.
         self.mahalanobis = GaussianDiscriminant(feature_dim)
         if mahalanobis_stats:
             self.mahalanobis.load_statistics(mahalanobis_stats)
+        # Post-hoc OOD scores (maxlogit, gen, and those fitted in post_hoc_state): every
+        # detection gets their ood_scores_<name>.
+        if post_hoc_scores is None:
+            post_hoc_scores = build_post_hoc_scores()
+        self.post_hoc = PostHocScoring(post_hoc_scores, post_hoc_state, feature_dim, self.num_classes)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret.update(vos_kwargs_from_config(cfg))
         ret["mahalanobis_stats"] = cfg.MODEL.VOS.MAHALANOBIS_STATS
+        ret["post_hoc_scores"] = build_post_hoc_scores(cfg)
+        ret["post_hoc_state"] = cfg.MODEL.VOS.POST_HOC.STATE
         feature_dim = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
+        ret["bottleneck_dim"] = cfg.MODEL.VOS.BOTTLENECK_DIM
+        feature_dim = ret["bottleneck_dim"] or feature_dim
         num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         ret["classifier"] = build_box_classifier(cfg, feature_dim, num_classes + 1)
         ret["embedding_losses"] = build_embedding_losses(cfg, feature_dim, num_classes)
@@ -107,12 +139,13 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
 
         Returns:
             tuple[Tensor, Tensor, Tensor]: class logits (R, K + 1), box deltas (R, K * 4) or
-            (R, 4), and the flattened features (R, D).
+            (R, 4), and the features the class layer reads (R, D): the flattened input, or
+            the bottleneck's output.
         """
         if x.dim() > 2:
             x = torch.flatten(x, start_dim=1)
-        scores, proposal_deltas = super().forward(x)
-        return scores, proposal_deltas, x
+        features = self.bottleneck(x)
+        return self.cls_score(features), self.bbox_pred(x), features
 
     # --- training -----------------------------------------------------------------------
 
@@ -165,8 +198,10 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
 
         Returns:
             tuple[list[Instances], list[Tensor]]: per image, the detections with
-            pred_boxes, scores, pred_classes, id_scores, ood_scores, is_ood and
-            ood_scores_<name>; and the indices of the proposals they came from.
+            pred_boxes, scores, pred_classes, id_scores, ood_scores, is_ood,
+            ood_scores_<name> and proposal_scores (the maximum foreground probability of the
+            detection's proposal, which the released VOS evaluation selects boxes by); and
+            the indices of the proposals they came from.
         """
         boxes = self.predict_boxes(predictions, proposals)
         probs = self.predict_probs(predictions, proposals)
@@ -186,16 +221,25 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
             proposal_indices.append(torch.nonzero(finite).flatten()[kept])
         offsets = torch.tensor([0] + [len(p) for p in proposals[:-1]]).cumsum(0).tolist()
         rows = cat([indices + offset for indices, offset in zip(proposal_indices, offsets)])
-        self.add_ood_fields(instances, predictions[0][rows, : self.num_classes], predictions[2][rows])
+        kept_proposal_boxes = [p.proposal_boxes.tensor[i] for p, i in zip(proposals, proposal_indices)]
+        self.add_ood_fields(
+            instances, predictions[0][rows, : self.num_classes], predictions[2][rows], kept_proposal_boxes
+        )
+        proposal_scores = cat(probs)[rows, : self.num_classes].max(dim=1).values
+        for image_instances, scores in zip(instances, proposal_scores.split([len(i) for i in instances])):
+            image_instances.proposal_scores = scores
         return instances, proposal_indices
 
-    def ood_score_table(self, logits, features=None):
+    def ood_score_table(self, logits, features=None, boxes=None):
         """Every OOD score of :data:`OOD_SCORES` the model has (larger = more OOD) and p(ID).
 
         Args:
             logits (Tensor): (N, K) foreground logits of N boxes.
             features (Tensor, optional): (N, D) their box features; with fitted
-                ``mahalanobis`` statistics, adds the "mahalanobis" score.
+                ``mahalanobis`` statistics, adds the "mahalanobis" score, and the fitted
+                post-hoc scores (see :attr:`post_hoc`).
+            boxes (list[Tensor], optional): per image, the (n_i, 4) proposal boxes of the N
+                rows, for the post-hoc scores that pool the backbone's feature maps.
 
         Returns:
             tuple[dict[str, Tensor], Tensor]: scores by name, each (N,), and id_scores (N,).
@@ -203,9 +247,14 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         table, id_scores = super().ood_score_table(logits)
         if features is not None and self.mahalanobis.num_classes > 0:
             table["mahalanobis"] = self.mahalanobis.ood_scores(features).float()
+        table.update(self.post_hoc.table(features, logits, boxes, self.foreground_logits))
         return table, id_scores
 
-    def add_ood_fields(self, instances, logits, features=None):
+    def foreground_logits(self, features):
+        """The (N, K) foreground logits of (N, D) box features (the class layer's first K)."""
+        return self.cls_score(features)[:, : self.num_classes]
+
+    def add_ood_fields(self, instances, logits, features=None, boxes=None):
         """Set id_scores, ood_scores, is_ood and ood_scores_<name> on every image's detections.
 
         The scores of all images are computed in one batch.
@@ -214,8 +263,12 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
             instances (list[Instances]): the N_i detections of each image.
             logits (Tensor): (sum N_i, K) their foreground logits, image after image.
             features (Tensor, optional): (sum N_i, D) their box features.
+            boxes (list[Tensor], optional): the (N_i, 4) proposal boxes of each image's
+                detections.
         """
-        table, id_scores = self.ood_score_table(logits, features)
+        table, id_scores = self.ood_score_table(logits, features, boxes)
+        if self.ood_score in self.post_hoc.scores and self.ood_score not in table:
+            raise RuntimeError(f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is not available: " + self.post_hoc.missing_reason(self.ood_score))
         if self.ood_score not in table:
             raise RuntimeError(
                 f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is not available: the model has no "

@@ -1,4 +1,5 @@
 """ROI heads whose box predictor is chosen by name (the VOS predictor by default)."""
+from detectron2.config import configurable
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 
 from .output_layers import BOX_PREDICTOR_REGISTRY
@@ -13,7 +14,34 @@ class VOSROIHeads(StandardROIHeads):
     Detectron2 builds :class:`FastRCNNOutputLayers` directly in ``_init_box_head``; this
     class keeps everything else of that method (pooler, box head) and swaps the predictor
     for one from :data:`BOX_PREDICTOR_REGISTRY` (by default :class:`VOSOutputLayers`).
+
+    At inference, a predictor with post-hoc OOD scores that pool the detections' boxes from
+    the backbone's feature maps (``post_hoc``, see :mod:`vos_det.modeling.ood_scores`) is
+    given those maps while it runs.
     """
+
+    @configurable
+    def __init__(self, *, feature_strides=None, **kwargs):
+        """
+        Args:
+            feature_strides (dict[str, int]): stride of every backbone output, by name.
+            kwargs: those of :class:`StandardROIHeads`.
+        """
+        super().__init__(**kwargs)
+        self.feature_strides = dict(feature_strides or {})
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["feature_strides"] = {name: shape.stride for name, shape in input_shape.items()}
+        return ret
+
+    def _forward_box(self, features, proposals):
+        post_hoc = getattr(self.box_predictor, "post_hoc", None)
+        if self.training or post_hoc is None or not post_hoc.layer_names():
+            return super()._forward_box(features, proposals)
+        with post_hoc.feature_maps(features, self.feature_strides):
+            return super()._forward_box(features, proposals)
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):

@@ -7,27 +7,50 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from detectron2.utils.comm import get_rank
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
+from ..config_validation import validate_config
 from .energy import energy, max_softmax_ood_score, weighted_energy
 from .feature_queues import ClassFeatureQueues
+from .npos import npos_outliers
+from .ood_scores import POST_HOC_SCORES
 from .synthesis import SAMPLERS, robust_cholesky, sample_virtual_outliers
 from .uncertainty_loss import ID_LABEL, energy_logistic_loss
+from .vos_diagnostics import mahalanobis_radius_ratio
 
 __all__ = ["OOD_SCORES", "VirtualOutlierMixin", "pop_vos_options", "vos_kwargs_from_config"]
 
 # Scores that can back ood_scores / is_ood (MODEL.VOS.OOD_SCORE); "mahalanobis" needs
-# statistics fitted with tools/fit_mahalanobis.py (box predictor only).
-OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "mahalanobis")
+# statistics fitted with tools/fit_mahalanobis.py, and the post-hoc scores of
+# vos_det/modeling/ood_scores/ (maxlogit, gen, knn, ...) tools/fit_ood_scores.py for those
+# with fitted state (box predictor only).
+OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "mahalanobis") + POST_HOC_SCORES
+# How virtual outliers are made (MODEL.VOS.OUTLIER_SYNTHESIS): the paper's class Gaussians,
+# or NPOS-style perturbations of boundary ID features (vos_det/modeling/npos.py).
+OUTLIER_SYNTHESES = ("gaussian", "npos")
+# At most this many queued ID features enter the vos/id_radius_ratio diagnostic per step.
+_MAX_RADIUS_DIAGNOSTIC_ROWS = 512
 # Separates the synthesis seeds of consecutive iterations (a prime larger than any schedule).
 _SEED_STRIDE = 1_000_003
+# Separates the synthesis seeds of the ranks (per-rank outliers); rank 0 adds nothing, so a
+# single-process run draws what it drew before per-rank outliers existed. The CPU generator
+# (mt19937) keeps only the low 32 bits of a seed: the stride is below 2**32 (the golden-ratio
+# constant, whose multiples for any rank < 1000 stay millions away from the seeds of the
+# other iterations, modulo 2**32).
+_RANK_SEED_STRIDE = 0x9E3779B9
 # At most one warning about non-finite inputs in this many seconds.
 _WARNING_PERIOD_SECONDS = 60
 
 
 def vos_kwargs_from_config(cfg) -> dict:
-    """The ``MODEL.VOS`` keys as the keyword arguments of :meth:`init_virtual_outliers`."""
+    """The ``MODEL.VOS`` keys as the keyword arguments of :meth:`init_virtual_outliers`.
+
+    The whole config is validated first (:func:`vos_det.config_validation.validate_config`),
+    so a value out of range fails when the model is built, not hours into training.
+    """
+    validate_config(cfg)
     vos = cfg.MODEL.VOS
     return {
         "vos_enabled": vos.ENABLED,
@@ -40,9 +63,17 @@ def vos_kwargs_from_config(cfg) -> dict:
         "covariance_recompute_period": vos.COVARIANCE_RECOMPUTE_PERIOD,
         "sampler": vos.SAMPLER,
         "synthesis_seed": vos.SYNTHESIS_SEED,
+        "per_rank_outliers": vos.PER_RANK_OUTLIERS,
         "ood_score": vos.OOD_SCORE,
         "ood_threshold": vos.OOD_THRESHOLD,
         "use_calibrated_threshold": vos.USE_CALIBRATED_THRESHOLD,
+        "balanced_loss": vos.BALANCED_LOSS,
+        "outlier_tail": vos.OUTLIER_TAIL,
+        "outlier_radius_scale": vos.OUTLIER_RADIUS_SCALE,
+        "outlier_synthesis": vos.OUTLIER_SYNTHESIS,
+        "npos_k": vos.NPOS.K,
+        "npos_boundary": vos.NPOS.BOUNDARY,
+        "npos_noise_scale": vos.NPOS.NOISE_SCALE,
     }
 
 
@@ -85,9 +116,17 @@ class VirtualOutlierMixin:
         covariance_recompute_period: int = 500,
         sampler: str = "chi2",
         synthesis_seed: int = 0,
+        per_rank_outliers: bool = True,
         ood_score: str = "vos",
         ood_threshold: float = 0.5,
         use_calibrated_threshold: bool = True,
+        balanced_loss: bool = False,
+        outlier_tail: float = 0.0,
+        outlier_radius_scale: float = 1.0,
+        outlier_synthesis: str = "gaussian",
+        npos_k: int = 10,
+        npos_boundary: int = 100,
+        npos_noise_scale: float = 0.5,
     ):
         """
         Args:
@@ -102,10 +141,34 @@ class VirtualOutlierMixin:
             covariance_recompute_period: exact covariance recomputation period, in steps.
             sampler: "chi2" or "gaussian", see :func:`sample_virtual_outliers`.
             synthesis_seed: base seed of the per-iteration synthesis random stream.
+            per_rank_outliers: every rank of a distributed run draws its own outliers
+                (seeded by synthesis_seed, the iteration and the rank), as the released
+                code's independent draws per GPU; False: all ranks draw the same ones.
             ood_score: the score behind ``ood_scores`` and ``is_ood``, one of OOD_SCORES.
             ood_threshold: threshold on the OOD score used until a calibrated one is stored.
             use_calibrated_threshold: prefer the calibrated threshold when one is stored.
+            balanced_loss: weight the ID samples and the outliers equally (half of the
+                loss each) instead of per sample.
+            outlier_tail: > 0: outliers are Gaussian draws beyond the likelihood threshold
+                of this tail probability (eq. 3) instead of the least likely of
+                ``sample_from``; 0 = the paper's rule.
+            outlier_radius_scale: factor on the Mahalanobis radius of every outlier.
+            outlier_synthesis: "gaussian" (eq. 1-3) or "npos" (:func:`npos_outliers` on
+                the queues: ``sample_from`` candidates, K * ``select`` outliers kept).
+            npos_k: the neighbour of NPOS's k-NN distance.
+            npos_boundary: boundary ID features NPOS perturbs.
+            npos_noise_scale: norm of NPOS's noise relative to the (unit) feature norm.
         """
+        if outlier_synthesis not in OUTLIER_SYNTHESES:
+            raise ValueError(
+                f"MODEL.VOS.OUTLIER_SYNTHESIS must be one of {OUTLIER_SYNTHESES}, got {outlier_synthesis!r}"
+            )
+        num_queued = self.num_classes * sample_number
+        if vos_enabled and outlier_synthesis == "npos" and not (npos_k < num_queued and npos_boundary <= num_queued):
+            raise ValueError(
+                f"MODEL.VOS.NPOS.K={npos_k} must be < and MODEL.VOS.NPOS.BOUNDARY={npos_boundary} <= the "
+                f"{num_queued} queued features (K x MODEL.VOS.SAMPLE_NUMBER)"
+            )
         if ood_score not in OOD_SCORES:
             raise ValueError(f"MODEL.VOS.OOD_SCORE must be one of {OOD_SCORES}, got {ood_score!r}")
         if not vos_enabled and ood_score in ("vos", "weighted_energy"):
@@ -115,6 +178,13 @@ class VirtualOutlierMixin:
             )
         if sampler not in SAMPLERS:
             raise ValueError(f"MODEL.VOS.SAMPLER must be one of {SAMPLERS}, got {sampler!r}")
+        if not 0.0 <= outlier_tail < 1.0 or (outlier_tail > 0 and sampler != "chi2"):
+            raise ValueError(
+                f"MODEL.VOS.OUTLIER_TAIL must lie in [0, 1) and needs MODEL.VOS.SAMPLER 'chi2', "
+                f"got {outlier_tail} with {sampler!r}"
+            )
+        if outlier_radius_scale <= 0:
+            raise ValueError(f"MODEL.VOS.OUTLIER_RADIUS_SCALE must be > 0, got {outlier_radius_scale}")
         self.vos_enabled = vos_enabled
         self.starting_iter = starting_iter
         self.sample_from = sample_from
@@ -123,9 +193,20 @@ class VirtualOutlierMixin:
         self.covariance_eps = covariance_eps
         self.sampler = sampler
         self.synthesis_seed = synthesis_seed
+        self.per_rank_outliers = per_rank_outliers
         self.ood_score = ood_score
         self.ood_threshold = ood_threshold
         self.use_calibrated_threshold = use_calibrated_threshold
+        self.balanced_loss = balanced_loss
+        self.outlier_tail = outlier_tail
+        self.outlier_radius_scale = outlier_radius_scale
+        self.outlier_synthesis = outlier_synthesis
+        self.npos_k = npos_k
+        self.npos_boundary = npos_boundary
+        self.npos_noise_scale = npos_noise_scale
+        # (means, Cholesky factor) of the class Gaussians of the last synthesis step, read
+        # by the diagnostics (not state: not saved, refitted at every step).
+        self.last_class_gaussian = None
         # Threshold on the OOD score calibrated on ID validation data; NaN until calibrated.
         self.register_buffer("calibrated_ood_threshold", torch.tensor(float("nan")))
         if vos_enabled:
@@ -194,38 +275,102 @@ class VirtualOutlierMixin:
         if iteration >= self.starting_iter and self.feature_queues.all_full():
             outliers = self.synthesize_outliers(iteration)
         storage.put_scalar("vos/synthesis_active", float(outliers is not None), smoothing_hint=False)
+        if outliers is not None:
+            self.log_outlier_geometry(storage, outliers)
         if outliers is None or id_logits.shape[0] == 0:
             parameters = [self.energy_weights, *self.uncertainty_classifier.parameters()]
             return sum(p.sum() for p in parameters) * 0.0
         outlier_logits = self.cls_score(outliers.to(id_features.dtype))[:, : self.num_classes]
         return energy_logistic_loss(
-            id_logits, outlier_logits, self.energy_class_weights(), self.uncertainty_classifier, storage
+            id_logits,
+            outlier_logits,
+            self.energy_class_weights(),
+            self.uncertainty_classifier,
+            storage,
+            balanced=self.balanced_loss,
         )
 
     @torch.no_grad()
     def synthesize_outliers(self, iteration: int):
         """Fit the class Gaussians to the queues and sample virtual outliers (eq. 1-3).
 
+        With ``outlier_synthesis="npos"`` the outliers come from :func:`npos_outliers` on
+        the queued features instead; the Gaussians are still fitted, for the diagnostics
+        (kept in ``last_class_gaussian``, see :meth:`log_outlier_geometry`).
+
         Args:
             iteration (int): the training iteration; seeds the private random stream.
 
         Returns:
-            Tensor or None: (K * select, D) float64 outliers, or None if the covariance
-            was not finite (the step then trains without the uncertainty loss).
+            Tensor or None: (K * select, D) outliers (float64 for "gaussian", the queues'
+            float32 for "npos"), or None if the covariance was not finite (the step then
+            trains without the uncertainty loss).
         """
         means, covariance = self.feature_queues.gaussian()
         scale = robust_cholesky(covariance, self.covariance_eps)
         if scale is None:
             return None
-        outliers, _ = sample_virtual_outliers(
-            means,
-            scale,
-            self.sample_from,
-            self.select,
-            sampler=self.sampler,
-            seed=self.synthesis_seed * _SEED_STRIDE + iteration,
-        )
+        self.last_class_gaussian = (means, scale)
+        seed = self.synthesis_seed_at(iteration)
+        queued = self.feature_queues.features.flatten(0, 1)
+        if self.outlier_synthesis == "npos":
+            outliers = npos_outliers(
+                queued,
+                self.num_classes * self.select,
+                k=self.npos_k,
+                num_boundary=self.npos_boundary,
+                num_candidates=self.sample_from,
+                noise_scale=self.npos_noise_scale,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        else:
+            outliers, _ = sample_virtual_outliers(
+                means,
+                scale,
+                self.sample_from,
+                self.select,
+                sampler=self.sampler,
+                seed=seed,
+                tail=self.outlier_tail,
+                radius_scale=self.outlier_radius_scale,
+            )
         return outliers
+
+    @torch.no_grad()
+    def log_outlier_geometry(self, storage, outliers):
+        """Log how far out the outliers lie, relative to the ID features.
+
+        ``vos/outlier_radius_ratio`` and ``vos/id_radius_ratio``: the mean Mahalanobis
+        radius (to the nearest class mean, :func:`mahalanobis_radius_ratio`) over sqrt(D)
+        of the outliers and of (up to 512 evenly spaced) queued ID features, under the
+        Gaussians of the last synthesis step; nothing if there is none.
+
+        Args:
+            storage (EventStorage): where the scalars go.
+            outliers (Tensor): (M, D) the outliers of the step.
+        """
+        if self.last_class_gaussian is None:
+            return
+        means, scale = self.last_class_gaussian
+        queued = self.feature_queues.features.flatten(0, 1)
+        stride = max(1, queued.shape[0] // _MAX_RADIUS_DIAGNOSTIC_ROWS)
+        storage.put_scalars(
+            **{
+                "vos/outlier_radius_ratio": float(mahalanobis_radius_ratio(outliers, means, scale).mean()),
+                "vos/id_radius_ratio": float(mahalanobis_radius_ratio(queued[::stride], means, scale).mean()),
+            },
+            smoothing_hint=False,
+        )
+
+    def synthesis_seed_at(self, iteration: int) -> int:
+        """The seed of the synthesis stream at ``iteration`` on this process's rank.
+
+        It depends only on (synthesis_seed, iteration) and, with per-rank outliers, the
+        rank, so a resumed run redraws the outliers of an uninterrupted one; rank 0 (and a
+        single process) uses the same seed with or without per-rank outliers.
+        """
+        rank = get_rank() if self.per_rank_outliers else 0
+        return self.synthesis_seed * _SEED_STRIDE + iteration + rank * _RANK_SEED_STRIDE
 
     # --- inference ----------------------------------------------------------------------
 
@@ -245,8 +390,11 @@ class VirtualOutlierMixin:
         if self.vos_enabled:
             table["weighted_energy"] = weighted_energy(logits, self.energy_class_weights())
             classifier_logits = self.uncertainty_classifier(-table["weighted_energy"][:, None])
-            id_scores = torch.softmax(classifier_logits, dim=1)[:, ID_LABEL]
-            table["vos"] = 1.0 - id_scores
+            probabilities = torch.softmax(classifier_logits, dim=1)
+            id_scores = probabilities[:, ID_LABEL]
+            # p(outlier) read directly, not as 1 - p(ID): in float32 1 - p(ID) rounds to
+            # exactly 0 once the logit gap passes ~16.7, tying all confident ID boxes.
+            table["vos"] = probabilities[:, 1 - ID_LABEL]
         else:
             id_scores = torch.sigmoid(-table["energy"])
         return table, id_scores

@@ -1,0 +1,423 @@
+"""Tests of the post-hoc OOD scores (vos_det/modeling/ood_scores/) against direct slow
+implementations, their fitted state, and their place in the detector's inference."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from vos_det.modeling.ood_scores import (
+    POST_HOC_SCORES,
+    BoxFitData,
+    build_post_hoc_scores,
+    load_post_hoc_state,
+    pool_box_layers,
+    save_post_hoc_state,
+)
+from vos_det.modeling.ood_scores.gen import GENScore
+from vos_det.modeling.ood_scores.knn import KNNScore, kth_neighbour_distance
+from vos_det.modeling.ood_scores.mahalanobis_multilayer import MultiLayerMahalanobisScore
+from vos_det.modeling.ood_scores.maxlogit import MaxLogitScore
+from vos_det.modeling.ood_scores.react import ReActScore
+from vos_det.modeling.ood_scores.safe import SAFEScore
+from vos_det.modeling.ood_scores.vim import ViMScore
+
+K, D = 4, 12
+LAYERS = {"p2": 6, "p3": 5}
+
+
+def _generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _fit_data(n=80, seed=0, classifier=True):
+    """Class-clustered features, a random affine class layer, and pooled 'layer' features."""
+    g = _generator(seed)
+    labels = torch.arange(n) % K
+    centres = 3.0 * torch.randn(K, D, generator=g)
+    features = torch.relu(centres[labels] + torch.randn(n, D, generator=g))
+    weight, bias = torch.randn(K, D, generator=g), torch.randn(K, generator=g)
+    layer_features = {name: torch.randn(n, c, generator=g) + labels[:, None].float() for name, c in LAYERS.items()}
+    return BoxFitData(
+        features=features,
+        logits=features @ weight.T + bias,
+        labels=labels,
+        num_classes=K,
+        classifier_weight=weight if classifier else None,
+        classifier_bias=bias if classifier else None,
+        layer_features=layer_features,
+        perturbed_layer_features={
+            "p2": layer_features["p2"] + 0.05 * torch.randn(n, LAYERS["p2"], generator=g),
+            "p3": layer_features["p3"] + 8.0 + 0.3 * torch.randn(n, LAYERS["p3"], generator=g),
+        },
+        logits_of=lambda x: x @ weight.T + bias,
+    )
+
+
+def _queries(data, n=30, seed=1):
+    g = _generator(seed)
+    features = torch.relu(4.0 * torch.randn(n, D, generator=g))
+    layer_features = {name: 2.0 * torch.randn(n, c, generator=g) for name, c in LAYERS.items()}
+    return features, data.logits_of(features), layer_features
+
+
+def _energy(logits):
+    return np.array([-math.log(sum(math.exp(v) for v in row)) for row in logits.tolist()])
+
+
+# --- scores of the logits ----------------------------------------------------------------
+
+
+def test_maxlogit_is_minus_the_largest_logit():
+    logits = torch.randn(20, K, generator=_generator(0)) * 3
+    expected = [-max(row) for row in logits.tolist()]
+    np.testing.assert_allclose(MaxLogitScore()(None, logits).numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_classes,top_m", [(5, 100), (12, 3)])
+def test_gen_matches_the_generalized_entropy_of_the_top_m_probabilities(num_classes, top_m):
+    logits = torch.randn(15, num_classes, generator=_generator(1)) * 4
+    gamma = 0.1
+    expected = []
+    for row in logits.double().tolist():
+        exps = [math.exp(v) for v in row]
+        probs = sorted((e / sum(exps) for e in exps), reverse=True)[: min(top_m, num_classes)]
+        expected.append(sum(p**gamma * (1 - p) ** gamma for p in probs))
+    got = GENScore(gamma=gamma, top_m=top_m)(None, logits)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    # Flatter predictions are more OOD.
+    assert GENScore()(None, torch.zeros(1, 5)) > GENScore()(None, torch.tensor([[9.0, 0, 0, 0, 0]]))
+
+
+# --- k-NN --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+@pytest.mark.parametrize("chunk_size", [0, 7, 64])
+def test_knn_distance_exact_and_chunked_match_brute_force(k, chunk_size):
+    g = _generator(2)
+    bank = F.normalize(torch.randn(50, D, generator=g), dim=1)
+    queries = F.normalize(torch.randn(9, D, generator=g), dim=1)
+    expected = [sorted(np.linalg.norm(bank.numpy() - q, axis=1))[k - 1] for q in queries.numpy()]
+    got = kth_neighbour_distance(queries, bank, k, chunk_size)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_knn_score_normalises_features_and_subsamples_the_bank():
+    data = _fit_data()
+    score = KNNScore(max_bank_size=30).fit(data, k=5, k_source="test")
+    assert score.bank.shape == (30, D)
+    assert score.fitted_config == {"k": 5, "k_source": "test"}
+    features, logits, _ = _queries(data)
+    expected = kth_neighbour_distance(F.normalize(features, dim=1), score.bank, 5)
+    torch.testing.assert_close(score(features, logits), expected)
+    # Scaling a feature does not change its score (L2-normalised).
+    torch.testing.assert_close(score(3.0 * features, logits), expected)
+    assert KNNScore().fit(data).fitted_config == {"k": 50, "k_source": "paper default (CIFAR-10)"}
+    with pytest.raises(ValueError, match="k must lie"):
+        kth_neighbour_distance(features, score.bank, 31)
+
+
+def test_knn_k_is_chosen_by_validation_fpr95():
+    from vos_det.engine.post_hoc_fitting import choose_knn_k
+    from vos_det.evaluation.ood_metrics import fpr_at_tpr
+
+    data = _fit_data(n=60)
+    g = _generator(3)
+    id_val = data.features[:20] + 0.1 * torch.randn(20, D, generator=g)
+    ood_val = torch.relu(torch.randn(20, D, generator=g) * 3)
+    k, tried = choose_knn_k(data.features, id_val, ood_val, candidates=(1, 5, 20, 100))
+    assert set(tried) == {1, 5, 20}  # 100 > the 60 training boxes
+    bank = F.normalize(data.features, dim=1)
+    for candidate, result in tried.items():
+        fpr = fpr_at_tpr(
+            kth_neighbour_distance(F.normalize(id_val, dim=1), bank, candidate).numpy(),
+            kth_neighbour_distance(F.normalize(ood_val, dim=1), bank, candidate).numpy(),
+        )
+        assert result["fpr95"] == pytest.approx(fpr)
+    assert tried[k]["fpr95"] == min(r["fpr95"] for r in tried.values())
+
+
+# --- ViM and ReAct -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("classifier", [True, False])
+def test_vim_matches_a_direct_numpy_implementation(classifier):
+    data = _fit_data(classifier=classifier)
+    dim = 5
+    score = ViMScore(dim=dim).fit(data)
+    x = data.features.double().numpy()
+    if classifier:
+        origin = -np.linalg.pinv(data.classifier_weight.double().numpy()) @ data.classifier_bias.double().numpy()
+    else:
+        origin = np.zeros(D)
+    centred = x - origin
+    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / len(x))
+    principal = eigenvectors[:, np.argsort(eigenvalues)[::-1][:dim]]
+
+    def residual_norm(h):
+        c = h - origin
+        return np.linalg.norm(c - c @ principal @ principal.T, axis=1)
+
+    alpha = data.logits.double().numpy().max(axis=1).sum() / residual_norm(x).sum()
+    features, logits, _ = _queries(data)
+    virtual = alpha * residual_norm(features.double().numpy())
+    all_logits = np.concatenate([virtual[:, None], logits.double().numpy()], axis=1)
+    expected = np.log(np.exp(virtual) / np.exp(all_logits).sum(axis=1))
+    np.testing.assert_allclose(score(features, logits).numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert score.fitted_config == {"dim": dim}
+    assert ViMScore().fit(data).fitted_config == {"dim": D // 2}
+    with pytest.raises(ValueError, match="VIM.DIM"):
+        ViMScore(dim=D).fit(data)
+
+
+def test_react_clips_at_the_training_percentile_then_takes_the_energy():
+    data = _fit_data()
+    score = ReActScore(percentile=90).fit(data)
+    threshold = np.percentile(data.features.numpy().ravel(), 90)
+    assert float(score.threshold) == pytest.approx(threshold, rel=1e-6)
+    features, logits, _ = _queries(data)
+    clipped = np.minimum(features.numpy(), threshold)
+    weight, bias = data.classifier_weight.numpy(), data.classifier_bias.numpy()
+    expected = _energy(torch.from_numpy(clipped @ weight.T + bias).double())
+    np.testing.assert_allclose(score(features, logits, logits_of=data.logits_of).numpy(), expected, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="logits_of"):
+        score(features, logits)
+
+
+# --- multi-layer Mahalanobis ------------------------------------------------------------------
+
+
+def test_multilayer_mahalanobis_matches_a_direct_implementation_and_adds_classes():
+    data = _fit_data()
+    score = MultiLayerMahalanobisScore(in_features=("p2", "p3")).fit(data)
+    x = torch.cat([data.layer_features["p2"], data.layer_features["p3"], data.features], dim=1).double().numpy()
+    labels = data.labels.numpy()
+    means = np.stack([x[labels == k].mean(axis=0) for k in range(K)])
+    covariance = sum((x[labels == k] - means[k]).T @ (x[labels == k] - means[k]) for k in range(K)) / len(x)
+    precision = np.linalg.inv(covariance + 1e-6 * np.eye(x.shape[1]))
+    features, logits, layer_features = _queries(data)
+    q = torch.cat([layer_features["p2"], layer_features["p3"], features], dim=1).double().numpy()
+    expected = [min((v - m) @ precision @ (v - m) for m in means) for v in q]
+    np.testing.assert_allclose(score(features, logits, layer_features=layer_features).numpy(), expected, rtol=1e-4)
+    assert score.layer_names() == ("p2", "p3")
+    # Class-incremental: adding a class from its boxes equals a refit with it.
+    g = _generator(4)
+    new_features = torch.relu(torch.randn(10, D, generator=g) + 5)
+    new_layers = {name: torch.randn(10, c, generator=g) - 3 for name, c in LAYERS.items()}
+    assert score.add_class(new_features, new_layers) == K
+    refit = MultiLayerMahalanobisScore(in_features=("p2", "p3")).fit(
+        BoxFitData(
+            features=torch.cat([data.features, new_features]),
+            logits=torch.zeros(len(data.features) + 10, K + 1),
+            labels=torch.cat([data.labels, torch.full((10,), K)]),
+            num_classes=K + 1,
+            layer_features={n: torch.cat([data.layer_features[n], new_layers[n]]) for n in LAYERS},
+        )
+    )
+    torch.testing.assert_close(
+        score(features, logits, layer_features=layer_features),
+        refit(features, logits, layer_features=layer_features),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    with pytest.raises(RuntimeError, match="feature maps"):
+        score(features, logits)
+
+
+# --- SAFE ----------------------------------------------------------------------------------
+
+
+def test_safe_keeps_the_most_sensitive_layer_and_its_mlp_flags_perturbed_boxes():
+    data = _fit_data(n=200)
+    score = SAFEScore(num_layers=1, hidden_dim=16, epochs=12, batch_size=100, learning_rate=1e-2).fit(data)
+    # p3 moves by ~8 per dimension under the perturbation, p2 by 0.05.
+    assert score.layer_names() == ("p3",)
+    sensitivity = score.fitted_config["sensitivity"]
+    clean, perturbed = data.layer_features, data.perturbed_layer_features
+    for name in LAYERS:
+        direct = (perturbed[name] - clean[name]).norm(dim=1).mean() / clean[name].norm(dim=1).mean()
+        assert sensitivity[name] == pytest.approx(float(direct), rel=1e-5)
+    assert score.fitted_config["train_accuracy"] > 0.9
+    clean_scores = score(data.features, data.logits, layer_features=clean)
+    perturbed_scores = score(data.features, data.logits, layer_features=perturbed)
+    assert (perturbed_scores > clean_scores).float().mean() > 0.9
+    # Deterministic for a seed.
+    again = SAFEScore(num_layers=1, hidden_dim=16, epochs=12, batch_size=100, learning_rate=1e-2).fit(data)
+    torch.testing.assert_close(again(data.features, data.logits, layer_features=clean), clean_scores)
+
+
+# --- state, pooling, registry -----------------------------------------------------------------
+
+
+def test_every_score_is_registered_and_its_state_round_trips_with_weights_only(tmp_path):
+    data = _fit_data(n=120)
+    scores = build_post_hoc_scores()
+    assert tuple(scores) == POST_HOC_SCORES
+    scores["mahalanobis_multilayer"].in_features = tuple(LAYERS)
+    scores["safe"].epochs = 2
+    for score in scores.values():
+        if score.needs_fit:
+            assert not score.is_fitted()
+            with pytest.raises(RuntimeError, match="tools/fit_ood_scores.py"):
+                score(data.features, data.logits, layer_features=data.layer_features, logits_of=data.logits_of)
+            score.fit(data)
+    path = str(tmp_path / "post_hoc_scores.pth")
+    save_post_hoc_state(dict(scores.items()), path, D, K, weights="w.pth")
+    raw = torch.load(path, weights_only=True)
+    assert set(raw["scores"]) == {name for name, s in scores.items() if s.needs_fit}
+    loaded = build_post_hoc_scores()
+    assert load_post_hoc_state(dict(loaded.items()), path, D, K) == {"weights": "w.pth"}
+    features, logits, layer_features = _queries(data)
+    for name in POST_HOC_SCORES:
+        kwargs = {"layer_features": layer_features, "logits_of": data.logits_of}
+        torch.testing.assert_close(loaded[name](features, logits, **kwargs), scores[name](features, logits, **kwargs))
+    with pytest.raises(ValueError, match="run tools/fit_ood_scores.py"):
+        load_post_hoc_state(dict(build_post_hoc_scores().items()), path, D + 1, K)
+    with pytest.raises(FileNotFoundError, match="MODEL.VOS.POST_HOC.STATE"):
+        load_post_hoc_state(dict(loaded.items()), str(tmp_path / "missing.pth"), D, K)
+
+
+def test_box_pooling_averages_each_map_over_the_box_at_its_stride():
+    # On a map linear in the coordinates, the average over a box is the value at its centre.
+    height, width, strides = 16, 20, {"a": 4, "b": 8}
+    maps = {}
+    for name, stride in strides.items():
+        ys, xs = torch.meshgrid(
+            torch.arange(height * 4 // stride).float(), torch.arange(width * 4 // stride).float(), indexing="ij"
+        )
+        maps[name] = torch.stack([xs, ys, 2 * xs - ys])[None].repeat(2, 1, 1, 1)
+    boxes = [torch.tensor([[8.0, 4.0, 40.0, 36.0]]), torch.tensor([[16.0, 16.0, 48.0, 32.0], [0.0, 0.0, 8.0, 8.0]])]
+    pooled = pool_box_layers(maps, strides, ("a", "b"), boxes)
+    all_boxes = torch.cat(boxes)
+    for name, stride in strides.items():
+        cx = (all_boxes[:, 0] + all_boxes[:, 2]) / 2 / stride - 0.5
+        cy = (all_boxes[:, 1] + all_boxes[:, 3]) / 2 / stride - 0.5
+        expected = torch.stack([cx, cy, 2 * cx - cy], dim=1)
+        inside = all_boxes[:, 0] >= stride  # boxes clear of the border (no clamping)
+        torch.testing.assert_close(pooled[name][inside], expected[inside], rtol=1e-5, atol=1e-4)
+    with pytest.raises(KeyError, match="backbone"):
+        pool_box_layers(maps, strides, ("p9",), boxes)
+
+
+# --- in the detector ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted_tiny_detector(tmp_path_factory):
+    """A random-init digits detector, its weights, and its post-hoc state fitted by the tool
+    on a tiny registered digits-det (k of k-NN chosen on digits_det_val + digits_det_ood_val)."""
+    import importlib.util
+    from pathlib import Path
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+    from test_train_digits import _tiny_cfg, registered_tiny_digits
+
+    spec = importlib.util.spec_from_file_location(
+        "fit_ood_scores", Path(__file__).resolve().parent.parent / "tools" / "fit_ood_scores.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with registered_tiny_digits(str(tmp_path_factory.mktemp("datasets")), num_val=3) as _:
+        output_dir = tmp_path_factory.mktemp("model")
+        overrides = ["MODEL.VOS.POST_HOC.SAFE.EPOCHS", "3", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+        cfg = _tiny_cfg(output_dir, *overrides)
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        DetectionCheckpointer(model, save_dir=str(output_dir)).save("model")
+        weights = str(output_dir / "model.pth")
+        args = tool.argument_parser().parse_args(
+            ["--config", "digits_vos_tiny.yaml", "--weights", weights, "--val-id", "digits_det_val",
+             "--val-ood", "digits_det_ood_val", "OUTPUT_DIR", str(output_dir), *overrides]
+        )
+        state = tool.main(args)
+        yield cfg, weights, state
+
+
+def _detector(cfg, weights, *overrides):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    cfg = cfg.clone()
+    cfg.merge_from_list(list(overrides))
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(weights)
+    return model.eval()
+
+
+def _test_batch(cfg):
+    from detectron2.data import build_detection_test_loader
+
+    return next(iter(build_detection_test_loader(cfg, "digits_det_test")))
+
+
+def test_fitted_state_is_next_to_the_weights_and_loads_with_weights_only(fitted_tiny_detector):
+    _, weights, state = fitted_tiny_detector
+    assert state == weights.replace("model.pth", "post_hoc_scores.pth")
+    raw = torch.load(state, weights_only=True)
+    assert set(raw["scores"]) == {"knn", "vim", "react", "mahalanobis_multilayer", "safe"}
+    assert raw["scores"]["knn"]["config"]["k_source"] == "lowest FPR95 on digits_det_val vs digits_det_ood_val"
+    assert set(raw["info"]["knn_validation"]) <= {"1", "5", "10", "20", "50", "100", "200"}
+    assert raw["scores"]["mahalanobis_multilayer"]["config"]["in_features"] == ["p2", "p3", "p4", "p5"]
+    assert len(raw["scores"]["safe"]["config"]["layers"]) == 2
+
+
+def test_every_detection_gets_every_post_hoc_score_and_any_can_back_is_ood(fitted_tiny_detector):
+    cfg, weights, state = fitted_tiny_detector
+    model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state, "MODEL.VOS.OOD_SCORE", "safe")
+    with torch.no_grad():
+        outputs = model(_test_batch(cfg))
+    assert sum(len(o["instances"]) for o in outputs) > 0
+    for output in outputs:
+        instances = output["instances"]
+        for name in POST_HOC_SCORES:
+            values = instances.get(f"ood_scores_{name}")
+            assert values.shape == (len(instances),) and torch.isfinite(values).all(), name
+        assert torch.equal(instances.ood_scores, instances.ood_scores_safe)
+    # Same weights and state through another route: the k-NN score of the detections'
+    # box features equals the bank's k-th neighbour distance.
+    predictor = model.roi_heads.box_predictor
+    captured = {}
+    original = predictor.add_ood_fields
+
+    def capture(instances, logits, features=None, boxes=None):
+        captured["features"] = features
+        return original(instances, logits, features, boxes)
+
+    predictor.add_ood_fields = capture
+    with torch.no_grad():
+        outputs = model(_test_batch(cfg))
+    knn = predictor.post_hoc.scores["knn"]
+    expected = kth_neighbour_distance(F.normalize(captured["features"], dim=1), knn.bank, knn.fitted_config["k"])
+    torch.testing.assert_close(torch.cat([o["instances"].ood_scores_knn for o in outputs]), expected)
+
+
+def test_post_hoc_state_stays_out_of_checkpoints(fitted_tiny_detector):
+    cfg, weights, state = fitted_tiny_detector
+    model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state)
+    assert not [key for key in model.state_dict() if "post_hoc" in key]
+    incompatible = model.load_state_dict(torch.load(weights, weights_only=True)["model"], strict=False)
+    assert not [key for key in incompatible.missing_keys if "post_hoc" in key]
+    assert model.roi_heads.box_predictor.post_hoc.scores["knn"].is_fitted()
+
+
+def test_a_score_without_its_state_names_the_tool(fitted_tiny_detector):
+    cfg, weights, _ = fitted_tiny_detector
+    model = _detector(cfg, weights, "MODEL.VOS.OOD_SCORE", "knn")
+    with pytest.raises(RuntimeError, match="tools/fit_ood_scores.py"):
+        with torch.no_grad():
+            model(_test_batch(cfg))
+
+
+def test_evaluation_records_collect_the_new_scores(fitted_tiny_detector):
+    from detectron2.data import build_detection_test_loader
+
+    from vos_det.evaluation.box_scores import collect_detections
+
+    cfg, weights, state = fitted_tiny_detector
+    model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state)
+    _, records = collect_detections(model, build_detection_test_loader(cfg, "digits_det_test"))
+    assert set(POST_HOC_SCORES) <= set(records.ood_scores)
+    assert all(len(values) == len(records) for values in records.ood_scores.values())

@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Fit the post-hoc OOD scores of a trained detector on the boxes of its ID training set.
+
+    python tools/fit_ood_scores.py --config digits_vos_tiny.yaml \\
+        --weights output/digits_vos_tiny/model_final.pth \\
+        --val-id digits_det_val --val-ood digits_det_ood_val
+
+Every ground-truth box of DATASETS.TRAIN (or --dataset) is pooled through the trained
+detector, and what the scores of vos_det/modeling/ood_scores/ need is fitted: the k-NN memory
+bank, ReAct's clipping percentile, ViM's principal subspace, the multi-layer class Gaussians
+and the SAFE MLP (on FGSM-perturbed copies of the boxes). The states are written next to the
+weights as ``post_hoc_scores.pth`` (or --output), a file ``torch.load(weights_only=True)``
+reads. With ``MODEL.VOS.POST_HOC.STATE <file>`` every detection gets ``ood_scores_<name>``
+of each (larger = more OOD), and ``MODEL.VOS.OOD_SCORE <name>`` makes one the score behind
+``is_ood``.
+
+k of the k-NN score is chosen on --val-id vs --val-ood boxes (lowest FPR95) when both are
+given, else MODEL.VOS.POST_HOC.KNN.K or the paper's 50. Never pass a test split there.
+``--add-class NAME=DATASET`` adds a class to the multi-layer Gaussians from the boxes of
+another dataset alone, without retraining. (tools/fit_mahalanobis.py still fits the
+penultimate-layer Mahalanobis score.)
+"""
+from vos_det.cli import ToolParser, load_config, run_tool
+from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
+from vos_det.modeling.ood_scores import POST_HOC_SCORES, POST_HOC_STATE_FILE
+
+
+def argument_parser():
+    parser = ToolParser(description=__doc__)
+    parser.add_argument("--weights", required=True, help="trained model (.pth)")
+    parser.add_argument("--dataset", action="append", help="ID dataset(s) to fit on (default: DATASETS.TRAIN)")
+    parser.add_argument("--val-id", help="ID validation dataset for choosing k of k-NN (e.g. digits_det_val)")
+    parser.add_argument("--val-ood", help="OOD validation dataset for choosing k of k-NN (e.g. digits_det_ood_val)")
+    parser.add_argument(
+        "--scores", nargs="+", choices=POST_HOC_SCORES, help="scores to fit (default: all that need fitting)"
+    )
+    parser.add_argument(
+        "--add-class", action="append", default=[], metavar="NAME=DATASET",
+        help="add a class to mahalanobis_multilayer from all boxes of DATASET, without retraining",
+    )
+    parser.add_argument("--output", help=f"state file (default: {POST_HOC_STATE_FILE} next to the weights)")
+    return parser
+
+
+def main(args):
+    if bool(args.val_id) != bool(args.val_ood):
+        raise ValueError("--val-id and --val-ood go together (k of k-NN is chosen on both)")
+    add_classes = []
+    for spec in args.add_class:
+        class_name, _, dataset_name = spec.partition("=")
+        if not dataset_name:
+            raise ValueError(f"--add-class expects NAME=DATASET, got {spec!r}")
+        add_classes.append((class_name, dataset_name))
+    cfg = load_config(args.config_file, args.opts)
+    output = fit_post_hoc_scores(
+        cfg,
+        args.weights,
+        output=args.output,
+        datasets=args.dataset,
+        val_id=args.val_id,
+        val_ood=args.val_ood,
+        scores=args.scores,
+        add_classes=add_classes,
+    )
+    print(f"saved {output}; use it with MODEL.VOS.POST_HOC.STATE {output}")
+    return output
+
+
+if __name__ == "__main__":
+    run_tool(main, argument_parser())

@@ -1,0 +1,53 @@
+"""Post-hoc OOD scores of detected boxes: one ``ood_scores_<name>`` field each, larger = more OOD.
+
+Each score is one module (paper cited in its docstring) registered in
+:data:`OOD_SCORE_REGISTRY`; :func:`build_post_hoc_scores` builds them all from a config, and
+``tools/fit_ood_scores.py`` fits those that need it on the ID training boxes.
+"""
+from torch import nn
+
+from .base import FIT_TOOL, OOD_SCORE_REGISTRY, BoxFitData, PostHocScore
+from .box_pooling import pool_box_layers
+from .gen import GENScore, generalized_entropy
+from .knn import KNNScore, kth_neighbour_distance
+from .mahalanobis_multilayer import MultiLayerMahalanobisScore
+from .maxlogit import MaxLogitScore, max_logit_ood_score
+from .react import ReActScore
+from .safe import SAFEScore
+from .state_file import POST_HOC_STATE_FILE, load_post_hoc_state, save_post_hoc_state
+from .vim import ViMScore
+
+__all__ = [
+    "FIT_TOOL",
+    "OOD_SCORE_REGISTRY",
+    "POST_HOC_SCORES",
+    "POST_HOC_STATE_FILE",
+    "BoxFitData",
+    "PostHocScore",
+    "build_post_hoc_scores",
+    "load_post_hoc_state",
+    "pool_box_layers",
+    "save_post_hoc_state",
+]
+
+# The post-hoc scores, in the order of reports.
+POST_HOC_SCORES = ("maxlogit", "gen", "knn", "vim", "react", "mahalanobis_multilayer", "safe")
+
+
+def build_post_hoc_scores(cfg=None) -> nn.ModuleDict:
+    """Every registered post-hoc score, unfitted, by name.
+
+    Args:
+        cfg: a config with the MODEL.VOS.POST_HOC keys; None = every score's defaults.
+
+    Returns:
+        nn.ModuleDict: name -> :class:`PostHocScore`, those of POST_HOC_SCORES first, in
+        that order, then any other registered one.
+    """
+    classes = sorted(
+        (cls for _, cls in OOD_SCORE_REGISTRY),
+        key=lambda cls: POST_HOC_SCORES.index(cls.name) if cls.name in POST_HOC_SCORES else len(POST_HOC_SCORES),
+    )
+    return nn.ModuleDict(
+        {cls.name: cls.from_config(cfg) if cfg is not None and hasattr(cls, "from_config") else cls() for cls in classes}
+    )

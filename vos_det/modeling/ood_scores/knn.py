@@ -1,0 +1,107 @@
+"""Deep nearest neighbours (Sun, Ming, Zhu and Li, "Out-of-Distribution Detection with Deep
+Nearest Neighbors", ICML 2022); also the test-time score of CIDER (Ming et al., ICLR 2023).
+
+The memory bank holds the L2-normalised penultimate features z_i = h_i / ||h_i|| of the
+training boxes. A box with normalised feature z is scored by the distance to its k-th
+nearest neighbour in the bank,
+
+    s(z) = ||z - z_(k)||,   larger = more OOD.
+
+For unit vectors ||z - z_i||^2 = 2 - 2 z.z_i, so the k-th nearest neighbour is the k-th
+largest dot product. The search is exact either way: in one (N, M) matrix product, or, with
+``chunk_size`` > 0, over chunks of the bank with a running top-k (memory O(N x (chunk + k))
+instead of O(N x M)).
+
+k: the paper's default is k = 50 for CIFAR-10 (with the full training set); the fit tool
+chooses k on ID validation + OOD validation boxes when given them
+(``tools/fit_ood_scores.py --val-id ... --val-ood ...``), never on a test split, and records
+which in the fitted state (``k_source``).
+"""
+import torch
+from torch.nn import functional as F
+
+from .base import OOD_SCORE_REGISTRY, PostHocScore
+
+__all__ = ["KNNScore", "kth_neighbour_distance"]
+
+# The paper's k for CIFAR-10 (Sun et al. 2022, sec. 4.1).
+PAPER_K = 50
+
+
+def kth_neighbour_distance(queries, bank, k: int, chunk_size: int = 0):
+    """Euclidean distance of each L2-normalised query to its k-th nearest bank row.
+
+    Args:
+        queries (Tensor): (N, D) unit vectors.
+        bank (Tensor): (M, D) unit vectors, M >= k.
+        k: which neighbour (1 = the nearest).
+        chunk_size: bank rows per chunk; 0 = the whole bank at once.
+
+    Returns:
+        Tensor: (N,) distances, in the dtype of ``queries``.
+    """
+    if not 1 <= k <= bank.shape[0]:
+        raise ValueError(f"k must lie in [1, {bank.shape[0]}] (the bank size), got {k}")
+    bank = bank.to(queries.dtype)
+    if chunk_size <= 0 or chunk_size >= bank.shape[0]:
+        similarities = (queries @ bank.T).topk(k, dim=1).values
+    else:
+        similarities = queries.new_empty(queries.shape[0], 0)
+        for start in range(0, bank.shape[0], chunk_size):
+            chunk = queries @ bank[start : start + chunk_size].T
+            merged = torch.cat([similarities, chunk], dim=1)
+            similarities = merged.topk(min(k, merged.shape[1]), dim=1).values
+    return (2.0 - 2.0 * similarities[:, k - 1]).clamp_min(0.0).sqrt()
+
+
+@OOD_SCORE_REGISTRY.register()
+class KNNScore(PostHocScore):
+    """k-th nearest-neighbour distance to the training boxes (fitted: the memory bank, k)."""
+
+    name = "knn"
+
+    def __init__(self, k: int = 0, chunk_size: int = 0, max_bank_size: int = 0, seed: int = 0):
+        """
+        Args:
+            k: neighbour rank; 0 = chosen at fit time (see the module docstring).
+            chunk_size: bank rows per chunk at inference (0 = one matrix product).
+            max_bank_size: keep at most this many training boxes, drawn uniformly without
+                replacement with ``seed`` (the paper subsamples ImageNet); 0 = all.
+        """
+        super().__init__()
+        self.k = k
+        self.chunk_size = chunk_size
+        self.max_bank_size = max_bank_size
+        self.seed = seed
+
+    @classmethod
+    def from_config(cls, cfg):
+        knn = cfg.MODEL.VOS.POST_HOC.KNN
+        return cls(k=knn.K, chunk_size=knn.CHUNK_SIZE, max_bank_size=knn.MAX_BANK_SIZE, seed=max(cfg.SEED, 0))
+
+    def fit(self, data, k: int = 0, k_source: str = ""):
+        """Store the normalised features of the training boxes.
+
+        Args:
+            k: neighbour rank to use; 0 = the constructor's ``k``, else the paper's 50
+                (capped at the bank size).
+            k_source: how k was chosen, recorded in the state.
+        """
+        bank = F.normalize(data.features.float(), dim=1)
+        if self.max_bank_size and bank.shape[0] > self.max_bank_size:
+            generator = torch.Generator().manual_seed(self.seed)
+            bank = bank[torch.randperm(bank.shape[0], generator=generator)[: self.max_bank_size]]
+        if k:
+            chosen, source = k, k_source or "given"
+        elif self.k:
+            chosen, source = self.k, "MODEL.VOS.POST_HOC.KNN.K"
+        else:
+            chosen, source = PAPER_K, "paper default (CIFAR-10)"
+        self.fitted_config = {"k": min(chosen, bank.shape[0]), "k_source": source}
+        self.set_fitted(bank=bank)
+        return self
+
+    def forward(self, features, logits, layer_features=None, logits_of=None):
+        self.require_fitted()
+        queries = F.normalize(features.float(), dim=1)
+        return kth_neighbour_distance(queries, self.bank, self.fitted_config["k"], self.chunk_size)

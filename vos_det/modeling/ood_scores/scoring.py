@@ -1,0 +1,127 @@
+"""The post-hoc scores as the box predictor runs them: fitted state, feature maps, one table."""
+import contextlib
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .base import FIT_TOOL
+from .box_pooling import pool_box_layers
+from .state_file import load_post_hoc_state
+
+__all__ = ["PostHocScoring"]
+
+
+class PostHocScoring(nn.Module):
+    """Every post-hoc score of a box predictor, and what they need at inference.
+
+    Holds the scorers (:func:`~vos_det.modeling.ood_scores.build_post_hoc_scores`) and,
+    while :meth:`feature_maps` is active (``VOSROIHeads`` sets it around its box inference),
+    the backbone's feature maps, from which the multi-layer scores pool each detection's
+    proposal box. The scorers' state is fitted to given weights and lives in its own file:
+    it is left out of this module's ``state_dict`` and ignored when a checkpoint is loaded.
+    """
+
+    def __init__(self, scores: nn.ModuleDict, state_file: str = "", feature_dim: int = 0, num_classes: int = 0):
+        """
+        Args:
+            scores: name -> PostHocScore.
+            state_file: file written by tools/fit_ood_scores.py ("" = nothing fitted).
+            feature_dim, num_classes: of the box predictor, checked against the file.
+        """
+        super().__init__()
+        self.scores = scores
+        self.state_file = state_file
+        if state_file:
+            load_post_hoc_state(dict(scores.items()), state_file, feature_dim, num_classes)
+        self._maps = None
+        self._prefix = None
+        self.register_state_dict_post_hook(_drop_own_keys)
+        self.register_load_state_dict_pre_hook(_remember_prefix)
+        self.register_load_state_dict_post_hook(_ignore_own_keys)
+
+    def available(self) -> List[str]:
+        """Names of the scores that can be computed (fitted, or needing no fit)."""
+        return [name for name, score in self.scores.items() if score.is_fitted()]
+
+    def layer_names(self) -> List[str]:
+        """The feature maps the available scores pool boxes from."""
+        return sorted({layer for name in self.available() for layer in self.scores[name].layer_names()})
+
+    @contextlib.contextmanager
+    def feature_maps(self, feature_maps: Dict[str, torch.Tensor], strides: Dict[str, int]):
+        """Make the backbone's maps (name -> (B, C, H, W)) and strides available to
+        :meth:`table` while the context lasts."""
+        self._maps = (feature_maps, strides)
+        try:
+            yield
+        finally:
+            self._maps = None
+
+    def table(
+        self,
+        features: Optional[torch.Tensor],
+        logits: torch.Tensor,
+        boxes: Optional[List[torch.Tensor]] = None,
+        logits_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """The available post-hoc scores of N boxes.
+
+        Args:
+            features: (N, D) penultimate box features; None = only the scores of the
+                logits alone (those without fitted state).
+            logits: (N, K) foreground logits.
+            boxes: per image, the (n_i, 4) proposal boxes of the N rows (sum n_i = N),
+                needed by multi-layer scores; without them (or outside :meth:`feature_maps`)
+                those scores are left out.
+            logits_of: (M, D) features -> (M, K) foreground logits.
+
+        Returns:
+            dict[str, Tensor]: name -> (N,) float32, larger = more OOD.
+        """
+        names = self.available()
+        if features is None:
+            names = [name for name in names if not self.scores[name].needs_fit]
+        layers = self.layer_names()
+        layer_features = None
+        if layers and boxes is not None and self._maps is not None:
+            layer_features = pool_box_layers(*self._maps, layers, boxes)
+        table = {}
+        for name in names:
+            score = self.scores[name]
+            if score.layer_names() and layer_features is None:
+                continue
+            table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of).float()
+        return table
+
+    def missing_reason(self, name: str) -> str:
+        """Why the score ``name`` is not in :meth:`table` (for an error message)."""
+        if name in self.scores and not self.scores[name].is_fitted():
+            return (
+                f"the {name!r} OOD score is not fitted: run {FIT_TOOL} for these weights and set "
+                "MODEL.VOS.POST_HOC.STATE to the file it writes"
+            )
+        return (
+            f"the {name!r} OOD score pools the detections' boxes from the backbone's feature "
+            "maps, which only VOSROIHeads passes to the box predictor"
+        )
+
+
+def _drop_own_keys(module, state_dict, prefix, local_metadata):
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        del state_dict[key]
+
+
+def _remember_prefix(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    module._prefix = prefix
+    # A checkpoint never holds fitted post-hoc state; drop any, rather than load it.
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        del state_dict[key]
+
+
+def _ignore_own_keys(module, incompatible_keys):
+    prefix = module._prefix
+    if prefix is None:
+        return
+    incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if not k.startswith(prefix)]
+    module._prefix = None

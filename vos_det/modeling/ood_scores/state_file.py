@@ -1,0 +1,65 @@
+"""The file of fitted post-hoc score states, written next to the weights they belong to."""
+import os
+from typing import Dict
+
+import torch
+
+from ...utils.file_io import atomic_open
+from .base import FIT_TOOL, PostHocScore
+
+__all__ = ["POST_HOC_STATE_FILE", "load_post_hoc_state", "save_post_hoc_state"]
+
+# Default file name, next to the weights (tools/fit_ood_scores.py).
+POST_HOC_STATE_FILE = "post_hoc_scores.pth"
+_FORMAT_VERSION = 1
+
+
+def save_post_hoc_state(scores: Dict[str, PostHocScore], path: str, feature_dim: int, num_classes: int, **info):
+    """Write the fitted state of every fitted score to ``path``, atomically.
+
+    Args:
+        scores: name -> scorer; those not fitted (or without state) are left out.
+        feature_dim, num_classes: of the model, checked on load.
+        info: plain values recorded with the states (e.g. the weights file).
+    """
+    state = {
+        "format_version": _FORMAT_VERSION,
+        "feature_dim": feature_dim,
+        "num_classes": num_classes,
+        "info": info,
+        "scores": {name: s.fitted_state() for name, s in scores.items() if s.needs_fit and s.is_fitted()},
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_post_hoc_state(scores: Dict[str, PostHocScore], path: str, feature_dim: int, num_classes: int) -> Dict:
+    """Load the states of ``path`` into the scorers (``torch.load(weights_only=True)``).
+
+    Returns:
+        dict: the file's ``info``.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file, the key and the problem.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"post-hoc OOD score state not found: {path} (MODEL.VOS.POST_HOC.STATE); "
+            f"write it with {FIT_TOOL}"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(f"{path} is not a post-hoc OOD score state written by {FIT_TOOL}")
+    if (state["feature_dim"], state["num_classes"]) != (feature_dim, num_classes):
+        raise ValueError(
+            f"{path} was fitted to a model with {state['feature_dim']}-d box features and "
+            f"{state['num_classes']} classes, but this model has {feature_dim}-d features and "
+            f"{num_classes} classes: run {FIT_TOOL} for these weights"
+        )
+    unknown = sorted(set(state["scores"]) - set(scores))
+    if unknown:
+        raise ValueError(f"{path} holds states of unknown scores {unknown}")
+    for name, score_state in state["scores"].items():
+        scores[name].load_fitted_state(score_state)
+    return state["info"]
