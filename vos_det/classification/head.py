@@ -29,28 +29,43 @@ class VOSClassificationHead(VirtualOutlierMixin, nn.Module):
 
     Inference (:meth:`inference`): per image, the softmax over the K classes, the predicted
     class, p(ID) and every OOD score of :data:`OOD_SCORES` (larger = more OOD).
+
+    With ``bottleneck_dim`` > 0 (a variant, off by default; as the box predictor's), a
+    Linear + ReLU of that width precedes the class layer, and VOS models its outputs.
     """
 
     @configurable
-    def __init__(self, input_dim: int, *, num_classes: int, **vos_options):
+    def __init__(self, input_dim: int, *, num_classes: int, bottleneck_dim: int = 0, **vos_options):
         """
         Args:
             input_dim: D, the dimension of the image features (the projection's output).
             num_classes: K, the number of ID classes.
+            bottleneck_dim: width of the Linear + ReLU before the class layer; 0 = none.
             vos_options: arguments of :meth:`VirtualOutlierMixin.init_virtual_outliers`
                 (vos_enabled, sample_number, starting_iter, ..., the MODEL.VOS keys).
         """
         super().__init__()
         if num_classes <= 0 or input_dim <= 0:
             raise ValueError(f"need positive num_classes and input_dim, got {num_classes}, {input_dim}")
+        if bottleneck_dim < 0:
+            raise ValueError(f"MODEL.VOS.BOTTLENECK_DIM must be >= 0, got {bottleneck_dim}")
         self.num_classes = num_classes
+        self.bottleneck = nn.Identity()
+        if bottleneck_dim:
+            self.bottleneck = nn.Sequential(nn.Linear(input_dim, bottleneck_dim), nn.ReLU(inplace=True))
+            input_dim = bottleneck_dim
         # Initialised as detectron2's FastRCNNOutputLayers initialises its class layer.
         self.cls_score = LinearClassifier(input_dim, num_classes)
         self.init_virtual_outliers(input_dim, **vos_options)
 
     @classmethod
     def from_config(cls, cfg, input_dim):
-        return {"input_dim": input_dim, "num_classes": cfg.MODEL.VOS_CLASSIFIER.NUM_CLASSES, **vos_kwargs_from_config(cfg)}
+        return {
+            "input_dim": input_dim,
+            "num_classes": cfg.MODEL.VOS_CLASSIFIER.NUM_CLASSES,
+            "bottleneck_dim": cfg.MODEL.VOS.BOTTLENECK_DIM,
+            **vos_kwargs_from_config(cfg),
+        }
 
     def forward(self, features):
         """
@@ -60,14 +75,15 @@ class VOSClassificationHead(VirtualOutlierMixin, nn.Module):
         Returns:
             Tensor: (N, K) class logits.
         """
-        return self.cls_score(features)
+        return self.cls_score(self.bottleneck(features))
 
     def losses(self, logits, features, labels):
         """Cross-entropy plus, with VOS enabled, ``loss_vos`` (beta x eq. 5).
 
         Args:
             logits (Tensor): (N, K) class logits.
-            features (Tensor): (N, D) the features they were computed from.
+            features (Tensor): (N, D) the features :meth:`forward` computed them from (with
+                a bottleneck, its output is recomputed from them for the queues).
             labels (Tensor): (N,) int64 classes in [0, K).
 
         Returns:
@@ -80,6 +96,8 @@ class VOSClassificationHead(VirtualOutlierMixin, nn.Module):
             )
         losses = {"loss_cls": F.cross_entropy(logits, labels)}
         if self.vos_enabled:
+            with torch.no_grad():
+                features = self.bottleneck(features)
             finite = self.finite_rows(logits, features, torch.ones_like(labels, dtype=torch.bool), "images")
             losses["loss_vos"] = self.vos_loss_weight * self.uncertainty_loss(
                 logits[finite], features[finite], labels[finite]

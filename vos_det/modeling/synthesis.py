@@ -26,6 +26,7 @@ __all__ = [
     "sample_virtual_outliers",
     "largest_chi2_order_statistics",
     "chi2_isf_log",
+    "tail_chi2_radii",
     "SAMPLERS",
 ]
 
@@ -184,9 +185,36 @@ def largest_chi2_order_statistics(num_classes: int, num_samples: int, num_select
     return chi2_isf_log(_log1mexp(cumulative), dim)
 
 
-def _chi2_route(means, num_samples, num_select, generator):
+def tail_chi2_radii(num_classes: int, num_select: int, dim: int, tail: float, generator=None):
+    """Squared radii of N(0, I_dim) draws conditioned on lying in the ``tail`` of the law.
+
+    A Gaussian sample is below the likelihood threshold of eq. 3 iff its squared radius
+    ||z||^2 exceeds t = chi2.isf(tail, dim); conditioned on that, its survival probability
+    P(X > ||z||^2) is uniform on (0, tail). So each squared radius is the chi-square
+    quantile of tail * U, U uniform, computed from log(tail) - Exp(1) without underflow.
+
+    Args:
+        num_classes (int): K.
+        num_select (int): radii per class.
+        dim (int): degrees of freedom D.
+        tail (float): the tail probability, in (0, 1).
+        generator (torch.Generator, optional): CPU generator of the draws.
+
+    Returns:
+        Tensor: (K, num_select) float64 on the CPU, each >= chi2.isf(tail, dim).
+    """
+    if not 0.0 < tail < 1.0:
+        raise ValueError(f"MODEL.VOS.OUTLIER_TAIL must lie in (0, 1) (0 = off), got {tail}")
+    exponentials = torch.empty(num_classes, num_select, dtype=torch.float64).exponential_(generator=generator)
+    return chi2_isf_log(math.log(tail) - exponentials, dim)
+
+
+def _chi2_route(means, num_samples, num_select, generator, tail=0.0):
     num_classes, dim = means.shape
-    squared_radii = largest_chi2_order_statistics(num_classes, num_samples, num_select, dim, generator)
+    if tail > 0:
+        squared_radii = tail_chi2_radii(num_classes, num_select, dim, tail, generator)
+    else:
+        squared_radii = largest_chi2_order_statistics(num_classes, num_samples, num_select, dim, generator)
     directions = torch.randn(num_classes, num_select, dim, dtype=torch.float64, generator=generator)
     directions = directions * (squared_radii.sqrt() / directions.norm(dim=2))[..., None]
     return directions.to(device=means.device, dtype=means.dtype)
@@ -213,8 +241,16 @@ def sample_virtual_outliers(
     *,
     sampler: str = "chi2",
     seed: Optional[int] = None,
+    tail: float = 0.0,
+    radius_scale: float = 1.0,
 ):
     """For each class, the ``num_select`` least likely of ``num_samples`` draws of N(mu_k, Sigma).
+
+    Two variants move the outliers out of the ID shell (neither is the paper's; both off by
+    default): ``tail`` > 0 replaces "least likely of ``num_samples``" by eq. 3's likelihood
+    threshold itself, ``num_select`` draws of N(mu_k, Sigma) conditioned on a likelihood
+    below that of the ``tail`` quantile (:func:`tail_chi2_radii`; ``num_samples`` unused);
+    ``radius_scale`` multiplies every outlier's Mahalanobis radius (v = mu_k + s L z).
 
     Args:
         means (Tensor): (K, D) class means.
@@ -232,6 +268,9 @@ def sample_virtual_outliers(
             global random state of any device: every rank of a distributed run given the
             same seed draws the same outliers, and a resumed run redraws them. None uses
             the global random state.
+        tail (float): tail probability of the likelihood threshold, in (0, 1), "chi2" only;
+            0 = off.
+        radius_scale (float): s > 0, the factor on the radius of every outlier; 1 = off.
 
     Returns:
         tuple[Tensor, Tensor]: outliers (K * num_select, D) in the dtype and device of
@@ -240,20 +279,26 @@ def sample_virtual_outliers(
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"MODEL.VOS.SAMPLER must be one of {SAMPLERS}, got {sampler!r}")
-    if not 0 < num_select <= num_samples:
+    if num_select <= 0 or (tail == 0 and num_select > num_samples):
         raise ValueError(
             f"need 0 < SELECT <= SAMPLE_FROM, got SELECT={num_select}, SAMPLE_FROM={num_samples}"
         )
+    if tail > 0 and sampler != "chi2":
+        raise ValueError(f"MODEL.VOS.OUTLIER_TAIL needs MODEL.VOS.SAMPLER 'chi2', got {sampler!r}")
+    if radius_scale <= 0:
+        raise ValueError(f"MODEL.VOS.OUTLIER_RADIUS_SCALE must be > 0, got {radius_scale}")
     num_classes, dim = means.shape
     generator = None
     if sampler == "chi2":
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
-        z = _chi2_route(means, num_samples, num_select, generator)
+        z = _chi2_route(means, num_samples, num_select, generator, tail)
     else:
         if seed is not None:
             generator = torch.Generator(device=means.device).manual_seed(seed)
         z = _gaussian_route(means, num_samples, num_select, generator)
+    if radius_scale != 1.0:
+        z = z * radius_scale
     outliers = means[:, None, :] + z @ scale.T
     labels = torch.arange(num_classes, device=means.device).repeat_interleave(num_select)
     return outliers.reshape(-1, dim), labels

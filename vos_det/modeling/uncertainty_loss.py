@@ -3,6 +3,7 @@ import torch
 from torch.nn import functional as F
 
 from .energy import weighted_logsumexp
+from .vos_diagnostics import log_uncertainty_diagnostics
 
 __all__ = ["ID_LABEL", "energy_logistic_loss"]
 
@@ -10,17 +11,23 @@ __all__ = ["ID_LABEL", "energy_logistic_loss"]
 ID_LABEL = 1
 
 
-def energy_logistic_loss(id_logits, outlier_logits, class_weights, uncertainty_classifier, storage):
+def energy_logistic_loss(id_logits, outlier_logits, class_weights, uncertainty_classifier, storage,
+                         balanced: bool = False):
     """Cross-entropy of the logistic regression on -E: ID inputs (label 1) vs outliers (0).
 
-    Also logs the mean weighted energies of both sides and the class weights to ``storage``.
+    Also logs the diagnostics of the step to ``storage``
+    (:func:`~vos_det.modeling.vos_diagnostics.log_uncertainty_diagnostics`: mean energies
+    and classifier accuracy of both sides, loss over prior entropy, energy weights).
 
     Args:
         id_logits (Tensor): (N, K) foreground logits of ID features.
         outlier_logits (Tensor): (M, K) foreground logits of the virtual outliers.
         class_weights (Tensor): (K,) non-negative energy weights w.
         uncertainty_classifier (nn.Module): maps (N + M, 1) values of -E to 2 logits.
-        storage (EventStorage): where the energies and weights are logged.
+        storage (EventStorage): where the diagnostics are logged.
+        balanced (bool): False (the paper): the mean cross-entropy over all N + M samples;
+            True: the mean over the ID samples and the mean over the outliers, averaged,
+            so both sides weigh one half whatever N and M.
 
     Returns:
         Tensor: the scalar, unweighted loss.
@@ -32,10 +39,12 @@ def energy_logistic_loss(id_logits, outlier_logits, class_weights, uncertainty_c
     labels = torch.full_like(negative_energies, 1 - ID_LABEL, dtype=torch.long)
     labels[:num_id] = ID_LABEL
     classifier_logits = uncertainty_classifier(negative_energies[:, None])
-    storage.put_scalar("vos/id_energy", -negative_energies[:num_id].mean().item())
-    storage.put_scalar("vos/outlier_energy", -negative_energies[num_id:].mean().item())
-    storage.put_scalars(
-        **{f"vos/energy_weight_{k}": w for k, w in enumerate(class_weights.detach().tolist())},
-        smoothing_hint=False,
+    if balanced:
+        per_sample = F.cross_entropy(classifier_logits, labels, reduction="none")
+        loss = 0.5 * (per_sample[:num_id].mean() + per_sample[num_id:].mean())
+    else:
+        loss = F.cross_entropy(classifier_logits, labels)
+    log_uncertainty_diagnostics(
+        storage, negative_energies, classifier_logits, num_id, loss, class_weights, balanced, ID_LABEL
     )
-    return F.cross_entropy(classifier_logits, labels)
+    return loss
