@@ -19,6 +19,7 @@ from ..evaluation.detection import build_detection_evaluator
 # FPR95_CONVENTION and OOD_RESULTS_FILE are also imported from here (classification trainer).
 from ..evaluation.protocol import FPR95_CONVENTION, OOD_RESULTS_FILE, evaluate_ood_protocol
 from .checkpoint import AtomicWritePathManager, RandomState
+from .launch import cpu_ddp_in_default_trainer
 
 __all__ = ["Trainer"]
 
@@ -41,7 +42,9 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        super().__init__(cfg)
+        # DefaultTrainer's DDP wrap passes device_ids, which DDP refuses for a CPU model.
+        with cpu_ddp_in_default_trainer():
+            super().__init__(cfg)
         # Checkpoints appear whole or not at all, and carry the random state for --resume.
         self.checkpointer.path_manager = AtomicWritePathManager(self.checkpointer.path_manager)
         self.checkpointer.add_checkpointable("random_state", RandomState())

@@ -8,7 +8,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-__all__ = ["TinyConvNet", "build_tiny_fpn_backbone"]
+__all__ = ["TinyConvNet", "build_tiny_fpn_backbone", "tiny_fpn"]
 
 
 class TinyConvNet(Backbone):
@@ -88,21 +88,41 @@ class TinyConvNet(Backbone):
         }
 
 
-@BACKBONE_REGISTRY.register()
-def build_tiny_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """FPN (detectron2's) on top of :class:`TinyConvNet`, with a max-pooled extra level."""
-    bottom_up = TinyConvNet(
-        input_shape.channels, cfg.MODEL.TINY_NET.STAGE_CHANNELS, cfg.MODEL.TINY_NET.NORM
-    )
-    in_features = cfg.MODEL.FPN.IN_FEATURES
+def tiny_fpn(in_channels: int, stage_channels, *, norm="BN", in_features, out_channels, fpn_norm="", fuse_type="sum"):
+    """FPN (detectron2's) on top of :class:`TinyConvNet`, with a max-pooled extra level.
+
+    Args:
+        in_channels: channels of the input image.
+        stage_channels, norm: of the :class:`TinyConvNet`.
+        in_features (list[str]): its outputs the FPN uses (e.g. ["res2", "res3", "res4"]).
+        out_channels, fpn_norm, fuse_type: of the FPN (``out_channels``, ``norm``, ``fuse_type``).
+
+    Returns:
+        FPN: outputs p<i> for each input feature plus one pooled level.
+    """
+    bottom_up = TinyConvNet(in_channels, stage_channels, norm)
     # The extra level pools the coarsest FPN output, named p<log2 stride> by FPN.
     top_block = LastLevelMaxPool()
     top_block.in_feature = f"p{int(math.log2(bottom_up.output_shape()[in_features[-1]].stride))}"
     return FPN(
         bottom_up=bottom_up,
         in_features=in_features,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
+        out_channels=out_channels,
+        norm=fpn_norm,
         top_block=top_block,
+        fuse_type=fuse_type,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_tiny_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """:func:`tiny_fpn` with the ``MODEL.TINY_NET`` and ``MODEL.FPN`` keys."""
+    return tiny_fpn(
+        input_shape.channels,
+        cfg.MODEL.TINY_NET.STAGE_CHANNELS,
+        norm=cfg.MODEL.TINY_NET.NORM,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        fpn_norm=cfg.MODEL.FPN.NORM,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
