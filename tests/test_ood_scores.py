@@ -21,7 +21,7 @@ from vos_det.modeling.ood_scores.mahalanobis_multilayer import MultiLayerMahalan
 from vos_det.modeling.ood_scores.maxlogit import MaxLogitScore
 from vos_det.modeling.ood_scores.react import ReActScore
 from vos_det.modeling.ood_scores.safe import SAFEScore
-from vos_det.modeling.ood_scores.vim import ViMScore
+from vos_det.modeling.ood_scores.vim import ViMScore, vim_ood_score
 
 K, D = 4, 12
 LAYERS = {"p2": 6, "p3": 5}
@@ -163,13 +163,25 @@ def test_vim_matches_a_direct_numpy_implementation(classifier):
     alpha = data.logits.double().numpy().max(axis=1).sum() / residual_norm(x).sum()
     features, logits, _ = _queries(data)
     virtual = alpha * residual_norm(features.double().numpy())
+    expected = virtual - np.log(np.exp(logits.double().numpy()).sum(axis=1))
+    scores = score(features, logits).numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
+    # A monotone function of the paper's log p(virtual class): it equals -softplus(-score).
     all_logits = np.concatenate([virtual[:, None], logits.double().numpy()], axis=1)
-    expected = np.log(np.exp(virtual) / np.exp(all_logits).sum(axis=1))
-    np.testing.assert_allclose(score(features, logits).numpy(), expected, rtol=1e-4, atol=1e-5)
+    log_p_virtual = np.log(np.exp(virtual) / np.exp(all_logits).sum(axis=1))
+    np.testing.assert_allclose(-np.logaddexp(0.0, -expected), log_p_virtual, rtol=1e-9, atol=1e-12)
     assert score.fitted_config == {"dim": dim}
     assert ViMScore().fit(data).fitted_config == {"dim": D // 2}
     with pytest.raises(ValueError, match="VIM.DIM"):
         ViMScore(dim=D).fit(data)
+
+
+def test_vim_stays_ordered_when_the_virtual_logit_dominates():
+    # log p(virtual) rounds to 0 in float32 here; the score must not tie.
+    origin, basis = torch.zeros(2), torch.eye(2)
+    features = torch.tensor([[200.0, 0.0], [300.0, 0.0], [400.0, 0.0]])
+    scores = vim_ood_score(features, torch.zeros(3, 4), origin, basis, torch.tensor(1.0))
+    assert scores[0] < scores[1] < scores[2]
 
 
 def test_react_clips_at_the_training_percentile_then_takes_the_energy():

@@ -11,8 +11,10 @@ f = W h + b (foreground rows):
   to the logits' on the training set.
 
 The virtual logit is l_0 = alpha ||x_res||; the ViM score is its softmax probability among
-(l_0, f_1..f_K). Here the score is its log, l_0 - logsumexp(l_0, f_1..f_K) (same ranking,
-no underflow for confident ID boxes); larger = more OOD.
+(l_0, f_1..f_K). Here the score is l_0 - logsumexp(f_1..f_K), the virtual logit minus the
+energy's logsumexp as in the authors' code: log p(virtual) = -softplus(-(that)), so the
+ranking is the same, but it does not round to exactly 0 in float32 once l_0 dominates (the
+log-probability did for most ID boxes on digits-det, tying them). Larger = more OOD.
 
 The paper's dim is 1000 for 2048-d features and 512 for 768-d ones; ``dim`` 0 here means
 half the feature dimension (between the two), a rule, not tuned.
@@ -25,7 +27,7 @@ __all__ = ["ViMScore", "vim_ood_score"]
 
 
 def vim_ood_score(features, logits, origin, residual_basis, alpha):
-    """log p(virtual class) of N boxes, (N,).
+    """The virtual logit minus logsumexp of the logits of N boxes, (N,); larger = more OOD.
 
     Args:
         features (Tensor): (N, D).
@@ -36,9 +38,8 @@ def vim_ood_score(features, logits, origin, residual_basis, alpha):
     """
     centred = features.double() - origin.double()
     residual_norm = (centred @ residual_basis.double()).norm(dim=1)
-    virtual = (alpha.double() * residual_norm)[:, None]
-    all_logits = torch.cat([virtual, logits.double()], dim=1)
-    return (virtual[:, 0] - torch.logsumexp(all_logits, dim=1)).float()
+    virtual = alpha.double() * residual_norm
+    return (virtual - torch.logsumexp(logits.double(), dim=1)).float()
 
 
 @OOD_SCORE_REGISTRY.register()
