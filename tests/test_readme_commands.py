@@ -81,6 +81,8 @@ PARSE_ONLY = [
     (r"benchmarks/compare_ood_methods\.py", "trains every variant for 20 to 1200 iterations on the full digits-det (~35 min)"),
     (r"tools/vos_diagnostics\.py", "needs a model trained past the start of synthesis (full VOS queues), which the "
      "3-iteration model is not; tests/test_vos_diagnostics.py runs the tool"),
+    (r"benchmarks/ood_leaderboard\.py", "trains every method for 5 seeds on the full digits-det (hours on 2 cores); "
+     "tests/test_ood_leaderboard.py tests its tables and statistics"),
     (r"benchmarks/run_all\.py", "every speed benchmark at the paper's sizes (minutes); benchmarks/ has its own smoke runs"),
     (r"/data/|my_ood=", "an example path of the user's own data"),
 ]

@@ -1,0 +1,131 @@
+"""The OOD leaderboard's bookkeeping (benchmarks/ood_leaderboard.py) on hand-made summaries."""
+import importlib.util
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from vos_det.evaluation import DetectionRecords
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def leaderboard():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("ood_leaderboard", BENCHMARKS / "ood_leaderboard.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def _summary(ap50, scores):
+    """A model's summary with per-score (near FPR95, near AUROC, far FPR95, far AUROC, alarms)."""
+    return {
+        "AP50": ap50,
+        "shifted_AP50": ap50 - 10.0,
+        "scores": {
+            name: dict(zip(["near_FPR95", "near_AUROC", "far_FPR95", "far_AUROC", "false_alarm"], values))
+            for name, values in scores.items()
+        },
+    }
+
+
+def _per_model(protocol="vos_det"):
+    rng = np.random.default_rng(0)
+    per_model = OrderedDict(vanilla=OrderedDict(), better=OrderedDict())
+    for seed in range(5):
+        base = 50.0 + 8.0 * rng.standard_normal()  # seed effect shared by both methods
+        per_model["vanilla"][seed] = {
+            protocol: _summary(99.0 + 0.1 * seed, {"energy": (base, 80.0, base + 5, 82.0, 10.0), "msp": (base + 3, 78.0, base + 9, 79.0, 12.0)})
+        }
+        per_model["better"][seed] = {
+            protocol: _summary(99.0 + 0.1 * seed - 0.2, {"energy": (0.5 * base + rng.normal(), 90.0, 0.5 * base, 91.0, 9.0)})
+        }
+    return per_model
+
+
+def test_rows_are_means_with_t_intervals_and_paired_differences(leaderboard):
+    per_model = _per_model()
+    rows = leaderboard.aggregate(per_model, "vos_det")
+    assert [(r["method"], r["score"]) for r in rows] == [("vanilla", "energy"), ("vanilla", "msp"), ("better", "energy")]
+    better = rows[2]
+    values = np.array([per_model["better"][s]["vos_det"]["scores"]["energy"]["near_FPR95"] for s in range(5)])
+    reference = np.array([per_model["vanilla"][s]["vos_det"]["scores"]["energy"]["near_FPR95"] for s in range(5)])
+    mean = better["near_FPR95"]["mean"]
+    low, high = stats.t.interval(0.95, 4, loc=values.mean(), scale=stats.sem(values))
+    assert mean["mean"] == pytest.approx(values.mean()) and mean["low"] == pytest.approx(low)
+    diff = better["near_FPR95"]["diff"]
+    interval = stats.ttest_rel(values, reference).confidence_interval(0.95)
+    assert diff["mean"] == pytest.approx((values - reference).mean())
+    assert (diff["low"], diff["high"]) == (pytest.approx(interval.low), pytest.approx(interval.high))
+    assert diff["significant"] and diff["seeds"] == [0, 1, 2, 3, 4]
+    # AP50 does not depend on the score: the differences are between the models' AP50s.
+    assert better["AP50"]["diff"]["mean"] == pytest.approx(-0.2)
+    # The reference against itself: zero difference, shown as "ref".
+    cells, headers = leaderboard.format_table(rows)
+    assert cells[0][headers.index("Δ near FPR95")] == "ref"
+    assert cells[2][headers.index("Δ near FPR95")].endswith("*")
+    assert "shifted AP50" in headers and "Δ shifted AP50" not in headers
+
+
+def test_target_verdict(leaderboard):
+    rows = leaderboard.aggregate(_per_model(), "vos_det")
+    assert leaderboard.target_verdict(rows)["met_by"] == ["better/energy"]
+    worse_alarms = _per_model()
+    for seed in worse_alarms["better"]:
+        worse_alarms["better"][seed]["vos_det"]["scores"]["energy"]["false_alarm"] = 20.0
+    assert leaderboard.target_verdict(leaderboard.aggregate(worse_alarms, "vos_det"))["met_by"] == []
+
+
+def test_missing_seeds_pair_only_common_ones(leaderboard):
+    per_model = _per_model()
+    del per_model["better"][4]
+    row = leaderboard.aggregate(per_model, "vos_det")[2]
+    assert row["seeds"] == [0, 1, 2, 3] and row["near_FPR95"]["diff"]["seeds"] == [0, 1, 2, 3]
+    assert row["near_FPR95"]["mean"]["n"] == 4
+    assert leaderboard.aggregate(per_model, "vos_official") == []  # no result under that protocol
+
+
+def test_false_alarms_use_the_validation_threshold_of_each_score(leaderboard):
+    def records(scores, energy, msp):
+        n = len(scores)
+        return DetectionRecords(
+            image_ids=np.arange(n).astype(object), boxes=np.zeros((n, 4)), classes=np.zeros(n, dtype=np.int64),
+            scores=np.asarray(scores, float), ood_scores={"energy": np.asarray(energy, float), "msp": np.asarray(msp, float)},
+            num_images=n,
+        )
+
+    rng = np.random.default_rng(1)
+    val = records(rng.uniform(size=200), rng.normal(size=200), rng.uniform(size=200))
+    shifted = records(rng.uniform(size=100), rng.normal(0.5, 1.0, size=100), rng.uniform(size=100))
+    alarms = leaderboard.false_alarms(
+        val, {"score_threshold": 0.3, "score_field": "scores"}, shifted, {"score_threshold": 0.6}, keep=0.95
+    )
+    for name in ("energy", "msp"):
+        kept_val = np.sort(val.ood_scores[name][val.scores >= 0.3])
+        threshold = kept_val[int(np.ceil(0.95 * kept_val.size)) - 1]
+        kept_shifted = shifted.ood_scores[name][shifted.scores >= 0.6]
+        assert alarms[name]["threshold"] == threshold
+        assert alarms[name]["false_alarm"] == pytest.approx(100 * np.mean(kept_shifted > threshold))
+        assert alarms[name]["num_boxes"] == kept_shifted.size
+
+
+def test_methods_file(leaderboard, tmp_path):
+    path = tmp_path / "variants.md"
+    path.write_text(
+        "# variants\n- `balanced`: MODEL.VOS.BALANCED_LOSS True\n\nbottleneck MODEL.VOS.BOTTLENECK_DIM 64 SEED 3  # note\n"
+    )
+    assert leaderboard.read_methods_file(path) == {
+        "balanced": ["MODEL.VOS.BALANCED_LOSS", "True"],
+        "bottleneck": ["MODEL.VOS.BOTTLENECK_DIM", "64", "SEED", "3"],
+    }
+    path.write_text("odd MODEL.VOS.SELECT\n")
+    with pytest.raises(SystemExit, match="odd number"):
+        leaderboard.read_methods_file(path)
