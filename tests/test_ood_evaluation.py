@@ -35,7 +35,8 @@ from vos_det.evaluation.report import write_json
 from test_train_digits import registered_tiny_digits
 
 REPO = Path(__file__).resolve().parent.parent
-SCORE_NAMES = {"vos", "energy", "weighted_energy", "msp"}
+# The scores every VOS model reports without a fitted post-hoc state (maxlogit and gen need none).
+SCORE_NAMES = {"vos", "energy", "weighted_energy", "msp", "maxlogit", "gen"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
