@@ -412,6 +412,8 @@ def _train_cfg(output_dir, name, *overrides):
         "DATASETS.TRAIN", f"('{name}',)",
         "DATASETS.TEST", "()",
         "DATASETS.OOD_TEST", "()",
+        # These tests register their own data: no digits_det_val to calibrate on.
+        "TEST.OOD.CALIBRATION_DATASET", "",
         "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "False",
         "SOLVER.IMS_PER_BATCH", "1",
         "SOLVER.MAX_ITER", "6",
@@ -490,6 +492,7 @@ def test_evaluation_of_images_without_ground_truth(tmp_path, dataset_names, kind
         tmp_path / "out",
         "DATASETS.TEST", f"('{name}',)",
         "DATASETS.OOD_TEST", "()",
+        "TEST.OOD.CALIBRATION_DATASET", "",
         "TEST.OOD.BOX_SELECTION", "optimal_f1",
         "MODEL.WEIGHTS", random_weights,
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
