@@ -10,7 +10,9 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -264,24 +266,31 @@ PAPER_VOS = {
 
 
 def load_config(name, overrides: dict, device, vos_enabled=True):
-    """A frozen cfg: add_vos_config, the file (bare names resolved under configs/), overrides."""
-    from detectron2.config import get_cfg
+    """A frozen cfg of :func:`vos_det.config.load_config`: the file (bare names resolved under
+    configs/) with ``{KEY: value}`` overrides, on ``device``, without weights; with
+    ``vos_enabled`` False the vanilla detector (no VOS, energy score)."""
+    from vos_det.config import load_config as load_vos_config
 
-    from vos_det import add_vos_config
-    from vos_det.config import resolve_config_file
-
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    cfg.merge_from_file(resolve_config_file(name))
     pairs = {"MODEL.DEVICE": str(device), "MODEL.WEIGHTS": "", **overrides}
     if not vos_enabled:
         pairs.update({"MODEL.VOS.ENABLED": False, "MODEL.VOS.OOD_SCORE": "energy"})
-    flat = []
-    for key, value in pairs.items():
-        flat += [key, str(value)]
-    cfg.merge_from_list(flat)
-    cfg.freeze()
-    return cfg
+    return load_vos_config(name, [str(item) for pair in pairs.items() for item in pair])
+
+
+def run_logged(command, log_path, env):
+    """Run ``command`` from the repository root with its output appended to ``log_path``.
+
+    Raises:
+        RuntimeError: the command failed; the message holds the last 30 lines of the log.
+    """
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
+        returncode = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+    if returncode:
+        with open(log_path) as log:
+            tail = "".join(log.readlines()[-30:])
+        raise RuntimeError(f"{command[1]} failed (exit {returncode}), log {log_path}:\n{tail}")
 
 
 def build_pair(cfg_vos, cfg_other, seed):

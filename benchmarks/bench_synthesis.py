@@ -35,7 +35,7 @@ import torch
 
 import _common as C
 from vos_det.modeling import ClassFeatureQueues, robust_cholesky, sample_virtual_outliers
-from vos_det.modeling.synthesis import largest_chi2_order_statistics
+from vos_det.modeling.vos.synthesis import largest_chi2_order_statistics
 
 TARGET_SPEEDUP = 20.0
 

@@ -104,7 +104,7 @@ def instrument(predictor, device):
     robust_cholesky and sample_virtual_outliers are patched in the module that calls them
     (the synthesis code shared by the box predictor and the classification head).
     """
-    from vos_det.modeling import virtual_outliers as synthesis_caller
+    from vos_det.modeling.vos import virtual_outliers as synthesis_caller
 
     records = {name: [] for name in ("enqueue", "gaussian", "robust_cholesky", "sample_virtual_outliers",
                                      "uncertainty_loss")}
@@ -146,7 +146,7 @@ def instrument(predictor, device):
 def direct_parts(predictor, num_foreground, num_rois, repeats, device):
     """Each VOS part timed alone on a copy of the model's queues, at the step's sizes."""
     from vos_det.modeling import ClassFeatureQueues, robust_cholesky, sample_virtual_outliers
-    from vos_det.modeling.energy import weighted_logsumexp
+    from vos_det.modeling.ood_scores.energy import weighted_logsumexp
 
     source = predictor.feature_queues
     queues = ClassFeatureQueues(source.num_classes, source.capacity, source.feature_dim,

@@ -24,12 +24,11 @@ folder to train it again).
 """
 import json
 import os
-import subprocess
 import sys
 import time
 from collections import OrderedDict
 
-from _common import REPO_ROOT, RESULTS_DIR, machine_info, table, write_json
+from _common import REPO_ROOT, RESULTS_DIR, machine_info, run_logged, table, write_json
 
 from vos_det.cli import ToolParser, load_config, run_tool
 
@@ -53,18 +52,6 @@ ID_TEST, OOD_TEST, ID_TRAIN = "digits_det_test", "digits_det_ood", "digits_det_t
 SCORES = ("energy", "vos", "mahalanobis")
 
 
-def _run(command, log_path, env):
-    """Run ``command`` with its output appended to ``log_path``; raise with the log's tail."""
-    with open(log_path, "a") as log:
-        log.write(f"$ {' '.join(command)}\n")
-        log.flush()
-        returncode = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
-    if returncode:
-        with open(log_path) as log:
-            tail = "".join(log.readlines()[-30:])
-        raise RuntimeError(f"{command[1]} failed (exit {returncode}), log {log_path}:\n{tail}")
-
-
 def run_variant(name, overrides, output_dir, extra_opts, env):
     """Train, fit the Gaussians (each unless its file exists) and evaluate one variant.
 
@@ -80,7 +67,7 @@ def run_variant(name, overrides, output_dir, extra_opts, env):
     started = time.perf_counter()
     timing = {}
     if not os.path.exists(weights):
-        _run(
+        run_logged(
             [python, "tools/train_net.py", "--config", CONFIG, *opts, "OUTPUT_DIR", output_dir,
              "DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()"],
             log_path,
@@ -88,9 +75,9 @@ def run_variant(name, overrides, output_dir, extra_opts, env):
         )
         timing["train"] = time.perf_counter() - started
     if not os.path.exists(stats):
-        _run([python, "tools/fit_mahalanobis.py", "--config", CONFIG, "--weights", weights, "--dataset", ID_TRAIN,
+        run_logged([python, "tools/fit_mahalanobis.py", "--config", CONFIG, "--weights", weights, "--dataset", ID_TRAIN,
               "--output", stats, *opts], log_path, env)
-    _run(
+    run_logged(
         [python, "tools/ood_eval.py", "--config", CONFIG, "--output-dir", os.path.join(output_dir, "ood_eval"),
          *opts, "MODEL.WEIGHTS", weights, "MODEL.VOS.MAHALANOBIS_STATS", stats, "TEST.OOD.PLOTS", "False"],
         log_path,

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections import OrderedDict
@@ -41,18 +40,16 @@ from collections import OrderedDict
 import numpy as np
 import torch.nn as nn
 
-from _common import REPO_ROOT, RESULTS_DIR, machine_info, table, write_json
+from _common import REPO_ROOT, RESULTS_DIR, machine_info, run_logged, table, write_json
 
 # vos_det registers digits-det at import, under $DETECTRON2_DATASETS: the repository's
 # datasets/ unless set, wherever the script is run from.
 os.environ.setdefault("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
-from vos_det import add_vos_config
-from vos_det.config import resolve_config_file
+from vos_det.config import load_config
 from vos_det.engine import Trainer
 from vos_det.engine.checkpoint import check_checkpoint_matches_model
 from vos_det.evaluation import BoxOODScoreCollector, evaluate_ood_protocol, threshold_keeping
@@ -107,18 +104,6 @@ TIMING_FILE = "leaderboard_seconds.json"  # in each model's folder: seconds spen
 # --- training ------------------------------------------------------------------------------
 
 
-def _run(command, log_path, env):
-    """Run ``command`` with its output appended to ``log_path``; raise with the log's tail."""
-    with open(log_path, "a") as log:
-        log.write(f"$ {shlex.join(command)}\n")
-        log.flush()
-        returncode = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
-    if returncode:
-        with open(log_path) as log:
-            tail = "".join(log.readlines()[-30:])
-        raise RuntimeError(f"{command[1]} failed (exit {returncode}), log {log_path}:\n{tail}")
-
-
 def _record_seconds(model_dir, step, seconds):
     path = os.path.join(model_dir, TIMING_FILE)
     timing = {}
@@ -136,7 +121,7 @@ def train(model_dir, overrides, seed, env):
         return
     os.makedirs(model_dir, exist_ok=True)
     started = time.perf_counter()
-    _run(
+    run_logged(
         [sys.executable, "tools/train_net.py", "--config", CONFIG, *overrides, "SEED", str(seed),
          "OUTPUT_DIR", model_dir, "DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()"],
         os.path.join(model_dir, "leaderboard.log"),
@@ -159,7 +144,7 @@ def fit_posthoc(model_dir, overrides, env):
     post_hoc = os.path.join(model_dir, "post_hoc_scores.pth")
     if not os.path.exists(post_hoc):
         started = time.perf_counter()
-        _run(
+        run_logged(
             [sys.executable, "tools/fit_ood_scores.py", "--config", CONFIG,
              "--weights", os.path.join(model_dir, "model_final.pth"), "--dataset", TRAIN,
              "--val-id", VAL, "--val-ood", OOD_VAL, "--output", post_hoc, *overrides],
@@ -275,11 +260,10 @@ def _summary(results, report, alarms):
 def evaluate(model_dir, overrides, protocols, posthoc_opts, log):
     """Evaluate one trained model under every protocol; returns {protocol: summary}."""
     weights = os.path.join(model_dir, "model_final.pth")
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    cfg.merge_from_file(resolve_config_file(CONFIG))
-    cfg.merge_from_list(
-        list(overrides) + list(posthoc_opts) + ["MODEL.WEIGHTS", weights, "TEST.OOD.PLOTS", "False"]
+    cfg = load_config(
+        CONFIG,
+        list(overrides) + list(posthoc_opts) + ["MODEL.WEIGHTS", weights, "TEST.OOD.PLOTS", "False"],
+        freeze=False,
     )
     model = Trainer.build_model(cfg)
     check_checkpoint_matches_model(weights, model)

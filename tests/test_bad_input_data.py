@@ -27,10 +27,7 @@ from vos_det.data.image_io import read_image_file
 from vos_det.data.mapper import ImageMappingError
 from vos_det.data.pascal_voc import load_voc_dataset
 from vos_det.engine import OODPredictor, Trainer
-
-from test_predict import _load_predict_tool, random_weights  # noqa: F401 (fixture)
-from test_datasets import remove_from_catalogs
-from test_train_digits import _tiny_cfg
+from vos_det.engine.predictor import predict_images
 
 SIDE = 128  # the tiny config's input size (MIN_SIZE_* = MAX_SIZE_* = 128)
 HUGE_WIDTH, HUGE_HEIGHT = 6000, 4000
@@ -113,7 +110,7 @@ def _register_coco(json_file, image_dir):
 
 
 @pytest.fixture
-def dataset_names():
+def dataset_names(remove_from_catalogs):
     """Remove the datasets the test registers from the global catalogs, before and after."""
     remove_from_catalogs((VOC_NAME, COCO_NAME))
     yield VOC_NAME, COCO_NAME
@@ -168,8 +165,8 @@ def huge_png(tmp_path_factory):
     return str(path)
 
 
-def test_huge_image_is_resized_by_the_training_mapper_and_its_boxes_follow(huge_png, tmp_path):
-    mapper = DatasetMapper(_tiny_cfg(tmp_path), is_train=True)
+def test_huge_image_is_resized_by_the_training_mapper_and_its_boxes_follow(huge_png, tmp_path, tiny_cfg):
+    mapper = DatasetMapper(tiny_cfg(tmp_path), is_train=True)
     box = [3000.0, 2000.0, 4500.0, 3000.0]
     mapped = mapper(_record(huge_png, [(2, box)], HUGE_HEIGHT, HUGE_WIDTH))
     assert tuple(mapped["image"].shape) == (3, RESIZED_HEIGHT, RESIZED_WIDTH)
@@ -180,9 +177,9 @@ def test_huge_image_is_resized_by_the_training_mapper_and_its_boxes_follow(huge_
     assert mapped["instances"].gt_classes.tolist() == [2]
 
 
-def test_predictor_on_a_huge_image_gives_boxes_in_original_coordinates(huge_png, tmp_path, random_weights):
+def test_predictor_on_a_huge_image_gives_boxes_in_original_coordinates(huge_png, tmp_path, random_weights, tiny_cfg):
     predictor = OODPredictor(
-        _tiny_cfg(tmp_path, "MODEL.WEIGHTS", random_weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+        tiny_cfg(tmp_path, "MODEL.WEIGHTS", random_weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
     )
     huge = predictor.predict_file(huge_png)
     assert huge.image_size == (HUGE_HEIGHT, HUGE_WIDTH)
@@ -226,12 +223,7 @@ def test_predict_tool_lists_a_too_large_image_under_errors_and_goes_on(tmp_path,
     _image(0, width=96, height=96).save(images / "a_normal.png")
     _image(1, width=200, height=150).save(images / "b_too_large.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10000)  # 96*96 < 10000; 2 x 10000 < 200*150
-    tool = _load_predict_tool()
-    args = tool.argument_parser().parse_args(
-        ["--config", "digits_vos_tiny.yaml", "--weights", random_weights,
-         "--input", str(images), "--output", str(tmp_path / "out")]
-    )
-    report = tool.main(args)
+    report = predict_images("digits_vos_tiny.yaml", random_weights, [str(images)], str(tmp_path / "out"))
     assert [entry["file_name"] for entry in report["images"]] == [str(images / "a_normal.png")]
     assert len(report["errors"]) == 1
     error = report["errors"][0]
@@ -242,10 +234,10 @@ def test_predict_tool_lists_a_too_large_image_under_errors_and_goes_on(tmp_path,
 # ---------------------------------------------------------------- 2. boxes outside the image
 
 
-def test_training_mapper_clips_partial_boxes_and_drops_outside_and_empty_ones(tmp_path):
+def test_training_mapper_clips_partial_boxes_and_drops_outside_and_empty_ones(tmp_path, tiny_cfg):
     path = tmp_path / "image.png"
     _image(0).save(path)
-    mapper = DatasetMapper(_tiny_cfg(tmp_path), is_train=True)
+    mapper = DatasetMapper(tiny_cfg(tmp_path), is_train=True)
     mapped = mapper(
         _record(
             str(path),
@@ -349,7 +341,7 @@ def test_voc_loader_errors_name_the_xml_file(tmp_path):
         load_voc_dataset(root, "train", DIGITS_DET_ID_CLASSES)
 
 
-def test_detectron2_voc_splits_also_load_through_the_box_checks(tmp_path, box_warnings):
+def test_detectron2_voc_splits_also_load_through_the_box_checks(tmp_path, box_warnings, remove_from_catalogs):
     name = "voc_2007_test"
     metadata = MetadataCatalog.get(name)
     original = (
@@ -380,7 +372,7 @@ def test_detectron2_voc_splits_also_load_through_the_box_checks(tmp_path, box_wa
 
 @pytest.mark.parametrize("kind", ["voc", "coco"])
 @pytest.mark.parametrize("filter_empty", [True, False])
-def test_images_without_objects_follow_filter_empty_annotations(tmp_path, dataset_names, kind, filter_empty):
+def test_images_without_objects_follow_filter_empty_annotations(tmp_path, dataset_names, kind, filter_empty, tiny_cfg):
     if kind == "voc":
         only_bad = [(0, [150, 10, 170, 40])]
         root = _write_voc(tmp_path, {"full": _good_boxes(), "empty": [], "only_bad": only_bad})
@@ -394,7 +386,7 @@ def test_images_without_objects_follow_filter_empty_annotations(tmp_path, datase
         )
         _register_coco(json_file, image_dir)
         name = COCO_NAME
-    cfg = _tiny_cfg(
+    cfg = tiny_cfg(
         tmp_path, "DATASETS.TRAIN", f"('{name}',)", "DATALOADER.FILTER_EMPTY_ANNOTATIONS", str(filter_empty)
     )
     # What Trainer.build_train_loader does.
@@ -406,8 +398,8 @@ def test_images_without_objects_follow_filter_empty_annotations(tmp_path, datase
     assert kept == (["full"] if filter_empty else ["full", "empty", "only_bad"])
 
 
-def _train_cfg(output_dir, name, *overrides):
-    return _tiny_cfg(
+def _train_cfg(tiny_cfg, output_dir, name, *overrides):
+    return tiny_cfg(
         output_dir,
         "DATASETS.TRAIN", f"('{name}',)",
         "DATASETS.TEST", "()",
@@ -437,7 +429,7 @@ class _RecordingLoader:
             yield batch
 
 
-def test_training_on_images_without_objects_and_with_unusable_boxes(tmp_path, dataset_names):
+def test_training_on_images_without_objects_and_with_unusable_boxes(tmp_path, dataset_names, tiny_cfg):
     root = _write_voc(
         tmp_path / "voc",
         {
@@ -449,7 +441,7 @@ def test_training_on_images_without_objects_and_with_unusable_boxes(tmp_path, da
     )
     register_checked_pascal_voc(VOC_NAME, root, "train", 2012, DIGITS_DET_ID_CLASSES)
     torch.manual_seed(0)
-    trainer = Trainer(_train_cfg(tmp_path / "out", VOC_NAME))
+    trainer = Trainer(_train_cfg(tiny_cfg, tmp_path / "out", VOC_NAME))
     trainer.resume_or_load(resume=False)
     seen = trainer._trainer.data_loader = _RecordingLoader(trainer._trainer.data_loader)
     trainer.train()
@@ -475,7 +467,7 @@ def test_training_on_images_without_objects_and_with_unusable_boxes(tmp_path, da
 
 
 @pytest.mark.parametrize("kind", ["voc", "coco"])
-def test_evaluation_of_images_without_ground_truth(tmp_path, dataset_names, kind, random_weights):
+def test_evaluation_of_images_without_ground_truth(tmp_path, dataset_names, kind, random_weights, tiny_cfg):
     if kind == "voc":
         root = _write_voc(tmp_path / "voc", {"full": _good_boxes(), "empty": []}, "test")
         register_checked_pascal_voc(VOC_NAME, root, "test", 2012, DIGITS_DET_ID_CLASSES)
@@ -488,7 +480,7 @@ def test_evaluation_of_images_without_ground_truth(tmp_path, dataset_names, kind
         )
         _register_coco(json_file, image_dir)
         name = COCO_NAME
-    cfg = _tiny_cfg(
+    cfg = tiny_cfg(
         tmp_path / "out",
         "DATASETS.TEST", f"('{name}',)",
         "DATASETS.OOD_TEST", "()",
@@ -510,7 +502,7 @@ def test_evaluation_of_images_without_ground_truth(tmp_path, dataset_names, kind
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])
-def test_training_on_a_truncated_image_fails_naming_the_file(tmp_path, dataset_names, num_workers):
+def test_training_on_a_truncated_image_fails_naming_the_file(tmp_path, dataset_names, num_workers, tiny_cfg):
     root = _write_voc(tmp_path / "voc", {"good": _good_boxes(), "broken": _good_boxes()})
     broken = os.path.join(root, "JPEGImages", "broken.jpg")
     with open(broken, "rb") as f:
@@ -518,7 +510,7 @@ def test_training_on_a_truncated_image_fails_naming_the_file(tmp_path, dataset_n
     with open(broken, "wb") as f:
         f.write(data[: len(data) // 3])  # a JPEG cut short: PIL's error does not name it
     register_checked_pascal_voc(VOC_NAME, root, "train", 2012, DIGITS_DET_ID_CLASSES)
-    cfg = _train_cfg(tmp_path / "out", VOC_NAME, "DATALOADER.NUM_WORKERS", str(num_workers))
+    cfg = _train_cfg(tiny_cfg, tmp_path / "out", VOC_NAME, "DATALOADER.NUM_WORKERS", str(num_workers))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     with pytest.raises(ImageMappingError, match=re.escape(broken)):

@@ -8,17 +8,14 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import vos_det.classification  # noqa: F401  (registers the meta-architecture and datasets)
-from vos_det import add_vos_config
 from vos_det.classification import (
     ClassificationDatasetMapper,
     ClassificationTrainer,
-    add_classification_config,
     generate_digits_cls,
     is_image_classifier,
     load_image_folder,
@@ -28,9 +25,9 @@ from vos_det.classification import (
 )
 from vos_det.classification.builtin import DIGITS_CLS_DATASETS
 from vos_det.classification.digits_cls import DIGITS_CLS_SPLITS, digits_cls_paths
-from vos_det.config import resolve_config_file
+from vos_det.config import load_config
 from vos_det.data import glyph_indices_per_split
-from vos_det.engine.trainer import OOD_RESULTS_FILE
+from vos_det.evaluation import OOD_RESULTS_FILE
 
 CLASSES = ("circle", "square", "stripes")
 IMAGES_PER_CLASS = 4
@@ -41,11 +38,8 @@ DATASET_NAMES = ("test_cls_train", "test_cls_test", "test_cls_ood")
 
 
 def _cfg(*overrides):
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    add_classification_config(cfg)
-    cfg.merge_from_file(resolve_config_file("digits_vos_classifier.yaml"))
-    cfg.merge_from_list(
+    return load_config(
+        "digits_vos_classifier.yaml",
         [
             "MODEL.VOS_CLASSIFIER.NUM_CLASSES", str(len(CLASSES)),
             "MODEL.VOS.STARTING_ITER", str(STARTING_ITER),
@@ -62,9 +56,9 @@ def _cfg(*overrides):
             "DATASETS.TEST", "('test_cls_test',)",
             "DATASETS.OOD_TEST", "('test_cls_ood',)",
             *overrides,
-        ]
+        ],
+        freeze=False,
     )
-    return cfg
 
 
 def _pattern_image(class_index, seed, size):
@@ -284,10 +278,7 @@ def test_projection_dim_sets_the_queued_feature_dimension():
 
 def test_trainer_is_chosen_by_meta_architecture():
     assert is_image_classifier(_cfg())
-    detection_cfg = get_cfg()
-    add_vos_config(detection_cfg)
-    detection_cfg.merge_from_file(resolve_config_file("digits_vos_tiny.yaml"))
-    assert not is_image_classifier(detection_cfg)
+    assert not is_image_classifier(load_config("digits_vos_tiny.yaml"))
 
 
 def test_class_count_differing_from_the_dataset_is_refused(image_folders, tmp_path):

@@ -16,8 +16,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import vos_det.engine.checkpoint as checkpoint_module
-from vos_det.cli import ToolParser, load_config, merge_overrides, run_tool, split_overrides
-from vos_det.config import CONFIGS_DIR
+from vos_det.cli import ToolParser, merge_overrides, run_tool, split_overrides
+from vos_det.config import CONFIGS_DIR, load_config
 from vos_det.config_validation import RULES, validate_config
 from vos_det.data.availability import check_dataset_files
 from vos_det.engine import OODPredictor, instances_to_records
@@ -25,8 +25,6 @@ from vos_det.engine.checkpoint import AtomicWritePathManager, check_checkpoint_m
 from vos_det.errors import ConfigError, UserError
 from vos_det.utils.log_noise import filter_known_warnings, strip_ansi
 from vos_det.utils.visualization import ID_COLOR, OOD_COLOR, _place_label, draw_ood_detections, label_text
-
-from test_train_digits import _tiny_cfg
 
 REPO = CONFIGS_DIR.parent
 CONFIG = "digits_vos_tiny.yaml"
@@ -156,8 +154,8 @@ def test_synthesis_that_cannot_start_is_a_warning_for_training(caplog):
     assert "MODEL.VOS.STARTING_ITER=800 >= SOLVER.MAX_ITER=100" in caplog.text
 
 
-def test_the_model_build_validates_too(tmp_path):
-    cfg = _tiny_cfg(tmp_path)
+def test_the_model_build_validates_too(tmp_path, tiny_cfg):
+    cfg = tiny_cfg(tmp_path)
     cfg.defrost()
     cfg.MODEL.VOS.SELECT = cfg.MODEL.VOS.SAMPLE_FROM + 1
     with pytest.raises(ConfigError, match="must be <= MODEL.VOS.SAMPLE_FROM"):
@@ -221,8 +219,8 @@ def test_missing_dataset_root_points_to_the_datasets_readme(monkeypatch):
         check_dataset_files(["digits_det_tset"])
 
 
-def test_missing_and_truncated_weights_name_the_file(tmp_path):
-    model = build_model(_tiny_cfg(tmp_path))
+def test_missing_and_truncated_weights_name_the_file(tmp_path, tiny_cfg):
+    model = build_model(tiny_cfg(tmp_path))
     with pytest.raises(FileNotFoundError, match=rf"weights file {tmp_path}/nothere\.pth \(MODEL\.WEIGHTS\) not found"):
         check_checkpoint_matches_model(str(tmp_path / "nothere.pth"), model)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model_good")
@@ -257,8 +255,8 @@ class _FullDiskFile:
         return self._file.write(data)
 
 
-def test_full_disk_names_the_disk_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    model = build_model(_tiny_cfg(tmp_path))
+def test_full_disk_names_the_disk_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, tiny_cfg):
+    model = build_model(tiny_cfg(tmp_path))
     checkpointer = DetectionCheckpointer(model, save_dir=str(tmp_path))
     checkpointer.path_manager = AtomicWritePathManager(checkpointer.path_manager)
     checkpointer.save("model_0000001")
@@ -340,8 +338,8 @@ def test_predictions_use_the_dataset_category_ids():
     assert [r["category_id"] for r in plain] == [0, 2]
 
 
-def test_predictor_warns_once_without_a_calibrated_threshold(tmp_path, caplog):
-    cfg = _tiny_cfg(tmp_path)
+def test_predictor_warns_once_without_a_calibrated_threshold(tmp_path, caplog, tiny_cfg):
+    cfg = tiny_cfg(tmp_path)
     model = build_model(cfg)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("uncalibrated")
     cfg.defrost()
@@ -356,8 +354,8 @@ def test_predictor_warns_once_without_a_calibrated_threshold(tmp_path, caplog):
     assert "calibrated" not in caplog.text
 
 
-def test_missing_weights_are_named_before_the_model_is_built(tmp_path):
-    cfg = _tiny_cfg(tmp_path)
+def test_missing_weights_are_named_before_the_model_is_built(tmp_path, tiny_cfg):
+    cfg = tiny_cfg(tmp_path)
     cfg.defrost()
     cfg.MODEL.WEIGHTS = str(tmp_path / "missing.pth")
     with pytest.raises(FileNotFoundError, match=r"weights file .*missing\.pth \(MODEL\.WEIGHTS\) not found"):
@@ -365,7 +363,7 @@ def test_missing_weights_are_named_before_the_model_is_built(tmp_path):
 
 
 def test_merge_overrides_on_a_plain_config():
-    cfg = load_config(CONFIG)
+    cfg = load_config(CONFIG, freeze=False)
     merge_overrides(cfg, ["SEED", "3", "OUTPUT_DIR", "x"])
     assert cfg.SEED == 3 and cfg.OUTPUT_DIR == "x"
     validate_config(cfg)

@@ -70,16 +70,8 @@ def annotation(annotation_id, image_id, category_id, **extra):
     }
 
 
-def remove_from_catalogs(names):
-    for name in names:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
-
-
 @pytest.fixture
-def custom_names():
+def custom_names(remove_from_catalogs):
     """Remove the datasets a test registers under CUSTOM_NAMES from the global catalogs."""
     remove_from_catalogs(CUSTOM_NAMES)
     yield CUSTOM_NAMES
@@ -87,7 +79,7 @@ def custom_names():
 
 
 @pytest.fixture
-def builtin_root(tmp_path):
+def builtin_root(tmp_path, remove_from_catalogs):
     """A datasets root under tmp_path, with the built-in COCO-json sets registered under it.
 
     The catalogs are global: the default registrations are restored afterwards.

@@ -29,15 +29,6 @@ SMALL_SIZES = {"num_train": 6, "num_val": 3, "num_test": 3, "num_ood": 4}
 IMAGE_SIZE = 128
 VOC_SPLITS = ("train", "val", "test")
 NUM_DIGITS = len(DIGITS_DET_ID_CLASSES) + len(DIGITS_DET_OOD_CLASSES)
-DIGITS_DET_DATASET_NAMES = (
-    "digits_det_train",
-    "digits_det_val",
-    "digits_det_test",
-    "digits_det_ood",
-    "digits_det_far_ood",
-    "digits_det_shifted_test",
-    "digits_det_ood_val",
-)
 # Width in pixels of the band around a box that stands for the local background.
 BACKGROUND_RING_WIDTH = 3
 # Percentile of the per-pixel deviation from the local background compared inside and around a box.
@@ -229,30 +220,22 @@ def test_glyph_pools_are_disjoint_stratified_and_seeded():
 
 
 @pytest.fixture
-def unregistered_digits_det():
+def unregistered_digits_det(digits_det_names, remove_from_catalogs):
     """Remove the digits-det names from detectron2's global catalogs for one test.
 
     Afterwards the names are registered again under the default root, as at import.
     """
-
-    def remove_names():
-        for name in DIGITS_DET_DATASET_NAMES:
-            if name in DatasetCatalog.list():
-                DatasetCatalog.remove(name)
-            if name in MetadataCatalog.list():
-                MetadataCatalog.remove(name)
-
-    remove_names()
+    remove_from_catalogs(digits_det_names)
     yield
-    remove_names()
+    remove_from_catalogs(digits_det_names)
     register_all_digits_det(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
 
 
-def test_registration_is_lazy_and_idempotent(tmp_path, unregistered_digits_det):
+def test_registration_is_lazy_and_idempotent(tmp_path, unregistered_digits_det, digits_det_names):
     missing_root = str(tmp_path / "not_generated")
     register_all_digits_det(missing_root)
     register_all_digits_det(missing_root)
-    assert set(DIGITS_DET_DATASET_NAMES) <= set(DatasetCatalog.list())
+    assert set(digits_det_names) <= set(DatasetCatalog.list())
     assert not os.path.exists(missing_root)
 
 

@@ -18,17 +18,15 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-from detectron2.config import get_cfg
 from detectron2.engine import launch
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from vos_det import add_vos_config
-from vos_det.config import resolve_config_file
-from vos_det.modeling.distributed import all_gather_variable_length
-from vos_det.modeling.feature_queues import ClassFeatureQueues
+from vos_det.config import load_config
+from vos_det.modeling.vos.distributed import all_gather_variable_length
+from vos_det.modeling.vos.feature_queues import ClassFeatureQueues
 
 WORLD_SIZE = 2
 # launch's default is 30 minutes: a collective that one rank never joins fails quickly here.
@@ -84,17 +82,15 @@ def _gather(rank):
 def _train(rank):
     # Different initial weights per rank: DDP must broadcast rank 0's.
     torch.manual_seed(rank)
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    cfg.merge_from_file(resolve_config_file("digits_vos_tiny.yaml"))
-    cfg.merge_from_list(
+    cfg = load_config(
+        "digits_vos_tiny.yaml",
         [
             "MODEL.DEVICE", "cpu",
             "MODEL.VOS.SAMPLE_NUMBER", str(SAMPLE_NUMBER),
             "MODEL.VOS.STARTING_ITER", str(STARTING_ITER),
             "MODEL.VOS.SAMPLE_FROM", str(SAMPLE_FROM),
             "MODEL.VOS.SYNTHESIS_SEED", str(SYNTHESIS_SEED),
-        ]
+        ],
     )
     model = build_model(cfg)
     predictor = model.roi_heads.box_predictor
@@ -292,10 +288,7 @@ def test_ddp_keeps_parameters_identical_across_ranks(distributed_run):
 
 def test_single_process_seed_is_the_one_before_per_rank_outliers():
     """Rank 0 adds nothing to the seed: single-process training draws what it always drew."""
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    cfg.merge_from_file(resolve_config_file("digits_vos_tiny.yaml"))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.VOS.SYNTHESIS_SEED", str(SYNTHESIS_SEED)])
+    cfg = load_config("digits_vos_tiny.yaml", ["MODEL.DEVICE", "cpu", "MODEL.VOS.SYNTHESIS_SEED", str(SYNTHESIS_SEED)])
     assert cfg.MODEL.VOS.PER_RANK_OUTLIERS
     predictor = build_model(cfg).roi_heads.box_predictor
     assert predictor.synthesis_seed_at(7) == SYNTHESIS_SEED * 1_000_003 + 7

@@ -5,16 +5,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from vos_det import add_vos_config
-from vos_det.modeling.center_loss import CenterLoss
-from vos_det.modeling.cider import CIDERLoss, sequential_prototype_update
-from vos_det.modeling.embedding_losses import build_embedding_losses
-from vos_det.modeling.margin_classifiers import (
+from vos_det.config import default_config
+from vos_det.modeling.regularizers.center_loss import CenterLoss
+from vos_det.modeling.regularizers.cider import CIDERLoss, sequential_prototype_update
+from vos_det.modeling.regularizers.embedding_losses import build_embedding_losses
+from vos_det.modeling.regularizers.margin_classifiers import (
     ArcFaceClassifier,
     CosFaceClassifier,
     L2SoftmaxClassifier,
@@ -29,8 +28,7 @@ NUM_OUTPUTS = 4  # 3 foreground classes + background
 
 
 def _cfg(**embedding):
-    cfg = get_cfg()
-    add_vos_config(cfg)
+    cfg = default_config()
     for key, value in embedding.items():
         node = cfg.MODEL.EMBEDDING
         *parents, leaf = key.split("__")

@@ -1,9 +1,9 @@
-"""Tests of vos_det.modeling.energy against direct float64 formulas."""
+"""Tests of vos_det.modeling.ood_scores.energy against direct float64 formulas."""
 import numpy as np
 import pytest
 import torch
 
-from vos_det.modeling.energy import (
+from vos_det.modeling.ood_scores.energy import (
     energy,
     max_softmax_ood_score,
     weighted_energy,

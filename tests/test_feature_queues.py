@@ -1,4 +1,4 @@
-"""Tests of vos_det.modeling.feature_queues.ClassFeatureQueues against slow references."""
+"""Tests of vos_det.modeling.vos.feature_queues.ClassFeatureQueues against slow references."""
 import io
 from collections import Counter, deque
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vos_det.modeling.feature_queues import ClassFeatureQueues
+from vos_det.modeling.vos.feature_queues import ClassFeatureQueues
 
 NUM_CLASSES = 4
 CAPACITY = 7

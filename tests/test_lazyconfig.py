@@ -1,7 +1,6 @@
-"""LazyConfig versions of the VOC and digits recipes, and tools/lazyconfig_train_net.py on the CPU."""
+"""LazyConfig versions of the VOC and digits recipes, and what tools/lazyconfig_train_net.py runs
+(vos_det.lazyconfig) on the CPU."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,30 +8,24 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.model_zoo import get_config
 from detectron2.modeling import build_model
 
-from vos_det.cli import load_config
-from vos_det.config import resolve_config_file
+from vos_det.config import load_config, resolve_config_file
 from vos_det.evaluation.protocol import OOD_RESULTS_FILE
-from vos_det.lazyconfig import add_vos, ood_evaluation_config, vos_options
+from vos_det.lazyconfig import (
+    add_vos,
+    evaluate_lazy_checkpoint,
+    load_lazy_config,
+    ood_evaluation_config,
+    train_lazy_config,
+    vos_options,
+)
 from vos_det.modeling import VOSOutputLayers, VOSROIHeads
-from vos_det.modeling.virtual_outliers import vos_kwargs_from_config
+from vos_det.modeling.vos.virtual_outliers import vos_kwargs_from_config
 
-from test_train_digits import registered_tiny_digits
-
-TOOLS_DIR = Path(__file__).resolve().parent.parent / "tools"
 # (LazyConfig, the yaml it mirrors).
 RECIPES = (
     ("VOC-Detection/vos_rcnn.py", "VOC-Detection/vos_rcnn.yaml"),
     ("Digits-Detection/digits_vos_tiny.py", "Digits-Detection/digits_vos_tiny.yaml"),
 )
-
-
-def _tool():
-    sys.path.insert(0, str(TOOLS_DIR))
-    try:
-        import lazyconfig_train_net
-    finally:
-        sys.path.remove(str(TOOLS_DIR))
-    return lazyconfig_train_net
 
 
 def _hyperparameters(model):
@@ -90,17 +83,10 @@ def test_add_vos_puts_vos_on_a_model_zoo_config():
         ood_evaluation_config({"fpr": 95})
 
 
-@pytest.fixture(scope="module")
-def tiny_digits_root(tmp_path_factory):
-    with registered_tiny_digits(str(tmp_path_factory.mktemp("datasets")), num_val=2) as root:
-        yield root
-
-
 def test_digits_lazy_config_trains_and_evaluates_on_the_cpu(tiny_digits_root, tmp_path):
-    tool = _tool()
-    args = tool.argument_parser().parse_args(
+    cfg = load_lazy_config(
+        "digits_vos_tiny.py",
         [
-            "--config", "digits_vos_tiny.py",
             f"train.output_dir={tmp_path}",
             "train.max_iter=6",
             "dataloader.train.total_batch_size=4",
@@ -113,10 +99,10 @@ def test_digits_lazy_config_trains_and_evaluates_on_the_cpu(tiny_digits_root, tm
             "ood_evaluation.box_selection=fixed",
             "ood_evaluation.score_threshold=0.0",
             "ood_evaluation.plots=False",
-        ]
+        ],
     )
     torch.manual_seed(0)
-    trainer = tool.main(args)
+    trainer = train_lazy_config(cfg)
 
     losses = {int(i): v for v, i in trainer.storage.history("loss_vos").values()}
     assert sorted(losses) == list(range(6))
@@ -130,9 +116,9 @@ def test_digits_lazy_config_trains_and_evaluates_on_the_cpu(tiny_digits_root, tm
     assert (tmp_path / "model_calibrated.pth").exists()
 
     # --eval-only of the trained weights gives the same OOD results.
-    eval_args = tool.argument_parser().parse_args(
+    eval_cfg = load_lazy_config(
+        "digits_vos_tiny.py",
         [
-            "--config", "digits_vos_tiny.py", "--eval-only",
             f"train.output_dir={tmp_path / 'eval'}",
             f"train.init_checkpoint={tmp_path / 'model_final.pth'}",
             "model.roi_heads.box_predictor.test_score_thresh=0.0",
@@ -141,8 +127,8 @@ def test_digits_lazy_config_trains_and_evaluates_on_the_cpu(tiny_digits_root, tm
             "ood_evaluation.score_threshold=0.0",
             "ood_evaluation.plots=False",
             "ood_evaluation.calibration_dataset=",
-        ]
+        ],
     )
-    evaluated = tool.main(eval_args)["ood"]["digits_det_test"]["digits_det_ood"]
+    evaluated = evaluate_lazy_checkpoint(eval_cfg)["ood"]["digits_det_test"]["digits_det_ood"]
     for score, metrics in results["ood"]["digits_det_test"]["digits_det_ood"].items():
         assert evaluated[score] == pytest.approx(metrics), score

@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from vos_det.modeling.mahalanobis import GaussianDiscriminant
+from vos_det.modeling.ood_scores.mahalanobis import GaussianDiscriminant
 
 DIM = 5
 
@@ -87,16 +87,15 @@ def test_statistics_file_round_trip_and_errors(tmp_path):
         GaussianDiscriminant(DIM).load_statistics(str(tmp_path / "missing.pth"))
 
 
-def test_statistics_file_wins_over_the_checkpoint_of_an_unfitted_model(tmp_path):
+def test_statistics_file_wins_over_the_checkpoint_of_an_unfitted_model(tmp_path, tiny_cfg):
     """MODEL.VOS.MAHALANOBIS_STATS on a model whose checkpoint was saved before fitting: the
     checkpoint's empty statistics must not replace the file's (they would make every
     Mahalanobis score 0)."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from test_train_digits import _tiny_cfg
     from vos_det.engine import Trainer
 
-    cfg = _tiny_cfg(str(tmp_path))
+    cfg = tiny_cfg(str(tmp_path))
     model = Trainer.build_model(cfg)
     checkpoint = DetectionCheckpointer(model, save_dir=str(tmp_path))
     checkpoint.save("unfitted")  # no statistics in it

@@ -9,30 +9,32 @@ import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 
-from vos_det import add_vos_config
-from vos_det.config import resolve_config_file
+from vos_det.config import load_config
 from vos_det.data.digits_det import digits_det_paths
 from vos_det.engine import Trainer
 from vos_det.evaluation import (
+    OOD_RESULTS_FILE,
+    PLOTS_DIR,
     BoxOODScoreCollector,
-    DetectionRecords,
+    Comparison,
+    GroundTruthBoxes,
+    ScoredSet,
     calibrate_threshold,
+    format_ood_report,
     format_ood_table,
+    match_detections,
+    ood_metrics,
     optimal_f1_threshold,
     select_boxes,
+    summarize_ood_evaluation,
     threshold_keeping,
 )
-from vos_det.evaluation.box_selection import GroundTruthBoxes, match_detections
 from vos_det.evaluation.calibration import CALIBRATED_MODEL_FILE, THRESHOLD_FILE, find_ood_head, save_calibrated_model
 from vos_det.evaluation.plots import plot_roc_curves, plot_score_histograms
-from vos_det.evaluation.protocol import OOD_RESULTS_FILE, PLOTS_DIR
 from vos_det.evaluation.report import write_json
-
-from test_train_digits import registered_tiny_digits
 
 REPO = Path(__file__).resolve().parent.parent
 # The scores every VOS model reports without a fitted post-hoc state (maxlogit and gen need none).
@@ -40,24 +42,10 @@ SCORE_NAMES = {"vos", "energy", "weighted_energy", "msp", "maxlogit", "gen"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _records(rows, score_names=("vos",)):
-    """DetectionRecords from (image_id, class, score, box) rows; OOD scores = -score."""
-    image_ids, classes, scores, boxes = zip(*rows) if rows else ((), (), (), ())
-    scores = np.asarray(scores, dtype=np.float64)
-    return DetectionRecords(
-        image_ids=np.asarray(image_ids, dtype=object),
-        boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-        classes=np.asarray(classes, dtype=np.int64),
-        scores=scores,
-        ood_scores={name: -scores for name in score_names},
-        num_images=len(set(image_ids)),
-    )
-
-
 # --- box selection: optimal F1 ---------------------------------------------------------
 
 
-def _hand_example():
+def _hand_example(detection_records):
     """Two images; the per-class optimal-F1 thresholds are worked out in the test."""
     ground_truth = {
         "a": GroundTruthBoxes.from_lists(
@@ -77,11 +65,11 @@ def _hand_example():
         ("a", 1, 0.5, [60, 0, 70, 10]),  # TP
         ("b", 3, 0.99, [0, 0, 10, 10]),  # class 3 has no ground truth
     ]
-    return _records(rows), ground_truth
+    return detection_records(rows), ground_truth
 
 
-def test_voc_matching_of_the_hand_example():
-    records, ground_truth = _hand_example()
+def test_voc_matching_of_the_hand_example(detection_records):
+    records, ground_truth = _hand_example(detection_records)
     is_tp, is_ignored, num_positives = match_detections(
         records.image_ids, records.boxes, records.classes, records.scores, ground_truth
     )
@@ -90,13 +78,13 @@ def test_voc_matching_of_the_hand_example():
     assert num_positives == {0: 2, 1: 1, 2: 1}  # the difficult box is not counted
 
 
-def test_optimal_f1_threshold_of_the_hand_example():
+def test_optimal_f1_threshold_of_the_hand_example(detection_records):
     # Class 0 (2 GT), by threshold: 0.9: P 1, R 1/2, F1 2/3; 0.8: P 1/2, R 1/2, F1 1/2;
     # 0.7: P 2/3, R 1, F1 0.8; 0.65 (ignored box): same point, F1 0.8; 0.6: P 1/2, R 1,
     # F1 2/3 -> 0.7 (the highest score reaching the best F1).
     # Class 1 (1 GT): 0.95: F1 0; 0.5: P 1/2, R 1, F1 2/3 -> 0.5.
     # Class 2: no detection; class 3: no ground truth -> left out. Mean: (0.7 + 0.5) / 2.
-    records, ground_truth = _hand_example()
+    records, ground_truth = _hand_example(detection_records)
     threshold, per_class = optimal_f1_threshold(records, ground_truth, num_classes=4)
     assert threshold == pytest.approx(0.6)
     assert per_class[0]["threshold"] == 0.7 and per_class[0]["f1"] == pytest.approx(0.8)
@@ -117,15 +105,7 @@ def test_optimal_f1_threshold_of_the_hand_example():
     assert len(records.select(selection.score_threshold)) == 7  # 0.6 >= 0.6: kept
 
 
-def _iou(a, b):
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _brute_force_f1(records, ground_truth, class_id, threshold):
+def _brute_force_f1(records, ground_truth, class_id, threshold, box_iou):
     """F1 of the class's detections with score >= threshold, matched one by one as VOC does."""
     chosen = [
         i for i in np.argsort(-records.scores, kind="stable")
@@ -135,7 +115,7 @@ def _brute_force_f1(records, ground_truth, class_id, threshold):
     for i in chosen:
         gt = ground_truth[records.image_ids[i]]
         candidates = [j for j in range(len(gt.classes)) if gt.classes[j] == class_id]
-        overlaps = [_iou(records.boxes[i], gt.boxes[j]) for j in candidates]
+        overlaps = [box_iou(records.boxes[i], gt.boxes[j]) for j in candidates]
         if overlaps and max(overlaps) > 0.5:
             best = candidates[int(np.argmax(overlaps))]
             if gt.ignore[best]:
@@ -154,7 +134,7 @@ def _brute_force_f1(records, ground_truth, class_id, threshold):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_optimal_f1_threshold_matches_brute_force(seed):
+def test_optimal_f1_threshold_matches_brute_force(seed, detection_records, box_iou):
     rng = np.random.default_rng(seed)
     num_classes = 3
     ground_truth, rows = {}, []
@@ -174,13 +154,13 @@ def test_optimal_f1_threshold_matches_brute_force(seed):
             rows.append((image, int(rng.integers(0, num_classes)), 0, np.r_[corner, corner + 15]))
     # Scores on a coarse grid, so that ties occur.
     rows = [(i, c, float(np.round(rng.uniform(0.05, 1.0), 1)), b) for i, c, _, b in rows]
-    records = _records(rows)
+    records = detection_records(rows)
 
     threshold, per_class = optimal_f1_threshold(records, ground_truth, num_classes)
     expected = []
     for class_id in range(num_classes):
         candidates = sorted(set(records.scores[records.classes == class_id]), reverse=True)
-        f1 = [_brute_force_f1(records, ground_truth, class_id, t) for t in candidates]
+        f1 = [_brute_force_f1(records, ground_truth, class_id, t, box_iou) for t in candidates]
         if not f1 or max(f1) == 0:
             assert "skipped" in per_class[class_id]
             continue
@@ -192,8 +172,8 @@ def test_optimal_f1_threshold_matches_brute_force(seed):
     assert threshold == pytest.approx(np.mean(expected))
 
 
-def test_fixed_rule_and_fallback_without_true_positive():
-    records, ground_truth = _hand_example()
+def test_fixed_rule_and_fallback_without_true_positive(detection_records):
+    records, ground_truth = _hand_example(detection_records)
     fixed = select_boxes("fixed", fixed_threshold=0.25)
     assert (fixed.rule, fixed.score_threshold) == ("fixed", 0.25)
     assert "0.2500" in fixed.describe()
@@ -253,10 +233,8 @@ def test_threshold_with_ties_keeps_at_least_the_fraction():
 
 
 def _tiny_cfg(output_dir, *overrides):
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    cfg.merge_from_file(resolve_config_file("digits_vos_tiny.yaml"))
-    cfg.merge_from_list(
+    return load_config(
+        "digits_vos_tiny.yaml",
         [
             "SOLVER.MAX_ITER", "6",
             "SOLVER.IMS_PER_BATCH", "4",
@@ -272,9 +250,9 @@ def _tiny_cfg(output_dir, *overrides):
             "TEST.OOD.CALIBRATION_DATASET", "",
             "OUTPUT_DIR", str(output_dir),
             *overrides,
-        ]
+        ],
+        freeze=False,
     )
-    return cfg
 
 
 def test_calibration_sets_buffer_drives_is_ood_and_is_saved(tmp_path):
@@ -338,12 +316,42 @@ def test_report_writes_json_and_png_files(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": {"b": None, "c": 1.5}}
 
 
+def test_back_half_leaves_nan_scores_out_for_boxes_and_images_alike(tmp_path):
+    rng = np.random.default_rng(0)
+    id_scores, ood_scores = rng.normal(0, 1, 50), rng.normal(2, 1, 40)
+    with_nan = np.r_[id_scores, [np.nan, np.nan]]
+    expected = ood_metrics(id_scores, ood_scores)
+    for unit in ("boxes", "images"):
+        comparison = Comparison(
+            "id",
+            {
+                "id": ScoredSet({"vos": with_nan, "gen": np.full(3, np.nan)}, 52, 60, 20),
+                "ood": ScoredSet({"vos": ood_scores, "gen": np.zeros(40)}, 40, 40, 10),
+            },
+            ["ood"],
+            "kept by a test rule",
+        )
+        results, report = summarize_ood_evaluation(
+            [comparison], unit=unit, fpr_method="first_at_least", model=torch.nn.Linear(1, 1),
+            output_dir=str(tmp_path / unit), results={}, draw_plots=True,
+        )
+        metrics = results["ood"]["id"]["ood"]
+        assert set(metrics) == {"vos"} and metrics["vos"]["FPR95"] == pytest.approx(expected["FPR95"])
+        assert metrics["vos"]["num_id"] == 50.0
+        assert report["skipped"] == [f"ID id vs OOD ood, score gen: 0 ID and 40 OOD {unit} kept"]
+        assert f"of ID {unit}" in report["convention"]
+        assert f"OOD detection over the kept {unit}" in format_ood_report(report, unit)
+        assert len(report["plots"]) == 2
+        assert json.loads((tmp_path / unit / OOD_RESULTS_FILE).read_text())["skipped"] == report["skipped"]
+
+
 # --- end to end: a few-iteration model, Trainer.test and tools/ood_eval.py ---------------
 
 
 @pytest.fixture(scope="module")
-def tiny_digits_root(tmp_path_factory):
-    """A tiny digits-det under a temporary root, registered in place of the default one."""
+def tiny_digits_root(registered_tiny_digits, tmp_path_factory):
+    """A tiny digits-det (3 validation images) under a temporary root, registered in place of
+    the default one."""
     with registered_tiny_digits(str(tmp_path_factory.mktemp("datasets")), num_val=3) as root:
         yield root
 

@@ -1,8 +1,5 @@
 """The OOD leaderboard's bookkeeping (benchmarks/ood_leaderboard.py) on hand-made summaries."""
-import importlib.util
-import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,19 +7,12 @@ from scipy import stats
 
 from vos_det.evaluation import DetectionRecords
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture(scope="module")
 def leaderboard():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("ood_leaderboard", BENCHMARKS / "ood_leaderboard.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    import ood_leaderboard  # benchmarks/ is on sys.path (tests/conftest.py)
+
+    return ood_leaderboard
 
 
 def _summary(ap50, scores):
@@ -129,3 +119,4 @@ def test_methods_file(leaderboard, tmp_path):
     path.write_text("odd MODEL.VOS.SELECT\n")
     with pytest.raises(SystemExit, match="odd number"):
         leaderboard.read_methods_file(path)
+

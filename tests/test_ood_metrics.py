@@ -89,30 +89,35 @@ def _official_fpr_and_fdr_at_recall(y_true, y_score, recall_level):
     return fps[cutoff] / np.sum(np.logical_not(y_true))
 
 
+def _sklearn_fprs_id_positive(is_id, all_scores, level):
+    """The first-at-least FPR on sklearn's ROC curve, with and without drop_intermediate."""
+    return [_sklearn_fpr_first_at_least(is_id, -all_scores, level, drop) for drop in (False, True)]
+
+
+def _openood_fprs_ood_positive(is_id, all_scores, level):
+    """OpenOOD: fpr_list[np.argmax(tpr_list >= tpr)] with roc_curve(is_ood, ood_score)."""
+    fpr, tpr, _ = roc_curve(1 - is_id, all_scores)
+    return [fpr[np.argmax(tpr >= level)]]
+
+
+# (FPR function, brute-force reference, library references) of each FPR95 convention.
+FPR_CONVENTIONS = {
+    "id_positive": (fpr_at_tpr, _brute_force_fpr_id_positive, _sklearn_fprs_id_positive),
+    "ood_positive": (fpr_at_tpr_ood_positive, _brute_force_fpr_ood_positive, _openood_fprs_ood_positive),
+}
+
+
+@pytest.mark.parametrize("convention", sorted(FPR_CONVENTIONS))
 @pytest.mark.parametrize("scores", SCORE_SETS)
-def test_fpr_at_tpr_matches_sklearn_and_brute_force(scores):
+def test_fpr_at_tpr_matches_sklearn_and_brute_force(scores, convention):
+    fpr_function, brute_force, references = FPR_CONVENTIONS[convention]
     id_scores, ood_scores = scores
     is_id, all_scores = _labels_and_scores(id_scores, ood_scores)
     for level in TPR_LEVELS:
-        ours = fpr_at_tpr(id_scores, ood_scores, tpr=level)
-        brute = _brute_force_fpr_id_positive(id_scores, ood_scores, level)
-        assert ours == pytest.approx(brute, abs=1e-12), level
-        for drop in (False, True):
-            reference = _sklearn_fpr_first_at_least(is_id, -all_scores, level, drop)
-            assert ours == pytest.approx(reference, abs=1e-12), (level, drop)
-
-
-@pytest.mark.parametrize("scores", SCORE_SETS)
-def test_fpr_at_tpr_ood_positive_matches_sklearn_and_brute_force(scores):
-    id_scores, ood_scores = scores
-    is_id, all_scores = _labels_and_scores(id_scores, ood_scores)
-    for level in TPR_LEVELS:
-        ours = fpr_at_tpr_ood_positive(id_scores, ood_scores, tpr=level)
-        brute = _brute_force_fpr_ood_positive(id_scores, ood_scores, level)
-        assert ours == pytest.approx(brute, abs=1e-12), level
-        # OpenOOD: fpr_list[np.argmax(tpr_list >= tpr)] with roc_curve(is_ood, ood_score).
-        fpr, tpr, _ = roc_curve(1 - is_id, all_scores)
-        assert ours == pytest.approx(fpr[np.argmax(tpr >= level)], abs=1e-12), level
+        ours = fpr_function(id_scores, ood_scores, tpr=level)
+        assert ours == pytest.approx(brute_force(id_scores, ood_scores, level), abs=1e-12), level
+        for reference in references(is_id, all_scores, level):
+            assert ours == pytest.approx(reference, abs=1e-12), level
 
 
 @pytest.mark.parametrize("scores", SCORE_SETS)

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.layers import ShapeSpec
@@ -14,12 +13,21 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from vos_det import add_vos_config
-from vos_det.evaluation import DetectionRecords, ood_metrics, optimal_f1_threshold, select_boxes
+from vos_det.config import load_config
+from vos_det.evaluation import (
+    OOD_RESULTS_FILE,
+    BoxSelection,
+    DetectionRecords,
+    GroundTruthBoxes,
+    coco_optimal_f1_threshold,
+    evaluate_ood_protocol,
+    format_ood_report,
+    ood_metrics,
+    optimal_f1_threshold,
+    select_boxes,
+)
 from vos_det.evaluation.box_scores import _image_records
-from vos_det.evaluation.box_selection import BoxSelection, GroundTruthBoxes, coco_optimal_f1_threshold
-from vos_det.evaluation.protocol import OOD_RESULTS_FILE, evaluate_ood_protocol, fpr95_method
-from vos_det.evaluation.report import format_ood_report
+from vos_det.evaluation.protocol import fpr95_method
 from vos_det.modeling import VOSOutputLayers
 
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -27,33 +35,7 @@ COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 MAX_DETECTIONS = 100
 
 
-def _records(rows, proposal_scores=None):
-    """DetectionRecords from (image_id, class, score, box) rows; OOD score "energy" = -score."""
-    image_ids, classes, scores, boxes = zip(*rows)
-    scores = np.asarray(scores, dtype=np.float64)
-    return DetectionRecords(
-        image_ids=np.asarray(image_ids, dtype=object),
-        boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-        classes=np.asarray(classes, dtype=np.int64),
-        scores=scores,
-        ood_scores={"energy": -scores},
-        num_images=len(set(image_ids)),
-        proposal_scores=None if proposal_scores is None else np.asarray(proposal_scores, dtype=np.float64),
-    )
-
-
-# --- the released threshold, re-implemented directly ------------------------------------
-
-
-def _iou(a, b):
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    intersection = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
-    return intersection / union if union > 0 else 0.0
-
-
-def _slow_interpolated_curve(rows, ground_truth, class_id, iou_threshold):
+def _slow_interpolated_curve(rows, ground_truth, class_id, iou_threshold, box_iou):
     """COCO's 101-point interpolated precision and the score reaching each recall, one class."""
     outcomes = []  # (score, is_true_positive), image after image
     num_gt = 0
@@ -67,7 +49,7 @@ def _slow_interpolated_curve(rows, ground_truth, class_id, iou_threshold):
         for _, _, score, box in detections:
             best, best_iou = -1, min(iou_threshold, 1 - 1e-10)
             for j, gt_box in enumerate(gt_boxes):
-                overlap = _iou(box, gt_box)
+                overlap = box_iou(box, gt_box)
                 if used[j] or overlap < best_iou:
                     continue
                 best, best_iou = j, overlap
@@ -93,13 +75,13 @@ def _slow_interpolated_curve(rows, ground_truth, class_id, iou_threshold):
     return np.array(precision), np.array(scores)
 
 
-def _slow_official_threshold(rows, ground_truth, num_classes):
+def _slow_official_threshold(rows, ground_truth, num_classes, box_iou):
     """compute_average_precision.py of the VOS release, written out with loops."""
     thresholds = {}
     for class_id in range(num_classes):
         if not any(c == class_id for gt in ground_truth.values() for c in gt.classes):
             continue
-        curves = [_slow_interpolated_curve(rows, ground_truth, class_id, t) for t in COCO_IOU_THRESHOLDS]
+        curves = [_slow_interpolated_curve(rows, ground_truth, class_id, t, box_iou) for t in COCO_IOU_THRESHOLDS]
         precision = np.mean([p for p, _ in curves], axis=0)
         scores = np.mean([s for _, s in curves], axis=0)
         best = None
@@ -137,17 +119,17 @@ def _random_example(seed, num_classes=3, num_images=6):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_official_threshold_matches_a_direct_reimplementation(seed):
+def test_official_threshold_matches_a_direct_reimplementation(seed, detection_records, box_iou):
     rows, ground_truth = _random_example(seed)
-    threshold, per_class = coco_optimal_f1_threshold(_records(rows), ground_truth, num_classes=3)
-    expected, expected_per_class = _slow_official_threshold(rows, ground_truth, num_classes=3)
+    threshold, per_class = coco_optimal_f1_threshold(detection_records(rows), ground_truth, num_classes=3)
+    expected, expected_per_class = _slow_official_threshold(rows, ground_truth, 3, box_iou)
     assert expected is not None
     assert threshold == pytest.approx(expected, abs=1e-9)
     for class_id, value in expected_per_class.items():
         assert per_class[class_id]["threshold"] == pytest.approx(value, abs=1e-9)
 
 
-def test_official_threshold_averages_over_iou_thresholds():
+def test_official_threshold_averages_over_iou_thresholds(detection_records, box_iou):
     """A loosely placed confident box and a tight, less confident one: at IoU 0.5 both are
     hits and the best F1 takes every box (threshold 0.6), averaged over IoU .50:.95 the loose
     box stops counting at IoU 0.6 and the threshold is the score reaching the tight one."""
@@ -159,9 +141,9 @@ def test_official_threshold_averages_over_iou_thresholds():
         ("a", 0, 0.9, [0, 0, 100, 55]),  # IoU 0.55: a hit at IoU 0.5 and 0.55 only
         ("b", 0, 0.6, [0, 0, 100, 98]),  # IoU 0.98: a hit at every IoU threshold
     ]
-    records = _records(rows)
+    records = detection_records(rows)
     threshold, per_class = coco_optimal_f1_threshold(records, ground_truth, num_classes=1)
-    expected, _ = _slow_official_threshold(rows, ground_truth, num_classes=1)
+    expected, _ = _slow_official_threshold(rows, ground_truth, 1, box_iou)
     assert threshold == pytest.approx(expected)
     vos_det_threshold, _ = optimal_f1_threshold(records, ground_truth, num_classes=1)
     assert vos_det_threshold == pytest.approx(0.6)
@@ -172,10 +154,10 @@ def test_official_threshold_averages_over_iou_thresholds():
     assert per_class[0]["f1"] == pytest.approx(2 * 0.6 * 0.5 / 1.1)
 
 
-def test_official_threshold_counts_difficult_boxes_and_skips_classes_without_ground_truth():
+def test_official_threshold_counts_difficult_boxes_and_skips_classes_without_ground_truth(detection_records):
     ground_truth = {"a": GroundTruthBoxes.from_lists([[0, 0, 10, 10]], [0], ignore=[True], difficult=[True])}
     rows = [("a", 0, 0.7, [0, 0, 10, 10]), ("a", 1, 0.8, [0, 0, 10, 10])]
-    threshold, per_class = coco_optimal_f1_threshold(_records(rows), ground_truth, num_classes=2)
+    threshold, per_class = coco_optimal_f1_threshold(detection_records(rows), ground_truth, num_classes=2)
     # The release converts VOC with every box, "difficult" included, as a plain box.
     assert threshold == pytest.approx(0.7) and per_class[0]["recall"] == 1.0
     assert per_class[1]["skipped"] == "no ground-truth box"
@@ -223,16 +205,16 @@ def test_inference_gives_every_detection_its_proposals_maximum_foreground_probab
     assert sorted(vos_det.apply(records).classes.tolist()) == [0, 2]
 
 
-def test_official_threshold_of_a_class_without_true_positive_is_its_top_score():
+def test_official_threshold_of_a_class_without_true_positive_is_its_top_score(detection_records, box_iou):
     # F1 at recall 0 is 0 / 0 = NaN, which numpy's argmax (and so the release) picks.
     far_away = {"a": GroundTruthBoxes.from_lists([[900, 900, 910, 910]], [0])}
     rows = [("a", 0, 0.7, [0, 0, 10, 10]), ("a", 0, 0.4, [20, 20, 30, 30])]
-    threshold, _ = coco_optimal_f1_threshold(_records(rows), far_away, num_classes=1)
-    assert threshold == pytest.approx(0.7) == _slow_official_threshold(rows, far_away, 1)[0]
+    threshold, _ = coco_optimal_f1_threshold(detection_records(rows), far_away, num_classes=1)
+    assert threshold == pytest.approx(0.7) == _slow_official_threshold(rows, far_away, 1, box_iou)[0]
 
 
-def test_official_selection_refuses_records_without_proposal_scores():
-    records = _records([("a", 0, 0.9, [0, 0, 10, 10])])
+def test_official_selection_refuses_records_without_proposal_scores(detection_records):
+    records = detection_records([("a", 0, 0.9, [0, 0, 10, 10])])
     selection = BoxSelection("coco_optimal_f1", 0.5, protocol="vos_official", score_field="proposal_scores")
     with pytest.raises(ValueError, match="proposal_scores.*vos_det"):
         selection.apply(records)
@@ -313,9 +295,8 @@ def protocol_sets():
 @pytest.mark.parametrize("protocol", ["vos_official", "vos_det"])
 def test_protocol_keeps_boxes_by_its_rule_and_names_itself(protocol, protocol_sets, tmp_path):
     model, dataset_dicts, detections = protocol_sets
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    cfg.merge_from_list(["TEST.OOD.PROTOCOL", protocol, "TEST.OOD.PLOTS", "False"])
+    # The base config: every TEST.OOD key at its default but these two.
+    cfg = load_config("Base-RCNN-FPN.yaml", ["TEST.OOD.PROTOCOL", protocol, "TEST.OOD.PLOTS", "False"])
     results, report = evaluate_ood_protocol(
         cfg,
         model,

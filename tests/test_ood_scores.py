@@ -7,6 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from vos_det.config import load_config
+from vos_det.config_overrides import merge_overrides
+from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
 from vos_det.modeling.ood_scores import (
     POST_HOC_SCORES,
     BoxFitData,
@@ -317,34 +320,26 @@ def test_box_pooling_averages_each_map_over_the_box_at_its_stride():
 
 
 @pytest.fixture(scope="module")
-def fitted_tiny_detector(tmp_path_factory):
-    """A random-init digits detector, its weights, and its post-hoc state fitted by the tool
-    on a tiny registered digits-det (k of k-NN chosen on digits_det_val + digits_det_ood_val)."""
-    import importlib.util
-    from pathlib import Path
-
+def fitted_tiny_detector(tmp_path_factory, tiny_cfg, registered_tiny_digits):
+    """A random-init digits detector, its weights, and its post-hoc state fitted as the tool
+    does on a tiny registered digits-det (k of k-NN chosen on digits_det_val + digits_det_ood_val)."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
-    from test_train_digits import _tiny_cfg, registered_tiny_digits
 
-    spec = importlib.util.spec_from_file_location(
-        "fit_ood_scores", Path(__file__).resolve().parent.parent / "tools" / "fit_ood_scores.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     with registered_tiny_digits(str(tmp_path_factory.mktemp("datasets")), num_val=3) as _:
         output_dir = tmp_path_factory.mktemp("model")
         overrides = ["MODEL.VOS.POST_HOC.SAFE.EPOCHS", "3", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
-        cfg = _tiny_cfg(output_dir, *overrides)
+        cfg = tiny_cfg(output_dir, *overrides)
         torch.manual_seed(0)
         model = build_model(cfg)
         DetectionCheckpointer(model, save_dir=str(output_dir)).save("model")
         weights = str(output_dir / "model.pth")
-        args = tool.argument_parser().parse_args(
-            ["--config", "digits_vos_tiny.yaml", "--weights", weights, "--val-id", "digits_det_val",
-             "--val-ood", "digits_det_ood_val", "OUTPUT_DIR", str(output_dir), *overrides]
+        state = fit_post_hoc_scores(
+            load_config("digits_vos_tiny.yaml", ["OUTPUT_DIR", str(output_dir), *overrides]),
+            weights,
+            val_id="digits_det_val",
+            val_ood="digits_det_ood_val",
         )
-        state = tool.main(args)
         yield cfg, weights, state
 
 
@@ -353,7 +348,7 @@ def _detector(cfg, weights, *overrides):
     from detectron2.modeling import build_model
 
     cfg = cfg.clone()
-    cfg.merge_from_list(list(overrides))
+    merge_overrides(cfg, list(overrides))
     model = build_model(cfg)
     DetectionCheckpointer(model).load(weights)
     return model.eval()

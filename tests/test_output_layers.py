@@ -1,4 +1,5 @@
-"""Tests of vos_det.modeling.output_layers.VOSOutputLayers: queues, loss_vos, OOD fields."""
+"""Tests of vos_det.modeling.output_layers.VOSOutputLayers: queues, loss_vos, OOD fields, and
+degenerate numbers during training (NaN/Inf features or logits, singular covariances)."""
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from vos_det.modeling.ood_scores import POST_HOC_SCORES
-from vos_det.modeling.output_layers import OOD_SCORES, VOSOutputLayers
+from vos_det.modeling.output_layers import OOD_SCORES
 
 NUM_CLASSES = 3
 DIM = 8
@@ -20,20 +21,8 @@ SAMPLE_NUMBER = 5
 STARTING_ITER = 2
 SELECT = 2
 IMAGE_SIZE = (64, 80)
-
-
-def _layer(**kwargs):
-    torch.manual_seed(0)
-    arguments = dict(
-        box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
-        num_classes=NUM_CLASSES,
-        sample_number=SAMPLE_NUMBER,
-        starting_iter=STARTING_ITER,
-        sample_from=50,
-        select=SELECT,
-    )
-    arguments.update(kwargs)
-    return VOSOutputLayers(ShapeSpec(channels=DIM), **arguments)
+# The options of the box predictor of the new_layer fixture (tests/conftest.py).
+VOS_LAYER_OPTIONS = dict(sample_number=SAMPLE_NUMBER, starting_iter=STARTING_ITER, sample_from=50, select=SELECT)
 
 
 def _boxes(num, generator):
@@ -83,8 +72,8 @@ def _training_step(layer, gt_classes_per_image, iteration, seed=1):
 # --- training ---------------------------------------------------------------------------------
 
 
-def test_forward_returns_scores_deltas_and_features():
-    layer = _layer()
+def test_forward_returns_scores_deltas_and_features(new_layer):
+    layer = new_layer()
     x = _features(6)
     scores, deltas, features = layer(x)
     assert scores.shape == (6, NUM_CLASSES + 1)
@@ -95,8 +84,8 @@ def test_forward_returns_scores_deltas_and_features():
     torch.testing.assert_close(scores_4d, scores)
 
 
-def test_loss_is_zero_before_starting_iter_but_reaches_parameters():
-    layer = _layer()
+def test_loss_is_zero_before_starting_iter_but_reaches_parameters(new_layer):
+    layer = new_layer()
     _fill_all_queues(layer)
     losses, *_ = _training_step(layer, [[0, 1, 2, 3], [1, 3]], iteration=STARTING_ITER - 1)
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_vos"}
@@ -109,8 +98,8 @@ def test_loss_is_zero_before_starting_iter_but_reaches_parameters():
         assert torch.count_nonzero(parameter.grad) == 0
 
 
-def test_queues_receive_only_foreground_features():
-    layer = _layer()
+def test_queues_receive_only_foreground_features(new_layer):
+    layer = new_layer()
     gt = [[0, 3, 1, 3], [3, 2, 0]]  # 3 == NUM_CLASSES is background
     _, predictions, _, _ = _training_step(layer, gt, iteration=0)
     features = predictions[2]
@@ -123,8 +112,8 @@ def test_queues_receive_only_foreground_features():
     assert layer.feature_queues.counts.tolist() == [2, 1, 1]
 
 
-def test_no_loss_until_every_queue_is_full(monkeypatch):
-    layer = _layer()
+def test_no_loss_until_every_queue_is_full(monkeypatch, new_layer):
+    layer = new_layer()
     calls = []
     original = layer.synthesize_outliers
     monkeypatch.setattr(layer, "synthesize_outliers", lambda it: calls.append(it) or original(it))
@@ -143,8 +132,8 @@ def test_no_loss_until_every_queue_is_full(monkeypatch):
     assert storage.latest()["vos/synthesis_active"][0] == 1.0
 
 
-def test_loss_after_starting_iter_trains_energy_weights_and_classifier():
-    layer = _layer()
+def test_loss_after_starting_iter_trains_energy_weights_and_classifier(new_layer):
+    layer = new_layer()
     _fill_all_queues(layer)
     losses, *_ = _training_step(layer, [[0, 1, 2, 3], [2, 3, 1]], iteration=STARTING_ITER)
     assert losses["loss_vos"].item() > 0
@@ -157,9 +146,9 @@ def test_loss_after_starting_iter_trains_energy_weights_and_classifier():
     assert torch.count_nonzero(layer.cls_score.weight.grad) > 0
 
 
-def test_loss_vos_is_weighted_cross_entropy_on_weighted_energies(monkeypatch):
+def test_loss_vos_is_weighted_cross_entropy_on_weighted_energies(monkeypatch, new_layer):
     beta = 0.3
-    layer = _layer(vos_loss_weight=beta)
+    layer = new_layer(vos_loss_weight=beta)
     with torch.no_grad():
         layer.energy_weights.copy_(torch.tensor([0.4, -0.2, 1.1]))  # relu -> [0.4, 0, 1.1]
     _fill_all_queues(layer)
@@ -194,8 +183,8 @@ def test_loss_vos_is_weighted_cross_entropy_on_weighted_energies(monkeypatch):
     assert losses["loss_vos"].item() != pytest.approx(wrong.item(), rel=1e-5)
 
 
-def test_loss_is_zero_when_a_batch_has_no_foreground():
-    layer = _layer()
+def test_loss_is_zero_when_a_batch_has_no_foreground(new_layer):
+    layer = new_layer()
     _fill_all_queues(layer)
     losses, *_ = _training_step(layer, [[3, 3], [3]], iteration=STARTING_ITER + 5)
     assert losses["loss_vos"].item() == 0.0
@@ -203,8 +192,8 @@ def test_loss_is_zero_when_a_batch_has_no_foreground():
     assert layer.energy_weights.grad is not None
 
 
-def test_synthesis_is_seeded_by_iteration():
-    layer = _layer()
+def test_synthesis_is_seeded_by_iteration(new_layer):
+    layer = new_layer()
     _fill_all_queues(layer)
     a = layer.synthesize_outliers(7)
     b = layer.synthesize_outliers(7)
@@ -214,14 +203,14 @@ def test_synthesis_is_seeded_by_iteration():
     assert not torch.allclose(a, c)
 
 
-def test_state_dict_holds_queues_and_calibrated_threshold():
-    layer = _layer()
+def test_state_dict_holds_queues_and_calibrated_threshold(new_layer):
+    layer = new_layer()
     _fill_all_queues(layer)
     state = layer.state_dict()
     assert "feature_queues.features" in state and "feature_queues.counts" in state
     assert "calibrated_ood_threshold" in state and math.isnan(float(state["calibrated_ood_threshold"]))
     assert "energy_weights" in state and "uncertainty_classifier.weight" in state
-    fresh = _layer()
+    fresh = new_layer()
     fresh.load_state_dict(state)
     assert torch.equal(fresh.feature_queues.features, layer.feature_queues.features)
     assert fresh.feature_queues.all_full()
@@ -269,8 +258,8 @@ SCORES_WITHOUT_POST_HOC_STATE = tuple(s for s in OOD_SCORES if s not in POST_HOC
 
 
 @pytest.mark.parametrize("ood_score", SCORES_WITHOUT_POST_HOC_STATE)
-def test_inference_adds_ood_fields_of_kept_boxes(ood_score):
-    layer = _layer(ood_score=ood_score, ood_threshold=0.4)
+def test_inference_adds_ood_fields_of_kept_boxes(ood_score, new_layer):
+    layer = new_layer(ood_score=ood_score, ood_threshold=0.4)
     layer.eval()
     fit_features = torch.randn(30, DIM, generator=torch.Generator().manual_seed(5))
     layer.mahalanobis.fit(fit_features, torch.arange(30) % NUM_CLASSES, NUM_CLASSES)
@@ -303,11 +292,11 @@ def test_inference_adds_ood_fields_of_kept_boxes(ood_score):
     assert total > 0
 
 
-def test_calibrated_threshold_overrides_configured_one_only_when_wanted():
+def test_calibrated_threshold_overrides_configured_one_only_when_wanted(new_layer):
     predictions, proposals = None, None
     results = {}
     for use_calibrated in (True, False):
-        layer = _layer(ood_score="energy", ood_threshold=1e6, use_calibrated_threshold=use_calibrated)
+        layer = new_layer(ood_score="energy", ood_threshold=1e6, use_calibrated_threshold=use_calibrated)
         layer.eval()
         predictions, proposals = _inference_inputs(layer)
         with torch.no_grad():
@@ -326,10 +315,10 @@ def test_calibrated_threshold_overrides_configured_one_only_when_wanted():
     assert not results[False].is_ood.any()
 
 
-def test_calibrated_threshold_survives_state_dict():
-    layer = _layer()
+def test_calibrated_threshold_survives_state_dict(new_layer):
+    layer = new_layer()
     layer.calibrated_ood_threshold.fill_(0.25)
-    fresh = _layer()
+    fresh = new_layer()
     fresh.load_state_dict(layer.state_dict())
     assert fresh.current_ood_threshold() == 0.25
 
@@ -337,8 +326,8 @@ def test_calibrated_threshold_survives_state_dict():
 # --- VOS disabled -----------------------------------------------------------------------------
 
 
-def test_vos_disabled_is_the_vanilla_predictor():
-    layer = _layer(vos_enabled=False, ood_score="energy")
+def test_vos_disabled_is_the_vanilla_predictor(new_layer):
+    layer = new_layer(vos_enabled=False, ood_score="energy")
     vanilla = FastRCNNOutputLayers(
         ShapeSpec(channels=DIM), box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)), num_classes=NUM_CLASSES
     )
@@ -363,20 +352,20 @@ def test_vos_disabled_is_the_vanilla_predictor():
 
 
 @pytest.mark.parametrize("ood_score", ["vos", "weighted_energy"])
-def test_vos_disabled_rejects_vos_scores(ood_score):
+def test_vos_disabled_rejects_vos_scores(ood_score, new_layer):
     with pytest.raises(ValueError):
-        _layer(vos_enabled=False, ood_score=ood_score)
+        new_layer(vos_enabled=False, ood_score=ood_score)
 
 
-def test_invalid_names_raise():
+def test_invalid_names_raise(new_layer):
     with pytest.raises(ValueError):
-        _layer(ood_score="entropy")
+        new_layer(ood_score="entropy")
     with pytest.raises(ValueError):
-        _layer(sampler="mvn")
+        new_layer(sampler="mvn")
 
 
-def test_mahalanobis_field_scores_the_kept_boxes_features():
-    layer = _layer()
+def test_mahalanobis_field_scores_the_kept_boxes_features(new_layer):
+    layer = new_layer()
     layer.eval()
     fit_features = torch.randn(30, DIM, generator=torch.Generator().manual_seed(5))
     layer.mahalanobis.fit(fit_features, torch.arange(30) % NUM_CLASSES, NUM_CLASSES)
@@ -389,9 +378,71 @@ def test_mahalanobis_field_scores_the_kept_boxes_features():
         torch.testing.assert_close(image.ood_scores_mahalanobis, expected)
 
 
-def test_mahalanobis_score_without_statistics_is_a_clear_error():
-    layer = _layer(ood_score="mahalanobis")
+def test_mahalanobis_score_without_statistics_is_a_clear_error(new_layer):
+    layer = new_layer(ood_score="mahalanobis")
     layer.eval()
     predictions, proposals = _inference_inputs(layer, nan_rows=())
     with pytest.raises(RuntimeError, match="fit_mahalanobis"):
         layer.inference(predictions, proposals)
+
+
+# --- degenerate numbers during training: NaN/Inf features or logits, singular covariances ----
+
+NUM_BOXES = NUM_CLASSES * SAMPLE_NUMBER
+
+
+def _all_classes_step(layer, features, iteration, seed=0):
+    """One training step over NUM_BOXES foreground proposals covering every class."""
+    proposals = _proposals([list(range(NUM_CLASSES)) * SAMPLE_NUMBER], seed=seed)
+    with EventStorage(iteration) as storage:
+        storage.iter = iteration
+        losses = layer.losses(layer(features), proposals)
+    return losses, storage
+
+
+def _finite_features(seed):
+    return torch.randn(NUM_BOXES, DIM, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_nonfinite_features_never_reach_the_queues_and_the_loss_stays_finite(bad_value, new_layer):
+    layer = new_layer()
+    _all_classes_step(layer, _finite_features(0), iteration=0)
+    features = _finite_features(1)
+    features[::4, 2] = bad_value
+    losses, storage = _all_classes_step(layer, features, iteration=STARTING_ITER + 1)
+    assert torch.isfinite(layer.feature_queues.features).all()
+    assert torch.isfinite(layer.feature_queues.class_sums).all()
+    assert torch.isfinite(losses["loss_vos"]) and losses["loss_vos"] > 0
+    assert storage.history("vos/nonfinite_boxes").latest() == len(range(0, NUM_BOXES, 4))
+    losses["loss_vos"].backward()
+    assert torch.isfinite(layer.energy_weights.grad).all()
+
+
+def test_nonfinite_logits_are_left_out_of_the_loss(new_layer):
+    layer = new_layer()
+    _all_classes_step(layer, _finite_features(0), iteration=0)
+    scores, deltas, features = layer(_finite_features(1))
+    scores = scores.clone()
+    scores[:3, 0] = float("inf")
+    proposals = _proposals([list(range(NUM_CLASSES)) * SAMPLE_NUMBER], seed=1)
+    with EventStorage(STARTING_ITER + 1) as storage:
+        losses = layer.losses((scores, deltas, features), proposals)
+    assert storage.history("vos/nonfinite_boxes").latest() == 3
+    assert torch.isfinite(losses["loss_vos"]) and losses["loss_vos"] > 0
+
+
+@pytest.mark.parametrize("degenerate", ["duplicated", "all_zero"])
+def test_singular_covariance_still_synthesises_finite_outliers(degenerate, new_layer):
+    layer = new_layer()
+    if degenerate == "duplicated":
+        features = _finite_features(0)[:1].repeat(NUM_BOXES, 1)  # every queued feature identical
+    else:
+        features = torch.zeros(NUM_BOXES, DIM)
+    _all_classes_step(layer, features, iteration=0)
+    means, covariance = layer.feature_queues.gaussian()
+    assert torch.linalg.matrix_rank(covariance) == 0
+    outliers = layer.synthesize_outliers(STARTING_ITER + 1)
+    assert outliers is not None and torch.isfinite(outliers).all()
+    losses, _ = _all_classes_step(layer, features, iteration=STARTING_ITER + 1)
+    assert torch.isfinite(losses["loss_vos"]) and losses["loss_vos"] > 0

@@ -1,36 +1,17 @@
-"""tools/predict.py, the OODPredictor API and image reading of odd or broken files."""
-import importlib.util
+"""tools/predict.py's library call (predict_images), the OODPredictor API and image reading of odd
+or broken files."""
 import json
 
 import numpy as np
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 from PIL import Image
 
-from vos_det.config import CONFIGS_DIR
+from vos_det.config import load_config
 from vos_det.data.image_io import read_image_file
 from vos_det.engine import OODPredictor
-
-from test_train_digits import _tiny_cfg, tiny_digits_root  # noqa: F401 (fixture)
-
-
-def _load_predict_tool():
-    spec = importlib.util.spec_from_file_location("predict", CONFIGS_DIR.parent / "tools" / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory):
-    """A digits tiny model with random weights, saved as a checkpoint."""
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    model = build_model(_tiny_cfg(folder))
-    DetectionCheckpointer(model, save_dir=str(folder)).save("model_random")
-    return str(folder / "model_random.pth")
+from vos_det.engine.post_hoc_fitting import fit_mahalanobis
+from vos_det.engine.predictor import find_images, predict_images
 
 
 def _rgb(seed=0, size=64):
@@ -74,8 +55,8 @@ def test_broken_files_raise_an_error_naming_the_file(tmp_path, kind):
         read_image_file(str(path))
 
 
-def test_predictor_needs_a_vos_box_predictor(tmp_path, random_weights):
-    cfg = _tiny_cfg(tmp_path, "MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.WEIGHTS", random_weights)
+def test_predictor_needs_a_vos_box_predictor(tmp_path, random_weights, tiny_cfg):
+    cfg = tiny_cfg(tmp_path, "MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.WEIGHTS", random_weights)
     with pytest.raises(TypeError, match="StandardROIHeads"):
         OODPredictor(cfg)
 
@@ -87,15 +68,9 @@ def test_predict_tool_writes_json_and_drawings_and_skips_unreadable_files(tmp_pa
         Image.fromarray(_rgb(seed=i, size=128)).save(images / f"img{i}.jpg")
     (images / "broken.png").write_text("not an image")
     output = tmp_path / "out"
-    tool = _load_predict_tool()
-    args = tool.argument_parser().parse_args(
-        [
-            "--config", "digits_vos_tiny.yaml", "--weights", random_weights,
-            "--input", str(images), "--output", str(output), "--draw",
-            "--min-score", "0.0", "--ood-threshold", "0.5",
-        ]
+    report = predict_images(
+        "digits_vos_tiny.yaml", random_weights, [str(images)], str(output), draw=True, min_score=0.0, ood_threshold=0.5
     )
-    report = tool.main(args)
     with open(output / "predictions.json") as f:
         assert json.load(f) == json.loads(json.dumps(report))
     assert len(report["images"]) == 3
@@ -110,31 +85,24 @@ def test_predict_tool_writes_json_and_drawings_and_skips_unreadable_files(tmp_pa
 
 
 def test_predict_tool_rejects_inputs_that_match_nothing(tmp_path):
-    tool = _load_predict_tool()
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no image"):
-        tool.find_images([str(tmp_path / "empty")])
+        find_images([str(tmp_path / "empty")])
     with pytest.raises(FileNotFoundError, match="matches no file"):
-        tool.find_images([str(tmp_path / "*.jpg")])
+        find_images([str(tmp_path / "*.jpg")])
 
 
-def test_checkpoint_with_another_class_count_is_refused(tmp_path, random_weights):
-    cfg = _tiny_cfg(tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", "7", "MODEL.WEIGHTS", random_weights)
+def test_checkpoint_with_another_class_count_is_refused(tmp_path, random_weights, tiny_cfg):
+    cfg = tiny_cfg(tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", "7", "MODEL.WEIGHTS", random_weights)
     with pytest.raises(ValueError, match=r"model_random.pth(.|\n)*cls_score.weight: checkpoint \(6, 128\) vs model \(8, 128\)"):
         OODPredictor(cfg)
 
 
-def test_fit_mahalanobis_tool_adds_the_mahalanobis_field(tiny_digits_root, tmp_path, random_weights):
-    spec = importlib.util.spec_from_file_location("fit", CONFIGS_DIR.parent / "tools" / "fit_mahalanobis.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_fit_mahalanobis_tool_adds_the_mahalanobis_field(tiny_digits_root, tmp_path, random_weights, tiny_cfg):
     stats = str(tmp_path / "stats.pth")
-    args = tool.argument_parser().parse_args(
-        ["--config", "digits_vos_tiny.yaml", "--weights", random_weights, "--output", stats,
-         "--add-class", "five=digits_det_ood"]
-    )
-    tool.main(args)
-    cfg = _tiny_cfg(tmp_path, "MODEL.WEIGHTS", random_weights, "MODEL.VOS.MAHALANOBIS_STATS", stats,
+    cfg = load_config("digits_vos_tiny.yaml", ["MODEL.WEIGHTS", random_weights])
+    fit_mahalanobis(cfg, random_weights, output=stats, add_classes=[("five", "digits_det_ood")])
+    cfg = tiny_cfg(tmp_path, "MODEL.WEIGHTS", random_weights, "MODEL.VOS.MAHALANOBIS_STATS", stats,
                     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
     predictor = OODPredictor(cfg)
     discriminant = predictor.box_predictor.mahalanobis

@@ -32,8 +32,7 @@ import pytest
 import torch
 
 from vos_det.cli import ToolParser, load_config, split_overrides
-
-from test_train_digits import registered_tiny_digits
+from vos_det.lazyconfig import load_lazy_config
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "datasets/README.md")
@@ -170,15 +169,13 @@ def parse_only_reason(command):
     return None
 
 
-def _load_tool(script):
-    spec = importlib.util.spec_from_file_location(f"readme_{Path(script).stem}", REPO / script)
-    module = importlib.util.module_from_spec(spec)
+def _tool_namespace(script):
+    """The names a script defines (``argument_parser``, ``run``...), its ``__main__`` block not run."""
     sys.path.insert(0, str((REPO / script).parent))
     try:
-        spec.loader.exec_module(module)
+        return runpy.run_path(str(REPO / script), run_name=f"readme_{Path(script).stem}")
     finally:
         sys.path.pop(0)
-    return module
 
 
 def check_parses(command):
@@ -194,21 +191,21 @@ def check_parses(command):
     if command.words[0] == "bash":
         subprocess.run(["bash", "-n", str(script)], check=True)
         return
-    module = _load_tool(tool)
-    parser_factory = getattr(module, "argument_parser", None)
+    namespace = _tool_namespace(tool)
+    parser_factory = namespace.get("argument_parser")
     if parser_factory is None:
         return
     parser = parser_factory()
     args = parser.parse_args(command.args)
-    if hasattr(module, "load_lazy_config"):  # a LazyConfig (.py) tool: key=value overrides
-        module.load_lazy_config(args.config_file, args.overrides)
+    if "load_lazy_config" in namespace:  # a LazyConfig (.py) tool: key=value overrides
+        load_lazy_config(args.config_file, args.overrides)
     elif isinstance(parser, ToolParser) and getattr(args, "config_file", None):
         load_config(args.config_file, args.opts)
     return args
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, registered_tiny_digits):
     """A scratch folder, made the working directory, with a tiny digits-det under datasets/
     and a tiny COCO json where datasets/README.md reads one."""
     root = tmp_path_factory.mktemp("readme")
@@ -245,9 +242,9 @@ def _run(command, workspace):
     )
     argv = command.args + tiny
     if command.tool.startswith("tools/") or command.tool.startswith("benchmarks/"):
-        module = _load_tool(command.tool)
-        if hasattr(module, "run"):
-            module.run(argv)
+        namespace = _tool_namespace(command.tool)
+        if "run" in namespace:
+            namespace["run"](argv)
             return
     if command.tool.startswith("-m vos_det."):
         with pytest.MonkeyPatch.context() as patch:

@@ -8,8 +8,6 @@ from detectron2.engine import HookBase
 from vos_det.engine import Trainer
 from vos_det.engine.checkpoint import AtomicWritePathManager
 
-from test_train_digits import _tiny_cfg, tiny_digits_root  # noqa: F401 (fixture)
-
 MAX_ITER = 8
 CHECKPOINT_PERIOD = 4  # a checkpoint after iteration 3 (the 4th)
 
@@ -29,8 +27,8 @@ class _InterruptAfter(HookBase):
             raise _Interrupt()
 
 
-def _cfg(output_dir):
-    return _tiny_cfg(
+def _cfg(tiny_cfg, output_dir):
+    return tiny_cfg(
         output_dir,
         "SOLVER.MAX_ITER", str(MAX_ITER),
         "SOLVER.CHECKPOINT_PERIOD", str(CHECKPOINT_PERIOD),
@@ -50,15 +48,15 @@ def _losses(trainer):
     }
 
 
-def test_interrupted_then_resumed_run_matches_uninterrupted(tiny_digits_root, tmp_path):
+def test_interrupted_then_resumed_run_matches_uninterrupted(tiny_digits_root, tmp_path, tiny_cfg):
     torch.manual_seed(0)
-    straight = Trainer(_cfg(tmp_path / "straight"))
+    straight = Trainer(_cfg(tiny_cfg, tmp_path / "straight"))
     straight.resume_or_load(resume=False)
     straight.train()
     expected = _losses(straight)
 
     torch.manual_seed(0)
-    first = Trainer(_cfg(tmp_path / "interrupted"))
+    first = Trainer(_cfg(tiny_cfg, tmp_path / "interrupted"))
     first.register_hooks([_InterruptAfter(CHECKPOINT_PERIOD)])
     first.resume_or_load(resume=False)
     with pytest.raises(_Interrupt):
@@ -66,7 +64,7 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(tiny_digits_root, tm
     before = _losses(first)
 
     torch.manual_seed(12345)  # the resumed process starts from another random state
-    resumed = Trainer(_cfg(tmp_path / "interrupted"))
+    resumed = Trainer(_cfg(tiny_cfg, tmp_path / "interrupted"))
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == CHECKPOINT_PERIOD
     resumed.train()

@@ -1,10 +1,10 @@
-"""Tests of vos_det.modeling.synthesis: outlier sampling (VOS eq. 3) and robust Cholesky."""
+"""Tests of vos_det.modeling.vos.synthesis: outlier sampling (VOS eq. 3) and robust Cholesky."""
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
-from vos_det.modeling.synthesis import (
+from vos_det.modeling.vos.synthesis import (
     SAMPLERS,
     chi2_isf_log,
     largest_chi2_order_statistics,

@@ -1,4 +1,4 @@
-"""Tests of the VOS diagnostics (vos_det/modeling/vos_diagnostics.py): each logged quantity
+"""Tests of the VOS diagnostics (vos_det/modeling/vos/vos_diagnostics.py): each logged quantity
 against a direct computation on a small box predictor, and the random-weights control."""
 import math
 
@@ -7,14 +7,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from vos_det.classification.head import VOSClassificationHead
-from vos_det.modeling.output_layers import VOSOutputLayers
-from vos_det.modeling.vos_diagnostics import (
+from vos_det.modeling.vos.vos_diagnostics import (
     mahalanobis_radius_ratio,
     prior_entropy,
     random_energy_weight_aurocs,
@@ -25,20 +22,8 @@ DIM = 8
 SAMPLE_NUMBER = 6
 STARTING_ITER = 2
 SELECT = 4
-
-
-def _layer(**kwargs):
-    torch.manual_seed(0)
-    return VOSOutputLayers(
-        ShapeSpec(channels=DIM),
-        box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
-        num_classes=NUM_CLASSES,
-        sample_number=SAMPLE_NUMBER,
-        starting_iter=STARTING_ITER,
-        sample_from=100,
-        select=SELECT,
-        **kwargs,
-    )
+# The options of the box predictor of the new_layer fixture (tests/conftest.py).
+VOS_LAYER_OPTIONS = dict(sample_number=SAMPLE_NUMBER, starting_iter=STARTING_ITER, sample_from=100, select=SELECT)
 
 
 def _proposals(gt_classes, seed):
@@ -77,8 +62,8 @@ def _direct_radius(points, queue_rows, labels, eps):
 
 
 @pytest.mark.parametrize("balanced", [False, True])
-def test_logged_diagnostics_match_a_direct_computation(balanced):
-    layer = _layer(balanced_loss=balanced)
+def test_logged_diagnostics_match_a_direct_computation(balanced, new_layer):
+    layer = new_layer(balanced_loss=balanced)
     _step(layer, list(range(NUM_CLASSES)) * SAMPLE_NUMBER, iteration=0, seed=1)
     gt = [0, 1, 2, 2, 1, 0, 0, 3, 3]  # 3 = background: not an ID sample of the loss
     losses, predictions, storage = _step(layer, gt, iteration=STARTING_ITER, seed=2)
@@ -127,8 +112,8 @@ def test_logged_diagnostics_match_a_direct_computation(balanced):
     assert logged["vos/id_radius_ratio"] == pytest.approx(float(expected_id), rel=1e-4)
 
 
-def test_no_diagnostics_before_synthesis():
-    layer = _layer()
+def test_no_diagnostics_before_synthesis(new_layer):
+    layer = new_layer()
     _, _, storage = _step(layer, [0, 1, 2], iteration=0, seed=1)
     logged = _latest(storage)
     assert logged["vos/synthesis_active"] == 0.0
@@ -224,16 +209,12 @@ def test_uncertainty_report_matches_a_direct_computation():
 
 
 def test_detection_logits_are_those_of_the_output_boxes():
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from vos_det import add_vos_config
-    from vos_det.config import resolve_config_file
+    from vos_det.config import load_config
     from vos_det.evaluation.uncertainty_diagnostics import detection_logits
 
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    cfg.merge_from_file(resolve_config_file("digits_vos_tiny.yaml"))
+    cfg = load_config("digits_vos_tiny.yaml")
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     generator = torch.Generator().manual_seed(0)

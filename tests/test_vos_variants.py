@@ -10,19 +10,18 @@ from scipy import stats
 from torch import nn
 from torch.nn import functional as F
 
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from vos_det import add_vos_config
 from vos_det.classification.head import VOSClassificationHead
-from vos_det.modeling.npos import knn_distances, npos_outliers
+from vos_det.config import default_config
+from vos_det.modeling.vos.npos import knn_distances, npos_outliers
 from vos_det.modeling.output_layers import VOSOutputLayers
-from vos_det.modeling.synthesis import sample_virtual_outliers, tail_chi2_radii
-from vos_det.modeling.uncertainty_loss import energy_logistic_loss
-from vos_det.modeling.virtual_outliers import vos_kwargs_from_config
+from vos_det.modeling.vos.synthesis import sample_virtual_outliers, tail_chi2_radii
+from vos_det.modeling.vos.uncertainty_loss import energy_logistic_loss
+from vos_det.modeling.vos.virtual_outliers import vos_kwargs_from_config
 
 NUM_CLASSES = 3
 DIM = 8
@@ -61,8 +60,7 @@ def _train_two_steps(layer):
 
 
 def test_config_defaults_are_the_paper_recipe():
-    cfg = get_cfg()
-    add_vos_config(cfg)
+    cfg = default_config()
     kwargs = vos_kwargs_from_config(cfg)
     assert kwargs["balanced_loss"] is False
     assert kwargs["outlier_tail"] == 0.0 and kwargs["outlier_radius_scale"] == 1.0

@@ -58,9 +58,7 @@ def sample_images(cfg, files, count):
 
 
 def main(args):
-    cfg = load_config(args.config_file, args.opts)
-    cfg.MODEL.DEVICE = args.device
-    cfg.freeze()
+    cfg = load_config(args.config_file, [*args.opts, "MODEL.DEVICE", args.device])
     check_weights_file(cfg.MODEL.WEIGHTS)
     check_writable_dir(args.output, "--output")
     setup_logger(name="vos_det")

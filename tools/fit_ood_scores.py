@@ -20,47 +20,38 @@ given, else MODEL.VOS.POST_HOC.KNN.K or the paper's 50. Never pass a test split 
 another dataset alone, without retraining. (tools/fit_mahalanobis.py still fits the
 penultimate-layer Mahalanobis score.)
 """
-from vos_det.cli import ToolParser, load_config, run_tool
+from vos_det.cli import ToolParser, add_fitting_arguments, load_config, parse_add_class, run_tool
 from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
 from vos_det.modeling.ood_scores import POST_HOC_SCORES, POST_HOC_STATE_FILE
 
 
 def argument_parser():
     parser = ToolParser(description=__doc__)
-    parser.add_argument("--weights", required=True, help="trained model (.pth)")
-    parser.add_argument("--dataset", action="append", help="ID dataset(s) to fit on (default: DATASETS.TRAIN)")
+    add_fitting_arguments(
+        parser,
+        add_class_help="add a class to mahalanobis_multilayer from all boxes of DATASET, without retraining",
+        output_help=f"state file (default: {POST_HOC_STATE_FILE} next to the weights)",
+    )
     parser.add_argument("--val-id", help="ID validation dataset for choosing k of k-NN (e.g. digits_det_val)")
     parser.add_argument("--val-ood", help="OOD validation dataset for choosing k of k-NN (e.g. digits_det_ood_val)")
     parser.add_argument(
         "--scores", nargs="+", choices=POST_HOC_SCORES, help="scores to fit (default: all that need fitting)"
     )
-    parser.add_argument(
-        "--add-class", action="append", default=[], metavar="NAME=DATASET",
-        help="add a class to mahalanobis_multilayer from all boxes of DATASET, without retraining",
-    )
-    parser.add_argument("--output", help=f"state file (default: {POST_HOC_STATE_FILE} next to the weights)")
     return parser
 
 
 def main(args):
     if bool(args.val_id) != bool(args.val_ood):
         raise ValueError("--val-id and --val-ood go together (k of k-NN is chosen on both)")
-    add_classes = []
-    for spec in args.add_class:
-        class_name, _, dataset_name = spec.partition("=")
-        if not dataset_name:
-            raise ValueError(f"--add-class expects NAME=DATASET, got {spec!r}")
-        add_classes.append((class_name, dataset_name))
-    cfg = load_config(args.config_file, args.opts)
     output = fit_post_hoc_scores(
-        cfg,
+        load_config(args.config_file, args.opts),
         args.weights,
         output=args.output,
         datasets=args.dataset,
         val_id=args.val_id,
         val_ood=args.val_ood,
         scores=args.scores,
-        add_classes=add_classes,
+        add_classes=[parse_add_class(spec) for spec in args.add_class],
     )
     print(f"saved {output}; use it with MODEL.VOS.POST_HOC.STATE {output}")
     return output

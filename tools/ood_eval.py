@@ -20,24 +20,17 @@ Options and ``KEY VALUE`` overrides may come in any order. Every dataset's files
 jsons, the weights and the output folder are checked before any inference.
 """
 # vos_det first: it quiets known third-party warnings before torch and detectron2 load.
-from vos_det.cli import ToolParser, add_launch_arguments, check_writable_dir, load_config, run_tool, setup_tool_logging
+from vos_det.cli import ToolParser, add_launch_arguments, load_config, run_tool, setup_tool_logging
 
 import os
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog
-from detectron2.engine import launch
 from detectron2.utils import comm
 
-from vos_det.data import CLI_SPEC_FORMAT, check_class_names, register_from_cli
-from vos_det.data.availability import check_dataset_files, load_datasets_now
-from vos_det.engine import Trainer
-from vos_det.engine.checkpoint import check_checkpoint_matches_model, check_weights_file
-from vos_det.errors import ConfigError
-from vos_det.evaluation import evaluate_ood_protocol, format_ood_report
-
-DEFAULT_OUTPUT_SUBDIR = "ood_eval"
+from vos_det.data import CLI_SPEC_FORMAT
+from vos_det.engine.checkpoint_evaluation import DEFAULT_OUTPUT_SUBDIR, evaluate_checkpoint, ood_eval_config
+from vos_det.engine.launch import launch_from_args
+from vos_det.evaluation import format_ood_report
 
 
 def argument_parser():
@@ -62,75 +55,28 @@ def argument_parser():
 def setup(args):
     """The frozen config, the OOD sets, the calibration set and the output folder, all
     checked before any inference (datasets' files and jsons, weights, writable output)."""
-    cfg = load_config(args.config_file, args.opts)
-    id_dataset = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
-    ood_datasets = [
-        spec if "=" not in spec else register_from_cli(spec, id_dataset=id_dataset)
-        for spec in args.ood_dataset
-    ]
-    if ood_datasets:
-        cfg.DATASETS.OOD_TEST = tuple(ood_datasets)
-    calibration_dataset = ""
-    if args.calibrate is not None:
-        calibration_dataset = args.calibrate or cfg.TEST.OOD.CALIBRATION_DATASET
-        if not calibration_dataset:
-            raise ConfigError(
-                "--calibrate needs an ID validation set: --calibrate DATASET or "
-                "TEST.OOD.CALIBRATION_DATASET DATASET"
-            )
-    cfg.TEST.OOD.CALIBRATION_DATASET = calibration_dataset
-    cfg.OUTPUT_DIR = args.output_dir or os.path.join(cfg.OUTPUT_DIR, DEFAULT_OUTPUT_SUBDIR)
-    cfg.freeze()
-    if not cfg.MODEL.WEIGHTS:
-        raise ConfigError("no weights to evaluate: pass MODEL.WEIGHTS path/to/model_final.pth")
-    check_weights_file(cfg.MODEL.WEIGHTS)
-    check_dataset_files(cfg.DATASETS.TEST)
-    # The OOD and calibration sets are loaded now: a broken json fails before the ID sets run.
-    load_datasets_now(list(cfg.DATASETS.OOD_TEST) + [calibration_dataset])
-    if id_dataset is not None:
-        class_names = MetadataCatalog.get(id_dataset).get("thing_classes", None)
-        if class_names is not None:
-            for name in list(cfg.DATASETS.TEST) + ([calibration_dataset] if calibration_dataset else []):
-                check_class_names(name, class_names)
-    check_writable_dir(cfg.OUTPUT_DIR, "output folder")
-    return cfg
+    return ood_eval_config(
+        load_config(args.config_file, args.opts, freeze=False),
+        ood_datasets=args.ood_dataset,
+        calibrate=args.calibrate,
+        output_dir=args.output_dir,
+    )
 
 
 def main(args):
     """Build the model, load MODEL.WEIGHTS, run the protocol; returns (results, report)."""
     cfg = setup(args)
     setup_tool_logging(cfg, args, name="vos_det.ood_eval")
-    model = Trainer.build_model(cfg)
-    check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    results, report = evaluate_ood_protocol(
-        cfg,
-        model,
-        output_dir=cfg.OUTPUT_DIR,
-        build_test_loader=Trainer.build_test_loader,
-        build_evaluator=lambda name: Trainer.build_evaluator(cfg, name),
-        log_report=False,
-    )
+    results, report = evaluate_checkpoint(cfg)
     if comm.is_main_process():
         print(format_ood_report(report), flush=True)
         print(f"Report written to {os.path.join(cfg.OUTPUT_DIR, 'ood_results.json')}", flush=True)
     return results, report
 
 
-def _launch(args):
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
-
-
 def run(argv=None):
     """The command line (``argv`` without the program name; default ``sys.argv[1:]``)."""
-    return run_tool(_launch, argument_parser(), argv)
+    return run_tool(lambda args: launch_from_args(main, args), argument_parser(), argv)
 
 
 if __name__ == "__main__":

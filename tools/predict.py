@@ -17,50 +17,12 @@ with "OOD (class?) score". Unreadable files are reported, listed in the JSON und
 and skipped.
 """
 # vos_det first: it quiets known third-party warnings before torch and detectron2 load.
-from vos_det.cli import ToolParser, check_writable_dir, run_tool
+from vos_det.cli import ToolParser, run_tool
 
-import glob
-import json
 import logging
 import os
 
-from PIL import Image
-from tqdm import tqdm
-
-from vos_det.data.image_io import IMAGE_EXTENSIONS, read_image_file
-from vos_det.engine import OODPredictor, instances_to_records
-from vos_det.utils.file_io import atomic_open
-from vos_det.utils.visualization import draw_ood_detections
-
-logger = logging.getLogger("vos_det.predict")
-
-PREDICTIONS_FILE = "predictions.json"
-
-
-def find_images(inputs):
-    """Expand files, folders (non-recursive, image extensions) and glob patterns, in order.
-
-    Raises:
-        FileNotFoundError: an input matches nothing, or no image was found at all.
-    """
-    found = []
-    for spec in inputs:
-        if os.path.isdir(spec):
-            matches = sorted(
-                os.path.join(spec, name)
-                for name in os.listdir(spec)
-                if name.lower().endswith(IMAGE_EXTENSIONS)
-            )
-            if not matches:
-                raise FileNotFoundError(f"--input folder {spec} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
-        elif os.path.isfile(spec):
-            matches = [spec]
-        else:
-            matches = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
-            if not matches:
-                raise FileNotFoundError(f"--input {spec!r} is no file or folder and matches no file")
-        found.extend(matches)
-    return found
+from vos_det.engine.predictor import PREDICTIONS_FILE, predict_images
 
 
 def argument_parser():
@@ -81,49 +43,20 @@ def argument_parser():
 
 
 def main(args):
-    images = find_images(args.input)
-    opts = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.min_score)]
-    if args.ood_threshold is not None:
-        opts += ["MODEL.VOS.OOD_THRESHOLD", str(args.ood_threshold), "MODEL.VOS.USE_CALIBRATED_THRESHOLD", "False"]
-    predictor = OODPredictor.from_config_file(args.config_file, args.weights, opts + args.opts)
-    check_writable_dir(args.output, "--output folder")  # before any image runs
-    detections, image_entries, errors = [], [], []
-    for image_id, path in enumerate(tqdm(images, desc="predict", unit="img")):
-        try:
-            instances = predictor.predict_file(path)
-        except ValueError as e:
-            logger.warning("skipping %s", e)
-            errors.append({"file_name": path, "error": str(e)})
-            continue
-        height, width = instances.image_size
-        image_entries.append({"id": image_id, "file_name": path, "height": height, "width": width})
-        detections.extend(
-            instances_to_records(instances, image_id, path, predictor.class_names, predictor.category_ids)
-        )
-        if args.draw:
-            image_rgb = read_image_file(path, format="RGB")
-            drawn = draw_ood_detections(image_rgb, instances, predictor.class_names)
-            stem = os.path.splitext(os.path.basename(path))[0]
-            Image.fromarray(drawn).save(os.path.join(args.output, f"{image_id:06d}_{stem}.png"))
-    report = {
-        "config": args.config_file,
-        "weights": args.weights,
-        "ood_score": predictor.box_predictor.ood_score,
-        "ood_threshold": predictor.ood_threshold,
-        "convention": "ood_score: larger = more OOD; is_ood = ood_score > ood_threshold",
-        "class_names": predictor.class_names,
-        "category_ids": predictor.category_ids,
-        "images": image_entries,
-        "detections": detections,
-        "errors": errors,
-    }
-    output_file = os.path.join(args.output, PREDICTIONS_FILE)
-    with atomic_open(output_file, "w") as f:
-        json.dump(report, f, indent=1)
-    num_ood = sum(d["is_ood"] for d in detections)
+    report = predict_images(
+        args.config_file,
+        args.weights,
+        args.input,
+        args.output,
+        draw=args.draw,
+        min_score=args.min_score,
+        ood_threshold=args.ood_threshold,
+        opts=args.opts,
+    )
+    num_ood = sum(d["is_ood"] for d in report["detections"])
     print(
-        f"{len(image_entries)} images, {len(detections)} detections ({num_ood} OOD), "
-        f"{len(errors)} unreadable -> {output_file}"
+        f"{len(report['images'])} images, {len(report['detections'])} detections ({num_ood} OOD), "
+        f"{len(report['errors'])} unreadable -> {os.path.join(args.output, PREDICTIONS_FILE)}"
     )
     return report
 

@@ -31,7 +31,6 @@ def setup(args):
     # Resolved in place: the log and the worker processes name the file itself.
     args.config_file = resolve_config_file(args.config_file)
     cfg = load_config(args.config_file, args.opts, training=not args.eval_only)
-    cfg.freeze()
     check_inputs(cfg, args)
     check_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     setup_tool_logging(cfg, args, name="vos_det")

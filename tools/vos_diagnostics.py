@@ -48,7 +48,7 @@ from vos_det.evaluation.uncertainty_diagnostics import (
     uncertainty_report,
     virtual_outlier_logits,
 )
-from vos_det.modeling.energy import weighted_energy
+from vos_det.modeling.ood_scores.energy import weighted_energy
 
 DEFAULT_OUTPUT_SUBDIR = "vos_diagnostics"
 
@@ -80,7 +80,6 @@ def main(args):
     if not cfg.MODEL.WEIGHTS:
         raise ConfigError("no weights: pass MODEL.WEIGHTS path/to/model_final.pth")
     output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR, DEFAULT_OUTPUT_SUBDIR)
-    cfg.freeze()
     check_weights_file(cfg.MODEL.WEIGHTS)
     check_dataset_files([id_dataset, ood_dataset])
     check_writable_dir(output_dir)

@@ -17,28 +17,26 @@ A tool::
         return parser
 
     def main(args):
-        cfg = load_config(args.config_file, args.opts)  # checked, validated, not frozen
+        cfg = load_config(args.config_file, args.opts)  # checked, validated, frozen
         ...
 
     if __name__ == "__main__":
         run_tool(main, argument_parser())
 """
 import argparse
-import difflib
 import logging
 import os
 import re
 import sys
 
 import torch
-from detectron2.config import CfgNode, get_cfg
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from .config import add_vos_config, resolve_config_file
-from .config_validation import validate_config
+from .config import load_config, resolve_config_file
+from .config_overrides import merge_overrides
 from .errors import ConfigError, UserError
 from .utils.log_noise import filter_known_warnings, strip_ansi
 
@@ -47,10 +45,12 @@ __all__ = [
     "DEBUG_ENV",
     "ToolParser",
     "UserError",
+    "add_fitting_arguments",
     "add_launch_arguments",
     "check_writable_dir",
     "load_config",
     "merge_overrides",
+    "parse_add_class",
     "run_tool",
     "setup_tool_logging",
     "split_overrides",
@@ -153,109 +153,32 @@ def add_launch_arguments(parser):
     return parser
 
 
-def _flat_keys(node, prefix=""):
-    """Every leaf key of a CfgNode, as dotted paths."""
-    keys = []
-    for name, value in node.items():
-        path = f"{prefix}{name}"
-        keys += _flat_keys(value, path + ".") if isinstance(value, CfgNode) else [path]
-    return keys
-
-
-def unknown_key_message(cfg, key):
-    """The message for a key the config does not have, with the closest existing keys."""
-    keys = _flat_keys(cfg)
-    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.85) or difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
-    leaf = key.rsplit(".", 1)[-1]
-    close += [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k not in close][:3]
-    hint = f"; did you mean {' or '.join(close)}?" if close else " (no similar key)"
-    return f"unknown config key {key}{hint}"
-
-
-def _type_name(value):
-    return {bool: "True or False", int: "an integer", float: "a number", str: "a string",
-            list: "a list, e.g. [1, 2]", tuple: "a tuple, e.g. (1, 2)"}.get(type(value), type(value).__name__)
-
-
-def _coerce(key, raw, value, original):
-    """``value`` (decoded from ``raw``) converted to the type of ``original``, or ConfigError."""
-    if original is None or value is None or type(value) is type(original):
-        return value
-    if isinstance(original, (list, tuple)) and isinstance(value, (list, tuple)):
-        return type(original)(value)
-    if type(original) is float and type(value) is int:
-        return float(value)
-    if isinstance(original, (list, tuple)) and isinstance(value, str) and all(isinstance(v, str) for v in original):
-        return type(original)([value])  # DATASETS.TEST name: one name for a list of names
-    hint = ""
-    if isinstance(original, (list, tuple)) and not raw.strip().startswith(("(", "[")):
-        hint = f" (write a list as \"[{raw}]\")"
-    raise ConfigError(
-        f"config key {key}: value {raw!r} is not allowed, it must be {_type_name(original)} "
-        f"(the config has {original!r}){hint}"
-    )
-
-
-def merge_overrides(cfg, overrides):
-    """Merge ``KEY VALUE`` overrides into ``cfg`` after checking each key and value type.
+def add_fitting_arguments(parser, *, add_class_help, output_help):
+    """Add the options of the tools that fit post-hoc statistics to a trained detector:
+    --weights, --dataset (repeatable), --add-class NAME=DATASET (repeatable), --output.
 
     Args:
-        cfg (CfgNode): an unfrozen config holding every key of the tool.
-        overrides (list[str]): ``[KEY, VALUE, ...]`` as on the command line.
+        parser (ToolParser): the tool's parser.
+        add_class_help (str): what --add-class adds to.
+        output_help (str): what --output is, with its default.
+    """
+    parser.add_argument("--weights", required=True, help="trained model (.pth)")
+    parser.add_argument("--dataset", action="append", help="ID dataset(s) to fit on (default: DATASETS.TRAIN)")
+    parser.add_argument("--add-class", action="append", default=[], metavar="NAME=DATASET", help=add_class_help)
+    parser.add_argument("--output", help=output_help)
+    return parser
+
+
+def parse_add_class(spec):
+    """An ``--add-class NAME=DATASET`` value as (name, dataset).
 
     Raises:
-        ConfigError: an odd list, an unknown key (with the closest existing keys), a key
-            naming a group of keys, or a value of the wrong type (with what is allowed).
+        UserError: no name or no dataset.
     """
-    if len(overrides) % 2:
-        raise ConfigError(f"config override {overrides[-1]} has no value (overrides are KEY VALUE pairs)")
-    for key, raw in zip(overrides[0::2], overrides[1::2]):
-        *parents, leaf = key.split(".")
-        node = cfg
-        for name in parents:
-            node = node.get(name) if isinstance(node, CfgNode) else None
-        if not isinstance(node, CfgNode) or leaf not in node:
-            raise ConfigError(unknown_key_message(cfg, key))
-        original = node[leaf]
-        if isinstance(original, CfgNode):
-            raise ConfigError(
-                f"config key {key} is a group of keys, set one of them: "
-                + ", ".join(_flat_keys(original, key + "."))
-            )
-        node[leaf] = _coerce(key, raw, CfgNode._decode_cfg_value(raw), original)
-
-
-def load_config(config_file, overrides=(), *, training=False):
-    """The config of a tool: defaults + vos_det keys + the file + checked overrides, validated.
-
-    Args:
-        config_file (str): a path or a name under configs/.
-        overrides (list[str]): ``[KEY, VALUE, ...]``.
-        training (bool): also warn about settings that only matter for training
-            (synthesis that cannot start within SOLVER.MAX_ITER).
-
-    Returns:
-        CfgNode: the config, not frozen (the tool may set more keys, then freeze it).
-
-    Raises:
-        ConfigError: an unknown key or a value of the wrong type (file or overrides), or a
-            value out of its range (:func:`vos_det.config_validation.validate_config`).
-        FileNotFoundError: no such config file.
-    """
-    path = resolve_config_file(config_file)
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    try:
-        cfg.merge_from_file(path)
-    except KeyError as e:
-        match = re.search(r"Non-existent config key: ([A-Za-z0-9_.]+)", str(e))
-        message = unknown_key_message(cfg, match.group(1)) if match else str(e)
-        raise ConfigError(f"{path}: {message}") from e
-    except ValueError as e:
-        raise ConfigError(f"{path}: {e}") from e
-    merge_overrides(cfg, list(overrides))
-    validate_config(cfg, training=training)
-    return cfg
+    class_name, _, dataset_name = spec.partition("=")
+    if not class_name or not dataset_name:
+        raise UserError(f"--add-class expects NAME=DATASET, got {spec!r}")
+    return class_name, dataset_name
 
 
 def check_writable_dir(path, what="output folder"):

@@ -1,7 +1,36 @@
-"""Configuration keys of vos_det."""
+"""Configuration of vos_det: its keys and the one way to load a config.
+
+:func:`load_config` is the entry point of every tool, the predictor, the benchmarks and the
+tests: :func:`default_config` (detectron2's defaults + :func:`add_vos_config`, which also adds
+the image classifier's keys, :func:`add_classification_config`) + a YAML file found by
+:func:`resolve_config_file` + ``KEY VALUE`` overrides checked against the keys
+(:func:`vos_det.config_overrides.merge_overrides`), then every value checked
+(:func:`vos_det.config_validation.validate_config`). The config comes back frozen unless the
+caller asks otherwise::
+
+    from vos_det.config import load_config
+
+    cfg = load_config("digits_vos_tiny.yaml", ["MODEL.DEVICE", "cpu"])  # frozen
+"""
+import re
 from pathlib import Path
 
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+from .config_overrides import merge_overrides, unknown_key_message
+from .config_validation import validate_config
+from .errors import ConfigError
+
+__all__ = [
+    "CONFIGS_DIR",
+    "PREFERRED_CONFIG_FOLDER",
+    "add_classification_config",
+    "add_vos_config",
+    "default_config",
+    "load_config",
+    "resolve_config_file",
+]
 
 
 def add_vos_config(cfg):
@@ -126,7 +155,7 @@ def add_vos_config(cfg):
     cfg.MODEL.EMBEDDING = CN()
     # The box classifier (cls_score), a name in CLASSIFIER_REGISTRY: "LinearClassifier"
     # (Fast R-CNN's), "L2SoftmaxClassifier", "CosFaceClassifier", "ArcFaceClassifier" or
-    # "SphereFaceClassifier" (formulas in vos_det/modeling/margin_classifiers.py).
+    # "SphereFaceClassifier" (formulas in vos_det/modeling/regularizers/margin_classifiers.py).
     cfg.MODEL.EMBEDDING.CLASSIFIER = "LinearClassifier"
     # L2-constrained softmax (Ranjan et al. 2017): features rescaled to norm ALPHA.
     cfg.MODEL.EMBEDDING.L2_SOFTMAX = CN({"ALPHA": 16.0})
@@ -144,7 +173,7 @@ def add_vos_config(cfg):
         {"MARGIN": 4, "LAMBDA_BASE": 1000.0, "LAMBDA_MIN": 5.0, "LAMBDA_GAMMA": 0.12, "LAMBDA_POWER": 1.0}
     )
     # Losses on the foreground box features, names in EMBEDDING_LOSS_REGISTRY:
-    # "CenterLoss", "CIDERLoss" (vos_det/modeling/center_loss.py, cider.py).
+    # "CenterLoss", "CIDERLoss" (vos_det/modeling/regularizers/center_loss.py, cider.py).
     cfg.MODEL.EMBEDDING.LOSSES = []
     # Center loss (Wen et al. 2016): WEIGHT * mean_i 1/2 ||x_i - c_{y_i}||^2; the centers
     # move by ALPHA times the paper's update each iteration.
@@ -228,11 +257,52 @@ def add_vos_config(cfg):
     cfg.TEST.OOD.PLOTS = True
 
     # The image classifier's keys (MODEL.VOS_CLASSIFIER, INPUT.CLASSIFICATION,
-    # TEST.CLASSIFICATION, DATASETS.IMAGE_FOLDERS); imported here, not at the top, because
-    # vos_det.classification imports the engine, which imports this module.
-    from .classification.config import add_classification_config
-
+    # TEST.CLASSIFICATION, DATASETS.IMAGE_FOLDERS).
     add_classification_config(cfg)
+
+
+def add_classification_config(cfg):
+    """Add the keys of the VOS image classifier to a detectron2 config.
+
+    The classifier (:class:`vos_det.classification.VOSImageClassifier`) treats the whole image
+    as one box: it reuses the backbone keys (``MODEL.BACKBONE``, ``MODEL.FPN``,
+    ``MODEL.TINY_NET``), the box pooler and box head keys (``MODEL.ROI_BOX_HEAD``) and every
+    VOS key (``MODEL.VOS``) of the detector. Its own keys are under
+    ``cfg.MODEL.VOS_CLASSIFIER``; the fixed input size under ``cfg.INPUT.CLASSIFICATION``;
+    the evaluation batch size under ``cfg.TEST.CLASSIFICATION``; ImageFolder datasets named
+    in the config under ``cfg.DATASETS.IMAGE_FOLDERS``.
+
+    :func:`add_vos_config` calls it; adding the keys twice leaves the config unchanged.
+    """
+    if "VOS_CLASSIFIER" in cfg.MODEL:
+        return
+    cfg.MODEL.VOS_CLASSIFIER = CN()
+    # K, the number of in-distribution classes (no background class).
+    cfg.MODEL.VOS_CLASSIFIER.NUM_CLASSES = 10
+    # Backbone outputs the whole-image box is pooled from (by detectron2's ROIPooler, with
+    # MODEL.ROI_BOX_HEAD.POOLER_*; with several FPN levels the box's size picks the level).
+    cfg.MODEL.VOS_CLASSIFIER.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    # Output dimension of the Linear + ReLU projection between the box head
+    # (MODEL.ROI_BOX_HEAD) and the classifier; the VOS class Gaussians are fitted to its
+    # outputs. 0 = no projection: the classifier reads the box head's output.
+    cfg.MODEL.VOS_CLASSIFIER.PROJECTION_DIM = 64
+
+    cfg.INPUT.CLASSIFICATION = CN()
+    # (height, width) every image is resized to by the classification data mapper.
+    cfg.INPUT.CLASSIFICATION.IMAGE_SIZE = (32, 32)
+    # Training augmentation: pad each side by this many pixels (edge replication) and crop
+    # back to IMAGE_SIZE at a random position (CIFAR-style random translation). 0 = off.
+    cfg.INPUT.CLASSIFICATION.RANDOM_CROP_PADDING = 0
+
+    cfg.TEST.CLASSIFICATION = CN()
+    # Images per batch of the classifier's evaluation loaders.
+    cfg.TEST.CLASSIFICATION.IMS_PER_BATCH = 64
+
+    # ImageFolder-style datasets to register, each "NAME:ROLE:PATH" with ROLE "id" or "ood",
+    # e.g. ("cifar_train:id:/data/cifar10/train", "svhn:ood:/data/svhn"). PATH holds one
+    # folder per class (class names = sorted folder names); an OOD PATH may also hold the
+    # images directly. Relative paths are relative to the working directory.
+    cfg.DATASETS.IMAGE_FOLDERS = ()
 
 
 # The configs/ folder of the repository (vos_det is installed editable from it).
@@ -275,3 +345,47 @@ def resolve_config_file(name: str) -> str:
         listed = ", ".join(str(m.relative_to(CONFIGS_DIR)) for m in matches)
         raise FileNotFoundError(f"config name {name!r} is ambiguous under {CONFIGS_DIR}: {listed}")
     raise FileNotFoundError(f"config file {name!r} not found (nor under {CONFIGS_DIR})")
+
+
+def default_config():
+    """detectron2's default config with every vos_det key at its default (not frozen)."""
+    cfg = get_cfg()
+    add_vos_config(cfg)
+    return cfg
+
+
+def load_config(name_or_path, opts=(), *, training=False, freeze=True):
+    """The config of a run: defaults + vos_det keys + the file + checked overrides, validated.
+
+    Args:
+        name_or_path (str): a path or a name under configs/ (:func:`resolve_config_file`).
+        opts (Sequence[str]): ``[KEY, VALUE, ...]`` overrides, as on the command line; each
+            key must exist and each value have the type of the key's default.
+        training (bool): also warn about settings that only matter for training
+            (synthesis that cannot start within SOLVER.MAX_ITER).
+        freeze (bool): return the config frozen (the default: what a run reads must not
+            change). A caller that sets more keys passes False, sets them, then freezes it.
+
+    Returns:
+        CfgNode: the config.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type (file or overrides), or a
+            value out of its range.
+        FileNotFoundError: no such config file.
+    """
+    path = resolve_config_file(name_or_path)
+    cfg = default_config()
+    try:
+        cfg.merge_from_file(path)
+    except KeyError as e:
+        match = re.search(r"Non-existent config key: ([A-Za-z0-9_.]+)", str(e))
+        message = unknown_key_message(cfg, match.group(1)) if match else str(e)
+        raise ConfigError(f"{path}: {message}") from e
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    merge_overrides(cfg, list(opts))
+    validate_config(cfg, training=training)
+    if freeze:
+        cfg.freeze()
+    return cfg

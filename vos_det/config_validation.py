@@ -4,7 +4,7 @@ One table, :data:`RULES`, maps a key to a check of its value; :data:`CROSS_CHECK
 checks that read several keys. A new key gets its check by adding one line to ``RULES``
 (``"MODEL.VOS.NEW_KEY": at_least(0),``). A key absent from the config (a config built without
 the module that adds it) is skipped. :func:`validate_config` runs them all when a tool loads
-its config (:func:`vos_det.cli.load_config`) and when a VOS model is built, so a mistake
+its config (:func:`vos_det.config.load_config`) and when a VOS model is built, so a mistake
 fails in the first seconds, not at the first synthesis step hours into a run.
 """
 import logging
@@ -112,7 +112,7 @@ RULES = {
     "MODEL.VOS.LOSS_WEIGHT": at_least(0.0),
     "MODEL.VOS.COVARIANCE_EPS": greater_than(0.0),
     "MODEL.VOS.COVARIANCE_RECOMPUTE_PERIOD": at_least(1, integer=True),
-    "MODEL.VOS.SAMPLER": one_of(lambda: _modeling_constant("synthesis", "SAMPLERS")),
+    "MODEL.VOS.SAMPLER": one_of(lambda: _modeling_constant("vos.synthesis", "SAMPLERS")),
     "MODEL.VOS.SYNTHESIS_SEED": at_least(0, integer=True),
     "MODEL.VOS.OOD_SCORE": one_of(_ood_scores),
     "MODEL.VOS.OOD_THRESHOLD": lambda v: None if _is_number(v) else "must be a finite number",
@@ -137,8 +137,8 @@ RULES = {
     "MODEL.VOS.NPOS.BOUNDARY": at_least(1, integer=True),
     "MODEL.VOS.NPOS.NOISE_SCALE": at_least(0.0),
     "MODEL.VOS.BOX_PREDICTOR": one_of(_registry_names("vos_det.modeling.output_layers", "BOX_PREDICTOR_REGISTRY")),
-    "MODEL.EMBEDDING.CLASSIFIER": one_of(_registry_names("vos_det.modeling.margin_classifiers", "CLASSIFIER_REGISTRY")),
-    "MODEL.EMBEDDING.LOSSES": each_of(_registry_names("vos_det.modeling.embedding_losses", "EMBEDDING_LOSS_REGISTRY")),
+    "MODEL.EMBEDDING.CLASSIFIER": one_of(_registry_names("vos_det.modeling.regularizers", "CLASSIFIER_REGISTRY")),
+    "MODEL.EMBEDDING.LOSSES": each_of(_registry_names("vos_det.modeling.regularizers", "EMBEDDING_LOSS_REGISTRY")),
     "MODEL.EMBEDDING.L2_SOFTMAX.ALPHA": greater_than(0.0),
     "MODEL.EMBEDDING.COSFACE.SCALE": greater_than(0.0),
     "MODEL.EMBEDDING.COSFACE.MARGIN": at_least(0.0),

@@ -1,10 +1,11 @@
 """VOS for detectron2's LazyConfig models (Python configs built with ``LazyCall``).
 
-Two pieces: :func:`add_vos` turns the box predictor of any LazyCall R-CNN model into
+:func:`add_vos` turns the box predictor of any LazyCall R-CNN model into
 :class:`VOSOutputLayers` (with the defaults of ``MODEL.VOS``); :func:`ood_evaluation_config`
 turns a LazyConfig's ``ood_evaluation`` settings into the config that
 :func:`vos_det.evaluation.protocol.evaluate_ood_protocol` reads, so a LazyConfig model is
-evaluated exactly as a yacs one (tools/lazyconfig_train_net.py)::
+evaluated exactly as a yacs one; :func:`train_lazy_config` and :func:`evaluate_lazy_checkpoint`
+are what tools/lazyconfig_train_net.py runs::
 
     from detectron2.model_zoo import get_config
     from vos_det.lazyconfig import add_vos
@@ -12,25 +13,38 @@ evaluated exactly as a yacs one (tools/lazyconfig_train_net.py)::
     model = add_vos(get_config("common/models/mask_rcnn_fpn.py").model, starting_iter=12000)
     model.roi_heads.num_classes = 20
 """
+import copy
+import logging
+
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.modeling import StandardROIHeads
+from detectron2.utils import comm
 
-from .config import add_vos_config
+from .config import default_config, resolve_config_file
 from .engine.checkpoint import AtomicWritePathManager, RandomState
+from .engine.launch import create_ddp_model
+from .evaluation import evaluate_ood_protocol
+from .evaluation.detection import log_detection_results
 from .modeling import VOSOutputLayers, VOSROIHeads
-from .modeling.virtual_outliers import vos_kwargs_from_config
+from .modeling.vos.virtual_outliers import vos_kwargs_from_config
 
-__all__ = ["add_vos", "build_checkpointer", "ood_evaluation_config", "vos_options"]
+__all__ = [
+    "add_vos",
+    "build_checkpointer",
+    "evaluate_lazy_checkpoint",
+    "evaluate_lazy_model",
+    "load_lazy_config",
+    "ood_evaluation_config",
+    "train_lazy_config",
+    "vos_options",
+]
+
+logger = logging.getLogger(__name__)
 
 # Keys of a LazyConfig's ``ood_evaluation`` that are not TEST.OOD keys: the data sets.
 _DATASET_KEYS = {"id_datasets": "TEST", "ood_datasets": "OOD_TEST"}
-
-
-def _default_config():
-    cfg = get_cfg()
-    add_vos_config(cfg)
-    return cfg
 
 
 def vos_options(**overrides) -> dict:
@@ -46,7 +60,7 @@ def vos_options(**overrides) -> dict:
     Raises:
         ValueError: an unknown option (the message lists the known ones).
     """
-    options = vos_kwargs_from_config(_default_config())
+    options = vos_kwargs_from_config(default_config())
     unknown = sorted(set(overrides) - set(options))
     if unknown:
         raise ValueError(f"unknown VOS option(s) {unknown}; the options are {sorted(options)}")
@@ -103,7 +117,7 @@ def ood_evaluation_config(ood_evaluation, weights: str = ""):
     Raises:
         ValueError: an unknown key (the message lists the known ones).
     """
-    cfg = _default_config()
+    cfg = default_config()
     for key, value in dict(ood_evaluation).items():
         if key in _DATASET_KEYS:
             cfg.DATASETS[_DATASET_KEYS[key]] = tuple(value)
@@ -132,3 +146,78 @@ def build_checkpointer(model, save_dir: str = "", **checkpointables):
     checkpointer.path_manager = AtomicWritePathManager(checkpointer.path_manager)
     checkpointer.add_checkpointable("random_state", RandomState())
     return checkpointer
+
+
+def load_lazy_config(config_file, overrides=()):
+    """The LazyConfig of ``config_file`` (a path or a name under configs/) with
+    ``path.key=value`` overrides."""
+    cfg = LazyConfig.load(resolve_config_file(config_file))
+    return LazyConfig.apply_overrides(cfg, list(overrides))
+
+
+def evaluate_lazy_model(cfg, model):
+    """The OOD protocol of the yacs tools on ``cfg.ood_evaluation``, with ``dataloader.test``
+    re-targeted at each ID, OOD and calibration set; the detection metrics are printed.
+
+    Returns:
+        dict: the results of :func:`vos_det.evaluation.protocol.evaluate_ood_protocol`.
+    """
+    ood_cfg = ood_evaluation_config(cfg.ood_evaluation, cfg.train.init_checkpoint)
+
+    def build_test_loader(_, dataset_name):
+        loader = copy.deepcopy(cfg.dataloader.test)
+        loader.dataset.names = dataset_name
+        return instantiate(loader)
+
+    results, _ = evaluate_ood_protocol(
+        ood_cfg, model, output_dir=cfg.train.output_dir, build_test_loader=build_test_loader
+    )
+    log_detection_results(results, ood_cfg.DATASETS.TEST)
+    return results
+
+
+def evaluate_lazy_checkpoint(cfg):
+    """:func:`evaluate_lazy_model` of ``model`` with the weights ``train.init_checkpoint``."""
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    model = create_ddp_model(model)
+    build_checkpointer(model).load(cfg.train.init_checkpoint)
+    return evaluate_lazy_model(cfg, model)
+
+
+def train_lazy_config(cfg, resume=False):
+    """detectron2's LazyConfig training loop, with CPU-aware DDP and vos_det's checkpoints
+    (atomic, with the random state for ``resume``), evaluated every ``train.eval_period``.
+
+    Args:
+        cfg: the LazyConfig (``model``, ``dataloader``, ``optimizer``, ``lr_multiplier``,
+            ``train``, ``ood_evaluation``).
+        resume (bool): continue from ``train.output_dir/last_checkpoint`` if there is one.
+
+    Returns:
+        SimpleTrainer: the trainer, after training (its ``storage`` holds the history).
+    """
+    model = instantiate(cfg.model)
+    logger.info("Model:\n%s", model)
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = build_checkpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: evaluate_lazy_model(cfg, model)),
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return trainer

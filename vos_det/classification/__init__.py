@@ -11,8 +11,8 @@
 
     python tools/train_net.py --config digits_vos_classifier.yaml
 """
+from ..config import add_classification_config
 from . import builtin as _builtin  # registers digits-cls
-from .config import add_classification_config
 from .digits_cls import generate_digits_cls
 from .evaluation import ClassificationOODEvaluator
 from .head import VOSClassificationHead

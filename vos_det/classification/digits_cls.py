@@ -24,20 +24,24 @@ Command line::
 
     python -m vos_det.classification.digits_cls --root datasets
 """
-import argparse
-import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
-from typing import NamedTuple, Tuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
-from sklearn.datasets import load_digits
 
-from ..data.digits_det import DIGITS_DET_ID_CLASSES, DIGITS_DET_OOD_CLASSES, glyph_indices_per_split
+from ..data.digits_det_glyphs import (
+    DIGIT_NAMES,
+    DIGITS_DET_ID_CLASSES,
+    DIGITS_DET_OOD_CLASSES,
+    glyph_indices_per_split,
+    load_glyphs,
+)
+from ..data.generated_dataset import generator_argument_parser, read_meta
 
 __all__ = [
     "DIGITS_CLS_ID_CLASSES",
@@ -53,13 +57,12 @@ logger = logging.getLogger(__name__)
 
 DIGITS_CLS_ID_CLASSES = DIGITS_DET_ID_CLASSES
 DIGITS_CLS_OOD_CLASSES = DIGITS_DET_OOD_CLASSES
-_DIGIT_NAMES = DIGITS_CLS_ID_CLASSES + DIGITS_CLS_OOD_CLASSES
 # Image split -> (glyph pool, digits it holds). The OOD images use the unseen test handwriting.
 DIGITS_CLS_SPLITS = {
     "train": ("train", tuple(range(len(DIGITS_CLS_ID_CLASSES)))),
     "val": ("val", tuple(range(len(DIGITS_CLS_ID_CLASSES)))),
     "test": ("test", tuple(range(len(DIGITS_CLS_ID_CLASSES)))),
-    "ood": ("test", tuple(range(len(DIGITS_CLS_ID_CLASSES), len(_DIGIT_NAMES)))),
+    "ood": ("test", tuple(range(len(DIGITS_CLS_ID_CLASSES), len(DIGIT_NAMES)))),
 }
 DEFAULT_IMAGE_SIZE = 32
 # Bump when the rendering or the layout changes, so that existing datasets are regenerated.
@@ -89,26 +92,12 @@ def digits_cls_paths(root: str) -> DigitsClsPaths:
     return DigitsClsPaths(dataset_dir=dataset_dir, meta_json=os.path.join(dataset_dir, "meta.json"))
 
 
-@functools.lru_cache(maxsize=1)
-def _load_glyphs() -> Tuple[np.ndarray, np.ndarray]:
-    """The load_digits glyphs, (N, 8, 8) float32 in 0..16, and their digits, (N,)."""
-    digits = load_digits()
-    return digits.images.astype(np.float32), digits.target
-
-
 def render_glyph(glyph: np.ndarray, image_size: int) -> np.ndarray:
     """Upscale one 8x8 glyph (0..16) to an (image_size, image_size, 3) uint8 RGB image."""
     glyph_image = Image.fromarray(glyph.astype(np.float32))
     intensity = np.asarray(glyph_image.resize((image_size, image_size), Image.Resampling.BILINEAR))
     gray = np.clip(np.round(intensity / _GLYPH_MAX_INTENSITY * _MAX_PIXEL_VALUE), 0, _MAX_PIXEL_VALUE)
     return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
-
-
-def _read_meta(meta_json: str):
-    if not os.path.isfile(meta_json):
-        return {}
-    with open(meta_json) as f:
-        return json.load(f)
 
 
 def generate_digits_cls(
@@ -129,19 +118,19 @@ def generate_digits_cls(
         raise ValueError(f"image_size must be at least {_GLYPH_SIDE}, got {image_size}")
     paths = digits_cls_paths(root)
     parameters = {"format_version": _FORMAT_VERSION, "seed": seed, "image_size": image_size}
-    if not overwrite and _read_meta(paths.meta_json) == parameters:
+    if not overwrite and read_meta(paths.meta_json) == parameters:
         return paths.dataset_dir
 
     logger.info("Generating digits-cls in %s with %s", paths.dataset_dir, parameters)
     os.makedirs(root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".digits_cls.", dir=root)
     try:
-        glyphs, digit_of_glyph = _load_glyphs()
+        glyphs, digit_of_glyph = load_glyphs()
         pools = glyph_indices_per_split(seed)
         for split, (pool_name, digits) in DIGITS_CLS_SPLITS.items():
             pool = pools[pool_name]
             for digit in digits:
-                class_dir = os.path.join(staging, split, _DIGIT_NAMES[digit])
+                class_dir = os.path.join(staging, split, DIGIT_NAMES[digit])
                 os.makedirs(class_dir)
                 for glyph_index in pool[digit_of_glyph[pool] == digit]:
                     Image.fromarray(render_glyph(glyphs[glyph_index], image_size)).save(
@@ -149,7 +138,7 @@ def generate_digits_cls(
                     )
         with open(os.path.join(staging, os.path.basename(paths.meta_json)), "w") as f:
             json.dump(parameters, f, indent=2)
-        if _read_meta(paths.meta_json) == parameters and not overwrite:
+        if read_meta(paths.meta_json) == parameters and not overwrite:
             # Another process finished the same dataset meanwhile.
             return paths.dataset_dir
         shutil.rmtree(paths.dataset_dir, ignore_errors=True)
@@ -157,7 +146,7 @@ def generate_digits_cls(
             os.replace(staging, paths.dataset_dir)
         except OSError:
             # Another process put its dataset in place between the removal and the rename.
-            if _read_meta(paths.meta_json) != parameters:
+            if read_meta(paths.meta_json) != parameters:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -166,22 +155,10 @@ def generate_digits_cls(
 
 def main() -> None:
     """Command-line entry point: generate digits-cls under ``--root``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--root",
-        default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")),
-        help="datasets root; the dataset goes to <root>/digits_cls (default: $DETECTRON2_DATASETS "
-        "or ./datasets)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
-    parser.add_argument("--overwrite", action="store_true", help="regenerate even if it exists")
-    args = parser.parse_args()
+    parser = generator_argument_parser(__doc__.splitlines()[0], "digits_cls", DEFAULT_IMAGE_SIZE)
+    options = vars(parser.parse_args())
     logging.basicConfig(level=logging.INFO)
-    dataset_dir = generate_digits_cls(
-        args.root, seed=args.seed, image_size=args.image_size, overwrite=args.overwrite
-    )
-    print(dataset_dir)
+    print(generate_digits_cls(options.pop("root"), **options))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ class ClassificationOODEvaluator(DatasetEvaluator):
     """Gathers every image's predicted class and OOD scores; computes accuracy on ID sets.
 
     After :meth:`evaluate`, :attr:`scores` maps each OOD score name (larger = more OOD) to a
-    (num_images,) float64 array, identical on every rank, for
-    :func:`vos_det.evaluation.ood_metrics.ood_metrics`.
+    (num_images,) float64 array, identical on every rank: the ``ood_scores`` of the set's
+    :class:`vos_det.evaluation.ScoredSet` (every image is kept).
     """
 
     def __init__(self, class_names=None, compute_accuracy: bool = True):

@@ -11,8 +11,8 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 
-from ..modeling.margin_classifiers import LinearClassifier
-from ..modeling.virtual_outliers import VirtualOutlierMixin, vos_kwargs_from_config
+from ..modeling.regularizers.margin_classifiers import LinearClassifier
+from ..modeling.vos.virtual_outliers import VirtualOutlierMixin, vos_kwargs_from_config
 
 __all__ = ["VOSClassificationHead"]
 

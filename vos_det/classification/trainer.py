@@ -1,77 +1,25 @@
 """ClassificationTrainer: the vos_det Trainer for VOSImageClassifier (images, not boxes)."""
-import logging
-import os
 from collections import OrderedDict
 
-import numpy as np
-from tabulate import tabulate
-
-from detectron2.data import (
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
-from detectron2.utils import comm
 
-from ..data.resumable_sampler import ResumableTrainingSampler
+from ..data.catalog import get_ood_role
 from ..engine.trainer import Trainer
-from ..evaluation.calibration import calibrate_threshold, save_calibrated_model
-from ..evaluation.ood_metrics import ood_metrics
-from ..evaluation.plots import plot_roc_curves, plot_score_histograms, safe_file_name
-from ..evaluation.protocol import FPR95_CONVENTION, OOD_RESULTS_FILE, PLOTS_DIR
-from ..evaluation.report import format_ood_table, write_json
+from ..evaluation.calibration import calibrate_on_samples
+from ..evaluation.ood_summary import summarize_ood_evaluation
+from ..evaluation.scored_sets import Comparison, ScoredSet
 from .evaluation import ClassificationOODEvaluator
 from .image_folder import register_image_folders_from_config
 from .mapper import ClassificationDatasetMapper
 
-__all__ = ["ClassificationTrainer", "IMAGE_FPR95_CONVENTION"]
+__all__ = ["ClassificationTrainer"]
 
-logger = logging.getLogger(__name__)
-
-IMAGE_FPR95_CONVENTION = FPR95_CONVENTION.replace("boxes", "images")
-_OOD_POSITIVE_TEXT = (
-    "FPR95 (OOD pos.): OOD is the positive class (OpenOOD convention), the percentage of ID "
-    "images flagged OOD at the threshold that catches 95% of OOD images"
-)
+# How the samples of a classification OOD evaluation are chosen (the report says it).
 _SAMPLE_SELECTION = "every image of each set is scored (the whole image is the one box)"
 # Defaults of the TEST.OOD keys read here, for configs made before those keys existed.
 _DEFAULT_FPR95_METHOD = "first_at_least"
 _DEFAULT_ID_KEEP = 0.95
-
-
-def _numeric(metrics):
-    """The float entries of a metrics dict (detectron2's EvalHook accepts only numbers)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
-
-
-def _check_datasets(cfg):
-    """Refuse training / ID test sets whose classes differ from the model's, naming them."""
-    num_classes = cfg.MODEL.VOS_CLASSIFIER.NUM_CLASSES
-    train_classes = None
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-        metadata = MetadataCatalog.get(name)
-        if metadata.get("ood_role", "id") != "id":
-            raise ValueError(
-                f"dataset {name!r} in DATASETS.TRAIN / DATASETS.TEST has ood_role "
-                f"{metadata.get('ood_role')!r}; OOD sets go to DATASETS.OOD_TEST"
-            )
-        class_names = metadata.get("thing_classes", None)
-        if class_names is None:
-            continue
-        if len(class_names) != num_classes:
-            raise ValueError(
-                f"MODEL.VOS_CLASSIFIER.NUM_CLASSES={num_classes} but dataset {name!r} has "
-                f"{len(class_names)} classes: {list(class_names)}"
-            )
-        if train_classes is None:
-            train_classes = list(class_names)
-        elif list(class_names) != train_classes:
-            raise ValueError(
-                f"dataset {name!r} has classes {list(class_names)}, not those of the training "
-                f"set, {train_classes}"
-            )
 
 
 class ClassificationTrainer(Trainer):
@@ -80,34 +28,33 @@ class ClassificationTrainer(Trainer):
     Same checkpointing, resuming and hooks; the data are classification dataset dicts
     mapped by :class:`ClassificationDatasetMapper`, and :meth:`test` reports accuracy on each
     ID set of ``DATASETS.TEST`` and FPR95 / AUROC / AUPR of every OOD score of the images
-    of each ``DATASETS.OOD_TEST`` set against those of each ID set (every image is scored).
+    of each ``DATASETS.OOD_TEST`` set against those of each ID set (every image is scored),
+    through the back half the detector's evaluation uses
+    (:func:`vos_det.evaluation.ood_summary.summarize_ood_evaluation`).
     """
 
+    NUM_CLASSES_KEY = "MODEL.VOS_CLASSIFIER.NUM_CLASSES"
+    DATASET_NOUN = "dataset"
+    FILTER_EMPTY_IMAGES = False  # classification dataset dicts hold no boxes
+
     @classmethod
-    def build_train_loader(cls, cfg, start_iter: int = 0):
-        """The classification train loader, resuming at ``start_iter`` (see Trainer)."""
+    def check_datasets(cls, cfg):
+        """Register the ImageFolders of ``DATASETS.IMAGE_FOLDERS``, then check the sets as
+        :meth:`Trainer.check_datasets` does."""
         register_image_folders_from_config(cfg)
-        _check_datasets(cfg)
-        dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
-        seed = cfg.SEED if cfg.SEED >= 0 else None
-        sampler = ResumableTrainingSampler(
-            len(dataset), seed=seed, start_position=start_iter * cfg.SOLVER.IMS_PER_BATCH
-        )
-        return build_detection_train_loader(
-            cfg,
-            dataset=dataset,
-            mapper=ClassificationDatasetMapper(cfg, is_train=True),
-            sampler=sampler,
-            seed=seed,
-        )
+        super().check_datasets(cfg)
+
+    @classmethod
+    def build_mapper(cls, cfg, is_train: bool):
+        return ClassificationDatasetMapper(cfg, is_train=is_train)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        register_image_folders_from_config(cfg)
+        """The test loader, batched by ``TEST.CLASSIFICATION.IMS_PER_BATCH``."""
         return build_detection_test_loader(
             cfg,
             dataset_name,
-            mapper=ClassificationDatasetMapper(cfg, is_train=False),
+            mapper=cls.build_mapper(cfg, is_train=False),
             batch_size=cfg.TEST.CLASSIFICATION.IMS_PER_BATCH,
         )
 
@@ -118,10 +65,11 @@ class ClassificationTrainer(Trainer):
         return ClassificationOODEvaluator(class_names, compute_accuracy=True)
 
     @classmethod
-    def _run(cls, cfg, model, dataset_name, evaluator):
-        """One inference pass: (the evaluator's results, OOD scores by name)."""
-        results = inference_on_dataset(model, cls.build_test_loader(cfg, dataset_name), evaluator)
-        return results["classification"], evaluator.scores
+    def _collect(cls, cfg, model, dataset_name, evaluator):
+        """One inference pass: (the evaluator's figures, every image as a ScoredSet)."""
+        metrics = inference_on_dataset(model, cls.build_test_loader(cfg, dataset_name), evaluator)["classification"]
+        num_images = int(metrics["num_images"])
+        return metrics, ScoredSet(evaluator.scores, num_images, num_images, num_images)
 
     @classmethod
     def calibrate(cls, cfg, model, dataset_name):
@@ -135,24 +83,19 @@ class ClassificationTrainer(Trainer):
         Returns:
             Calibration
         """
-        if MetadataCatalog.get(dataset_name).get("ood_role", "id") != "id":
+        if get_ood_role(dataset_name) != "id":
             raise ValueError(f"calibration set {dataset_name!r} must be an ID set (ood_role 'id')")
-        _, scores = cls._run(
-            cfg, model, dataset_name, ClassificationOODEvaluator(compute_accuracy=False)
-        )
-        head = getattr(model, "module", model).predictor
-        calibration = calibrate_threshold(
+        _, images = cls._collect(cfg, model, dataset_name, ClassificationOODEvaluator(compute_accuracy=False))
+        return calibrate_on_samples(
             model,
-            scores[head.ood_score],
+            images.ood_scores,
             cfg.TEST.OOD.get("CALIBRATION_ID_KEEP", _DEFAULT_ID_KEEP),
+            unit="images",
+            output_dir=cfg.OUTPUT_DIR,
+            weights=cfg.MODEL.WEIGHTS,
             dataset=dataset_name,
             box_selection=_SAMPLE_SELECTION,
         )
-        description = calibration.describe().replace("boxes", "images")
-        logger.info("Calibration on %s: %s", dataset_name, description)
-        if comm.is_main_process():
-            save_calibrated_model(model, cfg.OUTPUT_DIR, calibration, cfg.MODEL.WEIGHTS)
-        return calibration
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
@@ -174,124 +117,36 @@ class ClassificationTrainer(Trainer):
             "accuracy_<class>", "is_ood_rate", "num_images"}}, "ood_sets": {ood_set: {...}},
             "ood": {id_set: {ood_set: {score: metrics}}}, "calibration": {...}}``.
         """
-        register_image_folders_from_config(cfg)
-        _check_datasets(cfg)
+        cls.check_datasets(cfg)
         if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
             raise ValueError(
                 f"got {len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} datasets in "
                 "DATASETS.TEST"
             )
-        fpr_method = cfg.TEST.OOD.get("FPR95_METHOD", _DEFAULT_FPR95_METHOD)
         calibration_dataset = cfg.TEST.OOD.get("CALIBRATION_DATASET", "")
         calibration = cls.calibrate(cfg, model, calibration_dataset) if calibration_dataset else None
 
-        results = OrderedDict()
-        id_scores = OrderedDict()
+        results, id_sets, ood_sets = OrderedDict(), OrderedDict(), OrderedDict()
         for index, name in enumerate(cfg.DATASETS.TEST):
             evaluator = evaluators[index] if evaluators is not None else cls.build_evaluator(cfg, name)
-            metrics, id_scores[name] = cls._run(cfg, model, name, evaluator)
+            metrics, id_sets[name] = cls._collect(cfg, model, name, evaluator)
             results[name] = {"classification": metrics}
-        ood_scores = OrderedDict()
         for name in cfg.DATASETS.OOD_TEST:
-            metrics, ood_scores[name] = cls._run(
-                cfg, model, name, ClassificationOODEvaluator(compute_accuracy=False)
-            )
+            metrics, ood_sets[name] = cls._collect(cfg, model, name, ClassificationOODEvaluator(compute_accuracy=False))
             results.setdefault("ood_sets", OrderedDict())[name] = metrics
-        if ood_scores:
-            results["ood"] = {
-                id_name: {
-                    ood_name: {
-                        score: _numeric(
-                            ood_metrics(id_scores[id_name][score], ood[score], fpr_method=fpr_method)
-                        )
-                        for score in id_scores[id_name]
-                        if len(id_scores[id_name][score]) and len(ood.get(score, ()))
-                    }
-                    for ood_name, ood in ood_scores.items()
-                }
-                for id_name in id_scores
-            }
-        report = {
-            "results": results,
-            "convention": f"{IMAGE_FPR95_CONVENTION} (FPR95 method {fpr_method}). {_OOD_POSITIVE_TEXT}.",
-            "sample_selection": _SAMPLE_SELECTION,
-        }
-        if calibration is not None:
-            results["calibration"] = {
-                "threshold": float(calibration.threshold),
-                "kept_percent": 100.0 * calibration.kept_fraction,
-            }
-            report["calibration"] = {
-                **calibration.to_dict(),
-                "description": calibration.describe().replace("boxes", "images"),
-            }
-        if comm.is_main_process():
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            if cfg.TEST.OOD.get("PLOTS", False) and ood_scores:
-                report["plots"] = cls._draw(cfg, id_scores, ood_scores, calibration, model)
-            write_json(report, os.path.join(cfg.OUTPUT_DIR, OOD_RESULTS_FILE))
-            logger.info("Classification OOD evaluation:\n%s", format_classification_report(report))
+        comparisons = [
+            Comparison(name, OrderedDict([(name, images), *ood_sets.items()]), list(ood_sets), _SAMPLE_SELECTION)
+            for name, images in id_sets.items()
+        ]
+        results, _ = summarize_ood_evaluation(
+            comparisons,
+            unit="images",
+            fpr_method=cfg.TEST.OOD.get("FPR95_METHOD", _DEFAULT_FPR95_METHOD),
+            model=model,
+            output_dir=cfg.OUTPUT_DIR,
+            results=results,
+            selection_report={"sample_selection": _SAMPLE_SELECTION},
+            calibration=calibration,
+            draw_plots=cfg.TEST.OOD.get("PLOTS", False),
+        )
         return results
-
-    @staticmethod
-    def _draw(cfg, id_scores, ood_scores, calibration, model):
-        """ROC and histogram PNGs of every (ID set, OOD set) pair; returns their paths."""
-        plots_dir = os.path.join(cfg.OUTPUT_DIR, PLOTS_DIR)
-        head = getattr(model, "module", model).predictor
-        calibrated = None
-        if calibration is not None:
-            calibrated = (head.ood_score, calibration.threshold)
-        elif np.isfinite(float(head.calibrated_ood_threshold)):
-            calibrated = (head.ood_score, float(head.calibrated_ood_threshold))
-        paths = []
-        for id_name, id_values in id_scores.items():
-            for ood_name, ood_values in ood_scores.items():
-                stem = safe_file_name(id_name, ood_name)
-                common = {"id_name": id_name, "ood_name": ood_name, "subtitle": _SAMPLE_SELECTION}
-                paths.append(
-                    plot_roc_curves(
-                        id_values, ood_values, os.path.join(plots_dir, f"roc__{stem}.png"), **common
-                    )
-                )
-                paths.append(
-                    plot_score_histograms(
-                        id_values,
-                        ood_values,
-                        os.path.join(plots_dir, f"histograms__{stem}.png"),
-                        calibrated=calibrated,
-                        **common,
-                    )
-                )
-        return paths
-
-
-def format_classification_report(report):
-    """The text of a classification OOD report: accuracy, OOD table, calibration, plots."""
-    results = report["results"]
-    id_sets = [
-        name for name, value in results.items() if isinstance(value, dict) and "classification" in value
-    ]
-    rows = [
-        [name, results[name]["classification"].get("accuracy", float("nan")),
-         results[name]["classification"].get("is_ood_rate", float("nan")),
-         int(results[name]["classification"]["num_images"])]
-        for name in id_sets
-    ]
-    rows += [
-        [name, float("nan"), metrics.get("is_ood_rate", float("nan")), int(metrics["num_images"])]
-        for name, metrics in results.get("ood_sets", {}).items()
-    ]
-    lines = [
-        "Classification (percent; is_ood: images flagged OOD at the model's threshold):",
-        tabulate(
-            rows, headers=["set", "accuracy", "is_ood", "#images"], floatfmt=".2f", tablefmt="pipe"
-        ),
-    ]
-    if results.get("ood"):
-        lines += ["", f"OOD detection, {report['sample_selection']} (percent):"]
-        lines.append(format_ood_table(results["ood"], "Convention: " + report["convention"]))
-    if report.get("calibration"):
-        lines += ["", "Calibration: " + report["calibration"]["description"]]
-    if report.get("plots"):
-        lines += ["", "Plots:"] + [f"  {path}" for path in report["plots"]]
-    return "\n".join(lines)

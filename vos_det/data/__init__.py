@@ -2,9 +2,9 @@
 from . import builtin as _builtin  # ensure the datasets are registered
 from .builtin import BDD100K_CLASSES
 from .catalog import OOD_ROLES, check_class_names, get_ood_role
-from .coco_json import (
+from .coco_json import load_coco_json_dataset
+from .coco_json_registration import (
     CLI_SPEC_FORMAT,
-    load_coco_json_dataset,
     register_coco_json_dataset,
     register_from_cli,
     register_ood_coco_json,

@@ -5,7 +5,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .catalog import DATASETS_README
-from .coco_json import CLI_SPEC_FORMAT
+from .coco_json_registration import CLI_SPEC_FORMAT
 
 __all__ = ["check_dataset_files", "load_datasets_now"]
 

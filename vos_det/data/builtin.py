@@ -27,7 +27,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances, register_pascal_voc
 
-from .coco_json import register_coco_json_dataset
+from .coco_json_registration import register_coco_json_dataset
 from .digits_det import (
     DIGITS_DET_FAR_OOD_CLASSES,
     DIGITS_DET_ID_CLASSES,
@@ -139,6 +139,15 @@ def set_pascal_voc_roles() -> None:
             _check_voc_boxes_on_load(name)
 
 
+def _register_coco_json_sets(root: str, datasets, **options) -> None:
+    """Register COCO-json datasets, name -> (json, image folder) under ``root``, with the
+    options of :func:`register_coco_json_dataset`; names already in the catalog are skipped."""
+    for name, (json_file, image_root) in datasets.items():
+        if name in DatasetCatalog.list():
+            continue
+        register_coco_json_dataset(name, os.path.join(root, json_file), os.path.join(root, image_root), **options)
+
+
 def register_all_ood(root: str) -> None:
     """Register the OOD test sets of the VOC benchmark under ``root`` (lazily).
 
@@ -148,16 +157,7 @@ def register_all_ood(root: str) -> None:
     Args:
         root: the datasets root.
     """
-    for name, (json_file, image_root) in _OOD_SETS.items():
-        if name in DatasetCatalog.list():
-            continue
-        register_coco_json_dataset(
-            name,
-            os.path.join(root, json_file),
-            os.path.join(root, image_root),
-            ood_role="ood",
-            id_dataset=_VOC_ID_DATASET,
-        )
+    _register_coco_json_sets(root, _OOD_SETS, ood_role="ood", id_dataset=_VOC_ID_DATASET)
 
 
 def register_all_bdd100k(root: str) -> None:
@@ -170,16 +170,7 @@ def register_all_bdd100k(root: str) -> None:
     Args:
         root: the datasets root.
     """
-    for name, (json_file, image_root) in _BDD100K_SPLITS.items():
-        if name in DatasetCatalog.list():
-            continue
-        register_coco_json_dataset(
-            name,
-            os.path.join(root, json_file),
-            os.path.join(root, image_root),
-            ood_role="id",
-            thing_classes=BDD100K_CLASSES,
-        )
+    _register_coco_json_sets(root, _BDD100K_SPLITS, ood_role="id", thing_classes=BDD100K_CLASSES)
 
 
 def register_all_digits_det(root: str) -> None:

@@ -10,9 +10,11 @@ from typing import List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-__all__ = ["DATASETS_README", "OOD_ROLES", "check_class_names", "get_ood_role"]
+__all__ = ["DATASETS_README", "DEFAULT_OOD_ROLE", "OOD_ROLES", "check_class_names", "get_ood_role"]
 
 OOD_ROLES = ("id", "ood")
+# The role of a dataset whose metadata has no ood_role.
+DEFAULT_OOD_ROLE = "id"
 # Where the expected folder layout of every dataset is described (named in error messages).
 DATASETS_README = "datasets/README.md"
 
@@ -20,13 +22,16 @@ DATASETS_README = "datasets/README.md"
 def get_ood_role(dataset_name: str) -> str:
     """The ``ood_role`` ("id" or "ood") in the metadata of a registered dataset.
 
+    A dataset registered without one (e.g. by a user's own ``register_coco_instances``) is
+    an ID set: :data:`DEFAULT_OOD_ROLE`.
+
     Raises:
         KeyError: the dataset is not registered.
-        ValueError: its metadata has no valid ``ood_role``.
+        ValueError: its metadata has an ``ood_role`` that is not one of :data:`OOD_ROLES`.
     """
     if dataset_name not in DatasetCatalog.list():
         raise KeyError(f"dataset {dataset_name!r} is not registered")
-    role = MetadataCatalog.get(dataset_name).get("ood_role", None)
+    role = MetadataCatalog.get(dataset_name).get("ood_role", DEFAULT_OOD_ROLE)
     if role not in OOD_ROLES:
         raise ValueError(
             f"dataset {dataset_name!r} has ood_role {role!r} in its metadata; expected one of "
@@ -72,11 +77,9 @@ def check_class_names(dataset_name: str, expected_class_names: Sequence[str]) ->
         KeyError: the dataset is not registered.
         ValueError: the class names differ; the message lists the differences and both lists.
     """
-    if dataset_name not in DatasetCatalog.list():
-        raise KeyError(f"dataset {dataset_name!r} is not registered")
-    metadata = MetadataCatalog.get(dataset_name)
-    if metadata.get("ood_role", "id") == "ood":
+    if get_ood_role(dataset_name) == "ood":
         return
+    metadata = MetadataCatalog.get(dataset_name)
     class_names = metadata.get("thing_classes", None)
     if class_names is None:
         DatasetCatalog.get(dataset_name)  # COCO-json loaders set thing_classes from the json

@@ -28,127 +28,28 @@ other dataset takes its ``thing_classes`` from the json's categories, sorted by 
 set's classes need not match the model's (its annotations are not used to score boxes):
 annotations of categories missing from its json are dropped with a warning.
 
-Command line: :func:`register_from_cli` registers an OOD set from a spec
-``NAME=JSON_FILE:IMAGE_ROOT``.
+The file is read and checked by :mod:`.coco_json_file`; datasets are registered by
+:mod:`.coco_json_registration` (also from a command-line spec ``NAME=JSON_FILE:IMAGE_ROOT``).
 """
-import json
 import logging
 import os
 from collections import defaultdict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.structures import BoxMode
 
 from .box_checks import box_problem, warn_dropped_boxes
-from .catalog import DATASETS_README, OOD_ROLES
+from .catalog import DATASETS_README
+from .coco_json_file import category_mapping, check_dataset_paths, read_coco_json
 
-__all__ = [
-    "CLI_SPEC_FORMAT",
-    "check_dataset_paths",
-    "load_coco_json_dataset",
-    "parse_ood_spec",
-    "read_coco_json",
-    "register_coco_json_dataset",
-    "register_from_cli",
-    "register_ood_coco_json",
-]
+__all__ = ["load_coco_json_dataset"]
 
 logger = logging.getLogger(__name__)
 
-EVALUATOR_TYPE = "coco"
-CLI_SPEC_FORMAT = "NAME=JSON_FILE:IMAGE_ROOT"
-_CLI_SPEC_EXAMPLE = "my_ood=/data/my_ood/annotations.json:/data/my_ood/images"
 # Number of missing image files named in the error message.
 _MISSING_IMAGES_SHOWN = 3
 _BOX_LENGTH = 4
-
-
-def _json_description(ood_role: str) -> str:
-    return "COCO OOD json" if ood_role == "ood" else "COCO json"
-
-
-def check_dataset_paths(json_file: str, image_root: str, ood_role: str = "id") -> None:
-    """Check that the json file and the image folder of a COCO-json dataset exist.
-
-    Raises:
-        FileNotFoundError: naming the missing path and pointing to datasets/README.md.
-    """
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(
-            f"{_json_description(ood_role)} not found: {json_file}; see {DATASETS_README}"
-        )
-    if not os.path.isdir(image_root):
-        raise FileNotFoundError(
-            f"image folder not found: {image_root} (images of {json_file}); see {DATASETS_README}"
-        )
-
-
-def read_coco_json(json_file: str) -> Dict[str, Any]:
-    """Parse a COCO instances json and check its top-level structure.
-
-    Returns:
-        The parsed json: a dict whose "images" is a non-empty list and whose "annotations"
-        and "categories", when present, are lists.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not JSON (with the error's line, column and character), not
-            UTF-8, or not a COCO instances json; the message names the file.
-    """
-    try:
-        with open(json_file, encoding="utf-8") as f:
-            coco = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{json_file}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} "
-            f"(character {e.pos})"
-        ) from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{json_file}: not UTF-8 text ({e})") from None
-    if not isinstance(coco, dict):
-        raise ValueError(
-            f"{json_file}: not a COCO instances json: the top level is a {type(coco).__name__}, "
-            'not an object with an "images" list'
-        )
-    if "images" not in coco:
-        raise ValueError(
-            f'{json_file}: not a COCO instances json: it has no "images" list '
-            f"(top-level keys: {sorted(coco)})"
-        )
-    for key in ("images", "annotations", "categories"):
-        if key in coco and not isinstance(coco[key], list):
-            raise ValueError(f'{json_file}: "{key}" is a {type(coco[key]).__name__}, not a list')
-    if not coco["images"]:
-        raise ValueError(f'{json_file}: "images" is empty: the dataset has no image')
-    return coco
-
-
-def _category_mapping(
-    json_file: str, categories: List[Dict], thing_classes: Optional[Sequence[str]]
-) -> Tuple[List[str], Dict[Any, int]]:
-    """The dataset's class names and the map from json category id to contiguous id."""
-    names_by_id: Dict[Any, str] = {}
-    for index, category in enumerate(categories):
-        try:
-            names_by_id[category["id"]] = category["name"]
-        except (KeyError, TypeError):
-            raise ValueError(
-                f'{json_file}: category #{index} has no "id" and "name": {category!r}'
-            ) from None
-    if thing_classes is None:
-        sorted_ids = sorted(names_by_id)
-        return [names_by_id[i] for i in sorted_ids], {i: k for k, i in enumerate(sorted_ids)}
-    thing_classes = list(thing_classes)
-    unknown = sorted({name for name in names_by_id.values() if name not in thing_classes})
-    if unknown:
-        raise ValueError(
-            f"{json_file}: categories {unknown} are not among the dataset's classes "
-            f"{thing_classes}"
-        )
-    if len(set(names_by_id.values())) != len(names_by_id):
-        raise ValueError(f"{json_file}: several categories have the same name: {names_by_id}")
-    return thing_classes, {i: thing_classes.index(name) for i, name in names_by_id.items()}
 
 
 def _set_metadata(dataset_name: str, **values) -> None:
@@ -190,7 +91,7 @@ def load_coco_json_dataset(
     """
     check_dataset_paths(json_file, image_root, ood_role)
     coco = read_coco_json(json_file)
-    class_names, contiguous_id = _category_mapping(
+    class_names, contiguous_id = category_mapping(
         json_file, coco.get("categories") or [], thing_classes
     )
 
@@ -288,141 +189,3 @@ def load_coco_json_dataset(
         _set_metadata(dataset_name, **metadata)
     logger.info("Loaded %d images from %s", len(records), json_file)
     return records
-
-
-def register_coco_json_dataset(
-    name: str,
-    json_file: str,
-    image_root: str,
-    *,
-    ood_role: str,
-    thing_classes: Optional[Sequence[str]] = None,
-    id_dataset: Optional[str] = None,
-) -> None:
-    """Register a COCO-json detection dataset (lazily: nothing is read until it is loaded).
-
-    Metadata: ``json_file``, ``image_root``, ``evaluator_type`` "coco", ``ood_role``,
-    ``id_dataset`` (OOD sets, when given) and ``thing_classes`` (when fixed here; otherwise
-    set from the json when the dataset is loaded).
-
-    Args:
-        name: the dataset name in DatasetCatalog / MetadataCatalog.
-        json_file: the COCO instances json.
-        image_root: the folder of the images.
-        ood_role: "id" or "ood".
-        thing_classes: fixed class names of an ID dataset (see :func:`load_coco_json_dataset`).
-        id_dataset: for an OOD set, the training set whose classes count as known.
-
-    Raises:
-        ValueError: an unknown ``ood_role``, ``id_dataset`` or ``thing_classes`` given with
-            the wrong role, or ``name`` already registered for other files or another role.
-    """
-    if ood_role not in OOD_ROLES:
-        raise ValueError(f"ood_role of dataset {name!r} must be one of {OOD_ROLES}, got {ood_role!r}")
-    if id_dataset is not None and ood_role != "ood":
-        raise ValueError(f"dataset {name!r}: id_dataset is only for OOD sets (ood_role 'ood')")
-    if thing_classes is not None and ood_role != "id":
-        raise ValueError(f"dataset {name!r}: an OOD set takes its classes from its json")
-    if name in DatasetCatalog.list():
-        registered = MetadataCatalog.get(name)
-        if (
-            registered.get("json_file", None) == json_file
-            and registered.get("image_root", None) == image_root
-            and registered.get("ood_role", None) == ood_role
-        ):
-            return
-        raise ValueError(
-            f"dataset {name!r} is already registered (json_file "
-            f"{registered.get('json_file', None)!r}, image_root "
-            f"{registered.get('image_root', None)!r}, ood_role "
-            f"{registered.get('ood_role', None)!r}), not for {json_file!r} / {image_root!r} "
-            f"as {ood_role!r}"
-        )
-    fixed_classes = list(thing_classes) if thing_classes is not None else None
-    DatasetCatalog.register(
-        name,
-        lambda: load_coco_json_dataset(
-            json_file, image_root, name, thing_classes=fixed_classes, ood_role=ood_role
-        ),
-    )
-    metadata = {
-        "json_file": json_file,
-        "image_root": image_root,
-        "evaluator_type": EVALUATOR_TYPE,
-        "ood_role": ood_role,
-    }
-    if fixed_classes is not None:
-        metadata["thing_classes"] = fixed_classes
-    if id_dataset is not None:
-        metadata["id_dataset"] = id_dataset
-    MetadataCatalog.get(name).set(**metadata)
-
-
-def register_ood_coco_json(
-    name: str, json_file: str, image_root: str, id_dataset: Optional[str] = None
-) -> None:
-    """Register an OOD test set given as a COCO json: any images, any (or no) annotations.
-
-    The paths are made absolute. Registering the same name again for the same files is a
-    no-op. Nothing is read until the dataset is loaded.
-
-    Args:
-        name: the dataset name, e.g. for ``DATASETS.OOD_TEST``.
-        json_file: the COCO json (only "images" is required; see the module docstring).
-        image_root: the folder the images' ``file_name`` are relative to.
-        id_dataset: the training set whose classes count as known, if any.
-
-    Raises:
-        ValueError: ``name`` is already registered for other files.
-    """
-    register_coco_json_dataset(
-        name,
-        os.path.abspath(os.path.expanduser(json_file)),
-        os.path.abspath(os.path.expanduser(image_root)),
-        ood_role="ood",
-        id_dataset=id_dataset,
-    )
-
-
-def parse_ood_spec(spec: str) -> Tuple[str, str, str]:
-    """Split an OOD dataset spec ``NAME=JSON_FILE:IMAGE_ROOT`` into (name, json, image root).
-
-    The json path ends at the first ":" after "=", so it may not contain ":" (the image
-    root may).
-
-    Raises:
-        ValueError: the spec does not have the three non-empty parts.
-    """
-    name, _, paths = spec.partition("=")
-    json_file, _, image_root = paths.partition(":")
-    if not (name.strip() and json_file and image_root):
-        raise ValueError(
-            f"OOD dataset spec {spec!r} is not {CLI_SPEC_FORMAT}, e.g. {_CLI_SPEC_EXAMPLE!r}"
-        )
-    return name.strip(), json_file, image_root
-
-
-def register_from_cli(spec: str, id_dataset: Optional[str] = None) -> str:
-    """Register an OOD test set from a command-line spec ``NAME=JSON_FILE:IMAGE_ROOT``.
-
-    Unlike the built-in datasets, the json file and image folder are checked now, so that a
-    wrong path fails before any model is run.
-
-    Args:
-        spec: e.g. ``my_ood=/data/my_ood/annotations.json:/data/my_ood/images``.
-        id_dataset: the training set whose classes count as known (e.g. the first of
-            ``cfg.DATASETS.TRAIN``).
-
-    Returns:
-        The registered name.
-
-    Raises:
-        ValueError: a malformed spec, or the name already registered for other files.
-        FileNotFoundError: the json file or the image folder does not exist.
-    """
-    name, json_file, image_root = parse_ood_spec(spec)
-    json_file = os.path.abspath(os.path.expanduser(json_file))
-    image_root = os.path.abspath(os.path.expanduser(image_root))
-    check_dataset_paths(json_file, image_root, ood_role="ood")
-    register_ood_coco_json(name, json_file, image_root, id_dataset=id_dataset)
-    return name

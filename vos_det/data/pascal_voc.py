@@ -25,6 +25,15 @@ def _voc_text(node, path: str, xml_file: str) -> str:
     return element.text.strip()
 
 
+def _is_difficult(obj, xml_file: str, index: int) -> bool:
+    """The object's ``<difficult>`` flag (absent or empty = 0)."""
+    text = (obj.findtext("difficult") or "0").strip() or "0"
+    try:
+        return int(text) == 1
+    except ValueError:
+        raise ValueError(f"{xml_file}: object #{index} has a non-integer <difficult> {text!r}") from None
+
+
 def _load_voc_xml(xml_file: str, jpeg_file: str, file_id: str, class_names: Sequence[str]) -> Dict:
     """One image's dataset dict, as detectron2's ``load_voc_instances`` makes it."""
     try:
@@ -52,9 +61,10 @@ def _load_voc_xml(xml_file: str, jpeg_file: str, file_id: str, class_names: Sequ
         # 1-based inclusive pixel indices: (xmin=1, xmax=W) covers the image, i.e. [0, W].
         bbox[0] -= 1.0
         bbox[1] -= 1.0
-        annotations.append(
-            {"category_id": class_names.index(name), "bbox": bbox, "bbox_mode": BoxMode.XYXY_ABS}
-        )
+        annotation = {"category_id": class_names.index(name), "bbox": bbox, "bbox_mode": BoxMode.XYXY_ABS}
+        if _is_difficult(obj, xml_file, index):
+            annotation["difficult"] = 1
+        annotations.append(annotation)
     return {
         "file_name": jpeg_file,
         "image_id": file_id,
@@ -69,6 +79,9 @@ def load_voc_dataset(dirname: str, split: str, class_names: Sequence[str]) -> Li
 
     The dataset dicts are those of ``load_voc_instances`` (boxes XYXY_ABS with 1 subtracted
     from xmin / ymin, "difficult" objects included, ``image_id`` the file id), except that
+
+    * the annotation of a "difficult" object also holds ``"difficult": 1`` (detectron2's
+      drops the flag; the OOD box selection ignores these boxes as the VOC devkit does);
 
     * boxes :func:`box_problem` rejects are dropped with one warning naming each one's xml
       file and the index of its ``<object>`` there;

@@ -20,7 +20,7 @@ from detectron2.engine import defaults as d2_defaults
 from detectron2.engine import launch as d2_launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 
-from ..cli import load_config
+from ..config import load_config
 
 __all__ = ["create_ddp_model", "cpu_ddp_in_default_trainer", "is_cpu_device", "launch", "launch_from_args"]
 
@@ -121,18 +121,21 @@ def launch(
         d2_launch(worker, num_processes_per_machine, num_machines, machine_rank, dist_url, args, timeout)
 
 
-def launch_from_args(main_func, args):
-    """Run ``main_func(args)`` on the processes a training command line asks for.
+def launch_from_args(main_func, args, device=None):
+    """Run ``main_func(args)`` on the processes a command line asks for.
 
-    The device (``MODEL.DEVICE`` of the config file with the command-line overrides) decides
-    between GPU (NCCL) and CPU (gloo) processes, see :func:`launch`.
+    The device decides between GPU (NCCL) and CPU (gloo) processes, see :func:`launch`.
 
     Args:
         main_func: called as ``main_func(args)`` in every process.
-        args (argparse.Namespace): ``config_file``, ``opts``, ``num_gpus`` (processes per
-            machine), ``num_machines``, ``machine_rank`` and ``dist_url``.
+        args (argparse.Namespace): ``num_gpus`` (processes per machine), ``num_machines``,
+            ``machine_rank`` and ``dist_url``; without ``device`` also ``config_file`` and
+            ``opts``.
+        device (str, optional): the device of the run; default ``MODEL.DEVICE`` of the
+            config file with the command-line overrides.
     """
-    device = load_config(args.config_file, args.opts).MODEL.DEVICE
+    if device is None:
+        device = load_config(args.config_file, args.opts).MODEL.DEVICE
     launch(
         main_func,
         args.num_gpus,

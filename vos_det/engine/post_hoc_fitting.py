@@ -1,7 +1,8 @@
 """Fit the post-hoc OOD scores of a trained detector on its ID training boxes.
 
-    from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
+    from vos_det.engine.post_hoc_fitting import fit_mahalanobis, fit_post_hoc_scores
     path = fit_post_hoc_scores(cfg, "output/x/model_final.pth")   # -> output/x/post_hoc_scores.pth
+    path = fit_mahalanobis(cfg, "output/x/model_final.pth")       # -> output/x/mahalanobis_stats.pth
 
 Every ground-truth box of the training set is pooled through the detector: its penultimate
 box feature and foreground logits, and its ROI-pooled features of every backbone output;
@@ -21,8 +22,10 @@ from tqdm import tqdm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from ..cli import check_writable_dir
+from ..data.availability import check_dataset_files
 from ..evaluation.ood_metrics import auroc, fpr_at_tpr
-from ..modeling.margin_classifiers import LinearClassifier
+from ..modeling.regularizers.margin_classifiers import LinearClassifier
 from ..modeling.ood_scores import (
     POST_HOC_STATE_FILE,
     BoxFitData,
@@ -30,15 +33,32 @@ from ..modeling.ood_scores import (
     save_post_hoc_state,
 )
 from ..modeling.ood_scores.knn import kth_neighbour_distance
-from .checkpoint import check_checkpoint_matches_model
-from .feature_extraction import box_head_features, build_annotated_test_loader
+from .checkpoint import check_checkpoint_matches_model, check_weights_file
+from .feature_extraction import box_head_features, build_annotated_test_loader, ground_truth_box_features
 
-__all__ = ["KNN_K_CANDIDATES", "choose_knn_k", "extract_box_fit_data", "fit_post_hoc_scores"]
+__all__ = [
+    "KNN_K_CANDIDATES",
+    "MAHALANOBIS_STATISTICS_FILE",
+    "choose_knn_k",
+    "extract_box_fit_data",
+    "fit_mahalanobis",
+    "fit_post_hoc_scores",
+]
 
 logger = logging.getLogger(__name__)
 
 # The values of k tried on the validation boxes (capped at the bank size).
 KNN_K_CANDIDATES = (1, 5, 10, 20, 50, 100, 200)
+# The file fit_mahalanobis writes next to the weights.
+MAHALANOBIS_STATISTICS_FILE = "mahalanobis_stats.pth"
+
+
+def _load_trained_model(cfg, weights):
+    """The detector of ``cfg`` with ``weights`` loaded (checked to fit it), in eval mode."""
+    model = build_model(cfg)
+    check_checkpoint_matches_model(weights, model)
+    DetectionCheckpointer(model).load(weights)
+    return model.eval()
 
 
 def _fgsm_images(model, images, gt_boxes, gt_classes, epsilon: float):
@@ -192,10 +212,7 @@ def fit_post_hoc_scores(
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
     cfg.MODEL.VOS.POST_HOC.STATE = ""
-    model = build_model(cfg)
-    check_checkpoint_matches_model(weights, model)
-    DetectionCheckpointer(model).load(weights)
-    model.eval()
+    model = _load_trained_model(cfg, weights)
     scorers = model.roi_heads.box_predictor.post_hoc.scores
     names = list(scores) if scores else [name for name, s in scorers.items() if s.needs_fit]
     unknown = sorted(set(names) - set(scorers))
@@ -232,4 +249,50 @@ def fit_post_hoc_scores(
     save_post_hoc_state(
         dict(scorers.items()), output, int(data.features.shape[1]), predictor.num_classes, **info
     )
+    return output
+
+
+def fit_mahalanobis(
+    cfg,
+    weights: str,
+    output: Optional[str] = None,
+    datasets: Optional[Sequence[str]] = None,
+    add_classes: Sequence[tuple] = (),
+) -> str:
+    """Fit the class Gaussians (shared covariance) of the penultimate box features and save them.
+
+    Every ground-truth box of the datasets is pooled through the trained box head; the class
+    means, the shared covariance and the priors are written for
+    ``MODEL.VOS.MAHALANOBIS_STATS``.
+
+    Args:
+        cfg: the model's config (MODEL.WEIGHTS is not read: ``weights`` is).
+        weights: the trained weights (.pth).
+        output: the statistics file; default ``mahalanobis_stats.pth`` next to the weights.
+        datasets: ID datasets to fit on; default ``cfg.DATASETS.TRAIN``.
+        add_classes: (name, dataset) pairs: classes added from all boxes of the dataset,
+            without retraining (means, covariance and priors updated as a refit would).
+
+    Returns:
+        str: the statistics file.
+    """
+    check_weights_file(weights, "--weights")
+    fit_datasets = list(datasets or cfg.DATASETS.TRAIN)
+    check_dataset_files(fit_datasets + [name for _, name in add_classes])
+    output = output or os.path.join(os.path.dirname(weights), MAHALANOBIS_STATISTICS_FILE)
+    check_writable_dir(os.path.dirname(os.path.abspath(output)), "folder of the statistics file")
+    model = _load_trained_model(cfg, weights)
+    discriminant = model.roi_heads.box_predictor.mahalanobis
+
+    def features_of(name):
+        return ground_truth_box_features(model, build_annotated_test_loader(cfg, name), description=name)
+
+    features, labels = zip(*(features_of(name) for name in fit_datasets))
+    discriminant.fit(torch.cat(features), torch.cat(labels), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    logger.info("fitted %d class Gaussians on %d boxes", discriminant.num_classes, int(discriminant.counts.sum()))
+    for class_name, dataset_name in add_classes:
+        new_features, _ = features_of(dataset_name)
+        index = discriminant.add_class(new_features)
+        logger.info("added class %r as index %d from %d boxes of %s", class_name, index, len(new_features), dataset_name)
+    discriminant.save_statistics(output)
     return output

@@ -1,16 +1,32 @@
-"""A predictor for end users: config + weights in, detections with OOD verdicts out."""
+"""A predictor for end users: config + weights in, detections with OOD verdicts out.
+
+:class:`OODPredictor` runs one image; :func:`predict_images` runs image files, folders and
+glob patterns into a ``predictions.json`` (and drawings), what ``tools/predict.py`` does.
+"""
+import glob
+import json
 import logging
 import math
+import os
 
+import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
+from PIL import Image
+from tqdm import tqdm
 
-from ..cli import load_config
-from ..data.image_io import read_image_file
+from ..cli import check_writable_dir
+from ..config import load_config
+from ..data.image_io import IMAGE_EXTENSIONS, read_image_file
 from ..modeling import VOSOutputLayers
+from ..utils.file_io import atomic_open
+from ..utils.visualization import draw_ood_detections
 from .checkpoint import check_checkpoint_matches_model, check_weights_file
 
-__all__ = ["OODPredictor", "instances_to_records"]
+__all__ = ["PREDICTIONS_FILE", "OODPredictor", "find_images", "instances_to_records", "predict_images"]
+
+# The file predict_images writes in its output folder.
+PREDICTIONS_FILE = "predictions.json"
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +99,7 @@ class OODPredictor(DefaultPredictor):
             weights (str): checkpoint path (sets MODEL.WEIGHTS).
             opts (list[str]): KEY VALUE overrides, as on the command line.
         """
-        cfg = load_config(config_file, ["MODEL.WEIGHTS", weights, *opts])
-        cfg.freeze()
-        return cls(cfg)
+        return cls(load_config(config_file, ["MODEL.WEIGHTS", weights, *opts]))
 
     @property
     def ood_threshold(self) -> float:
@@ -106,6 +120,101 @@ class OODPredictor(DefaultPredictor):
         """
         image = read_image_file(path, format="BGR")
         return self(image)["instances"].to("cpu")
+
+
+def find_images(inputs):
+    """Expand files, folders (non-recursive, image extensions) and glob patterns, in order.
+
+    Args:
+        inputs (list[str]): image files, folders and glob patterns.
+
+    Returns:
+        list[str]: the image files.
+
+    Raises:
+        FileNotFoundError: an input matches nothing, or no image was found at all.
+    """
+    found = []
+    for spec in inputs:
+        if os.path.isdir(spec):
+            matches = sorted(
+                os.path.join(spec, name)
+                for name in os.listdir(spec)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if not matches:
+                raise FileNotFoundError(f"--input folder {spec} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+        elif os.path.isfile(spec):
+            matches = [spec]
+        else:
+            matches = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+            if not matches:
+                raise FileNotFoundError(f"--input {spec!r} is no file or folder and matches no file")
+        found.extend(matches)
+    return found
+
+
+def predict_images(config_file, weights, inputs, output_dir, *, draw=False, min_score=0.5, ood_threshold=None, opts=()):
+    """Detections with OOD verdicts of every image, written to ``output_dir/predictions.json``.
+
+    The output folder is checked to be writable before any image runs. An unreadable file is
+    logged, listed under "errors" and skipped.
+
+    Args:
+        config_file (str): the config (path or name under configs/).
+        weights (str): the checkpoint.
+        inputs (list[str]): image files, folders and glob patterns (:func:`find_images`).
+        output_dir (str): gets ``predictions.json`` and, with ``draw``, one PNG per image:
+            ID boxes solid green with class and score, OOD boxes dashed red.
+        draw (bool): write the drawings.
+        min_score (float): keep detections with class score >= this.
+        ood_threshold (float, optional): flag boxes with ood_score above this, instead of
+            the checkpoint's calibrated threshold.
+        opts (list[str]): ``KEY VALUE`` config overrides.
+
+    Returns:
+        dict: the report written: config, weights, ood_score, ood_threshold, convention,
+        class_names, category_ids, images, detections (:func:`instances_to_records`), errors.
+    """
+    images = find_images(inputs)
+    overrides = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(min_score)]
+    if ood_threshold is not None:
+        overrides += ["MODEL.VOS.OOD_THRESHOLD", str(ood_threshold), "MODEL.VOS.USE_CALIBRATED_THRESHOLD", "False"]
+    predictor = OODPredictor.from_config_file(config_file, weights, overrides + list(opts))
+    check_writable_dir(output_dir, "--output folder")  # before any image runs
+    detections, image_entries, errors = [], [], []
+    for image_id, path in enumerate(tqdm(images, desc="predict", unit="img")):
+        try:
+            image_bgr = read_image_file(path, format="BGR")  # decoded once, for the model and the drawing
+            instances = predictor(image_bgr)["instances"].to("cpu")
+        except ValueError as e:
+            logger.warning("skipping %s", e)
+            errors.append({"file_name": path, "error": str(e)})
+            continue
+        height, width = instances.image_size
+        image_entries.append({"id": image_id, "file_name": path, "height": height, "width": width})
+        detections.extend(
+            instances_to_records(instances, image_id, path, predictor.class_names, predictor.category_ids)
+        )
+        if draw:
+            drawn = draw_ood_detections(np.ascontiguousarray(image_bgr[:, :, ::-1]), instances, predictor.class_names)
+            stem = os.path.splitext(os.path.basename(path))[0]
+            Image.fromarray(drawn).save(os.path.join(output_dir, f"{image_id:06d}_{stem}.png"))
+    report = {
+        "config": config_file,
+        "weights": weights,
+        "ood_score": predictor.box_predictor.ood_score,
+        "ood_threshold": predictor.ood_threshold,
+        "convention": "ood_score: larger = more OOD; is_ood = ood_score > ood_threshold",
+        "class_names": predictor.class_names,
+        "category_ids": predictor.category_ids,
+        "images": image_entries,
+        "detections": detections,
+        "errors": errors,
+    }
+    with atomic_open(os.path.join(output_dir, PREDICTIONS_FILE), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
 
 
 def instances_to_records(instances, image_id, file_name, class_names, category_ids=None):

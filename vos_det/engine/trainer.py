@@ -1,5 +1,5 @@
 """Trainer: detectron2's DefaultTrainer with ID detection metrics plus per-box OOD metrics."""
-import logging
+import functools
 import os
 
 from detectron2.data import (
@@ -9,26 +9,17 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import print_csv_format
-from detectron2.utils import comm
 
+from ..data.catalog import get_ood_role
 from ..data.mapper import ImageNamingDatasetMapper
 from ..data.resumable_sampler import ResumableTrainingSampler
-from ..evaluation.box_scores import collect_detections
-from ..evaluation.detection import build_detection_evaluator
-# FPR95_CONVENTION and OOD_RESULTS_FILE are also imported from here (classification trainer).
-from ..evaluation.protocol import FPR95_CONVENTION, OOD_RESULTS_FILE, evaluate_ood_protocol
+from ..evaluation.detection import build_detection_evaluator, log_detection_results
+from ..evaluation.protocol import OOD_RESULTS_FILE, evaluate_ood_protocol
 from .checkpoint import AtomicWritePathManager, RandomState
 from .launch import cpu_ddp_in_default_trainer
 
-__all__ = ["Trainer"]
-
-logger = logging.getLogger(__name__)
-
-
-def _numeric(metrics):
-    """The float entries of a metrics dict (detectron2's EvalHook accepts only numbers)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+# OOD_RESULTS_FILE: the report Trainer.test writes in OUTPUT_DIR (tests import it from here).
+__all__ = ["OOD_RESULTS_FILE", "Trainer"]
 
 
 class Trainer(DefaultTrainer):
@@ -41,6 +32,13 @@ class Trainer(DefaultTrainer):
     also written to ``OUTPUT_DIR/ood_results.json`` with the FPR95 convention.
     """
 
+    # The config key of the model's class count (check_datasets compares the ID sets' with
+    # it), how its errors name a dataset, and whether training drops images without boxes
+    # (as DATALOADER.FILTER_EMPTY_ANNOTATIONS says).
+    NUM_CLASSES_KEY = "MODEL.ROI_HEADS.NUM_CLASSES"
+    DATASET_NOUN = "the training set"
+    FILTER_EMPTY_IMAGES = True
+
     def __init__(self, cfg):
         # DefaultTrainer's DDP wrap passes device_ids, which DDP refuses for a CPU model.
         with cpu_ddp_in_default_trainer():
@@ -50,34 +48,70 @@ class Trainer(DefaultTrainer):
         self.checkpointer.add_checkpointable("random_state", RandomState())
 
     @classmethod
+    def check_datasets(cls, cfg):
+        """Refuse training / ID test sets that are OOD sets or whose classes are not the model's.
+
+        Every set of ``DATASETS.TRAIN`` and ``DATASETS.TEST`` must have ``ood_role`` "id"
+        (:func:`vos_det.data.catalog.get_ood_role`), and those that name their classes must
+        have ``NUM_CLASSES_KEY`` of them, the same for all.
+
+        Raises:
+            ValueError: naming the dataset.
+        """
+        num_classes = functools.reduce(getattr, cls.NUM_CLASSES_KEY.split("."), cfg)
+        first_classes = None
+        for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+            role = get_ood_role(name)
+            if role != "id":
+                raise ValueError(
+                    f"dataset {name!r} in DATASETS.TRAIN / DATASETS.TEST has ood_role {role!r}; "
+                    "OOD sets go to DATASETS.OOD_TEST"
+                )
+            class_names = MetadataCatalog.get(name).get("thing_classes", None)
+            if class_names is None:
+                continue
+            if len(class_names) != num_classes:
+                raise ValueError(
+                    f"{cls.NUM_CLASSES_KEY}={num_classes} but {cls.DATASET_NOUN} {name!r} has "
+                    f"{len(class_names)} classes: {list(class_names)}"
+                )
+            if first_classes is None:
+                first_classes = list(class_names)
+            elif list(class_names) != first_classes:
+                raise ValueError(
+                    f"dataset {name!r} has classes {list(class_names)}, not those of the training "
+                    f"set, {first_classes}"
+                )
+
+    @classmethod
+    def build_mapper(cls, cfg, is_train: bool):
+        """The dataset mapper of the train and test loaders: detectron2's, naming the image
+        file in its errors."""
+        return ImageNamingDatasetMapper(cfg, is_train=is_train)
+
+    @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
-        """The detection train loader, with a sampler that resumes at ``start_iter``.
+        """The train loader (datasets checked first), with a sampler resuming at ``start_iter``.
 
         With a fixed ``cfg.SEED`` (>= 0) the image order and the loader's worker seeds do
         not depend on the global random state, so a resumed run sees the same batches as
         an uninterrupted one.
         """
+        cls.check_datasets(cfg)
         dataset = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+            cfg.DATASETS.TRAIN, filter_empty=cls.FILTER_EMPTY_IMAGES and cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
-        for name in cfg.DATASETS.TRAIN:
-            class_names = MetadataCatalog.get(name).get("thing_classes", None)
-            if class_names is not None and len(class_names) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-                raise ValueError(
-                    f"MODEL.ROI_HEADS.NUM_CLASSES={cfg.MODEL.ROI_HEADS.NUM_CLASSES} but the "
-                    f"training set {name!r} has {len(class_names)} classes: {list(class_names)}"
-                )
         seed = cfg.SEED if cfg.SEED >= 0 else None
         sampler = ResumableTrainingSampler(
             len(dataset), seed=seed, start_position=start_iter * cfg.SOLVER.IMS_PER_BATCH
         )
-        mapper = ImageNamingDatasetMapper(cfg, is_train=True)
+        mapper = cls.build_mapper(cfg, is_train=True)
         return build_detection_train_loader(cfg, dataset=dataset, mapper=mapper, sampler=sampler, seed=seed)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        """detectron2's test loader, whose errors name the image file."""
-        return build_detection_test_loader(cfg, dataset_name, mapper=ImageNamingDatasetMapper(cfg, is_train=False))
+        """detectron2's test loader with :meth:`build_mapper`'s mapper."""
+        return build_detection_test_loader(cfg, dataset_name, mapper=cls.build_mapper(cfg, is_train=False))
 
     def resume_or_load(self, resume=True):
         """As DefaultTrainer's; a resumed run also continues the image stream where it stopped."""
@@ -95,11 +129,6 @@ class Trainer(DefaultTrainer):
         """
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_detection_evaluator(dataset_name, output_folder)
-
-    @classmethod
-    def _collect(cls, cfg, model, dataset_name, detection_evaluator=None):
-        """One inference pass over a dataset: (detection results, DetectionRecords)."""
-        return collect_detections(model, cls.build_test_loader(cfg, dataset_name), detection_evaluator)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
@@ -124,6 +153,7 @@ class Trainer(DefaultTrainer):
             "ood": {id_set: {ood_set: {score: metrics}}}, "box_selection": {id_set:
             {"score_threshold": t}}}`` (plus ``"calibration"`` when calibrated).
         """
+        cls.check_datasets(cfg)
         results, _ = evaluate_ood_protocol(
             cfg,
             model,
@@ -132,9 +162,5 @@ class Trainer(DefaultTrainer):
             detection_evaluators=evaluators,
             build_evaluator=lambda name: cls.build_evaluator(cfg, name),
         )
-        if comm.is_main_process():
-            for name in cfg.DATASETS.TEST:
-                if results.get(name):
-                    logger.info("Detection results on %s:", name)
-                    print_csv_format(results[name])
+        log_detection_results(results, cfg.DATASETS.TEST)
         return results

@@ -9,7 +9,8 @@ smallest score value t with ``#{ID boxes with score <= t} >= keep * #ID boxes`` 
 
 It is written into the model's ``calibrated_ood_threshold`` buffer, which is saved with the
 model's state dict and used by ``is_ood`` from then on (unless
-``MODEL.VOS.USE_CALIBRATED_THRESHOLD`` is False).
+``MODEL.VOS.USE_CALIBRATED_THRESHOLD`` is False). The same rule serves images (a classifier's
+samples): :func:`calibrate_on_samples` takes the kept samples its caller already scored.
 """
 import json
 import logging
@@ -21,18 +22,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.utils import comm
 
 from ..utils.file_io import atomic_open
-from .box_scores import collect_detections
-from .box_selection import select_boxes_for_config
 
 __all__ = [
     "CALIBRATED_MODEL_FILE",
     "THRESHOLD_FILE",
     "Calibration",
-    "calibrate_on_dataset",
+    "calibrate_on_samples",
     "calibrate_threshold",
     "find_ood_head",
     "save_calibrated_model",
@@ -110,11 +108,12 @@ class Calibration:
     box_selection: str = ""
     protocol: str = ""
 
-    def describe(self) -> str:
+    def describe(self, unit: str = "boxes") -> str:
+        """One sentence: the threshold and the share of the ID samples (``unit``) it keeps."""
         gamma = f", i.e. gamma = {self.gamma:.4f} on p(ID)" if self.gamma is not None else ""
         return (
             f"OOD threshold on '{self.ood_score}' = {self.threshold:.6g}{gamma}: keeps "
-            f"{100 * self.kept_fraction:.2f}% of {self.num_boxes} ID boxes"
+            f"{100 * self.kept_fraction:.2f}% of {self.num_boxes} ID {unit}"
             + (f" of {self.dataset}" if self.dataset else "")
             + f" (target {100 * self.keep:.0f}%); is_ood = ood_score > threshold"
         )
@@ -178,52 +177,33 @@ def save_calibrated_model(model, output_dir: str, calibration: Calibration, weig
     return {"model": model_path, "json": json_path}
 
 
-def calibrate_on_dataset(
-    cfg, model, dataset_name: str, *, records=None, build_test_loader=None, output_dir=None
-) -> Calibration:
-    """Calibrate the OOD threshold of ``model`` on an ID validation set.
-
-    The detections are selected by the box selection of ``cfg.TEST.OOD.PROTOCOL`` applied to
-    that set itself (its optimal-F1 threshold uses its ground truth), and the threshold keeps
-    ``cfg.TEST.OOD.CALIBRATION_ID_KEEP`` of them. With ``output_dir``, the model and
-    ``ood_threshold.json`` are saved there (main process only).
+def calibrate_on_samples(model, ood_scores, keep: float, *, unit="boxes", output_dir=None, weights="", **info):
+    """Calibrate the OOD threshold on the kept samples of an ID validation set, and save it.
 
     Args:
-        cfg (CfgNode): the config.
-        model (nn.Module): the detector; its threshold buffer is set.
-        dataset_name: a registered ID set with ground truth.
-        records (DetectionRecords, optional): its detections, if already collected.
-        build_test_loader (callable, optional): ``(cfg, name) -> loader``; detectron2's by default.
-        output_dir (str, optional): where to save the calibrated model.
+        model (nn.Module): the model; its OOD head's threshold buffer is set.
+        ood_scores (dict[str, np.ndarray]): score name -> (N,) OOD scores of the kept ID
+            samples; the head's own score is used, its NaN values left out.
+        keep: fraction of ID samples to keep as ID (``TEST.OOD.CALIBRATION_ID_KEEP``).
+        unit: "boxes" or "images", for the messages.
+        output_dir (str, optional): where the main process saves the model and
+            ``ood_threshold.json`` (:func:`save_calibrated_model`).
+        weights: the weights the model was loaded from, recorded in the JSON.
+        info: ``dataset``, ``box_selection`` and ``protocol`` strings, recorded in the result.
 
     Returns:
         Calibration
     """
-    role = MetadataCatalog.get(dataset_name).get("ood_role", "id")
-    if role != "id":
-        raise ValueError(f"calibration set {dataset_name!r} has ood_role {role!r}; it must be an ID set")
-    if records is None:
-        loader = (build_test_loader or build_detection_test_loader)(cfg, dataset_name)
-        _, records = collect_detections(model, loader)
-    selection = select_boxes_for_config(cfg, records, dataset_name)
     head = find_ood_head(model)
-    selected = selection.apply(records)
-    scores = selected.ood_scores.get(head.ood_score)
-    if scores is None or not len(scores):
+    scores = np.asarray(ood_scores.get(head.ood_score, ()), dtype=np.float64).reshape(-1)
+    if not scores.size:
         raise ValueError(
-            f"no detection of {dataset_name} is kept by the box selection ({selection.describe()}): "
-            "cannot calibrate the OOD threshold"
+            f"no {unit} of {info.get('dataset', 'the calibration set')} kept "
+            f"({info.get('box_selection', '')}): cannot calibrate the OOD threshold"
         )
-    calibration = calibrate_threshold(
-        model,
-        scores[~np.isnan(scores)],
-        cfg.TEST.OOD.CALIBRATION_ID_KEEP,
-        dataset=dataset_name,
-        box_selection=selection.describe(),
-        protocol=selection.protocol,
-    )
-    logger.info("Calibration on %s: %s", dataset_name, calibration.describe())
+    calibration = calibrate_threshold(model, scores[~np.isnan(scores)], keep, **info)
+    logger.info("Calibration on %s: %s", calibration.dataset, calibration.describe(unit))
     if output_dir and comm.is_main_process():
-        paths = save_calibrated_model(model, output_dir, calibration, cfg.MODEL.WEIGHTS)
+        paths = save_calibrated_model(model, output_dir, calibration, weights)
         logger.info("Calibrated model written to %s (threshold also in %s)", paths["model"], paths["json"])
     return calibration

@@ -1,10 +1,14 @@
 """ID detection quality: COCO-style AP / AP50 / AP75 and, for VOC-format sets, the VOC AP."""
+import logging
 import os
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator, print_csv_format
+from detectron2.utils import comm
 
-__all__ = ["VOCDetectionEvaluator", "build_detection_evaluator"]
+__all__ = ["VOCDetectionEvaluator", "build_detection_evaluator", "log_detection_results"]
+
+logger = logging.getLogger(__name__)
 
 
 class VOCDetectionEvaluator(PascalVOCDetectionEvaluator):
@@ -50,3 +54,18 @@ def build_detection_evaluator(dataset_name: str, output_dir: str):
     if evaluator_type == "coco":
         return coco
     return DatasetEvaluators([coco, VOCDetectionEvaluator(dataset_name)])
+
+
+def log_detection_results(results, dataset_names):
+    """Log, from the main process, each ID set's detection metrics as detectron2's CSV lines.
+
+    Args:
+        results (dict): ``{id_set: {task: {metric: value}}}`` (an OOD protocol's results).
+        dataset_names (list[str]): the ID sets, in order; those without results are left out.
+    """
+    if not comm.is_main_process():
+        return
+    for name in dataset_names:
+        if results.get(name):
+            logger.info("Detection results on %s:", name)
+            print_csv_format(results[name])

@@ -5,37 +5,33 @@ Conventions used everywhere in this module:
 * An *OOD score* is larger for samples that look more out-of-distribution (energy-based
   scores must be negated by the caller if they are "larger = more ID").
 * Every function takes two 1-D arrays: ``id_ood_scores``, the OOD scores of the
-  in-distribution samples (boxes), and ``ood_ood_scores``, the OOD scores of the
+  in-distribution samples (boxes or images), and ``ood_ood_scores``, the OOD scores of the
   out-of-distribution samples.
 * ``FPR95`` follows the detection literature (and the official VOS code): **ID is the positive
   class**. A sample is accepted as ID when its OOD score is at most a threshold; FPR95 is the
   fraction of OOD samples accepted at the threshold that keeps 95% of the ID samples.
   ``fpr_at_tpr_ood_positive`` gives the OpenOOD / pytorch-ood variant (OOD positive), which is a
   different number in general.
-* Ties of scores are merged: all samples with the same score fall on the same side of every
-  threshold, exactly as ``sklearn.metrics.roc_curve(..., drop_intermediate=False)`` does.
+* Ties of scores are merged (see :mod:`.score_curves`).
 
-The curves are computed here with numpy only; scikit-learn is used by the tests as a reference.
+The curves are computed with numpy only; scikit-learn is used by the tests as a reference.
+:class:`.OODMetrics` accumulates scores over batches for :func:`ood_metrics`.
 """
 import numpy as np
 
-__all__ = [
-    "FPR_METHODS",
-    "OODMetrics",
-    "aupr_in",
-    "aupr_out",
-    "auroc",
-    "fpr_at_tpr",
-    "fpr_at_tpr_ood_positive",
-    "ood_metrics",
-    "roc_curve",
-]
+from .score_curves import (
+    FPR_METHODS,
+    area_under_roc,
+    average_precision,
+    binary_clf_curve,
+    check_score_pair,
+    fpr_at_level,
+)
+
+__all__ = ["aupr_in", "aupr_out", "auroc", "fpr_at_tpr", "fpr_at_tpr_ood_positive", "ood_metrics", "roc_curve"]
 
 # TPR (recall of the positive class) at which the FPR95 keys of `ood_metrics` are read.
 _FPR95_TPR = 0.95
-
-# Ways to read the FPR at a TPR level off the ROC curve (see `fpr_at_tpr`).
-FPR_METHODS = ("first_at_least", "official_closest")
 
 _CONVENTION = (
     "FPR95: ID positive; fraction of OOD accepted when 95% of ID kept; "
@@ -47,122 +43,6 @@ _METHOD_DESCRIPTIONS = {
         "threshold = ROC point with TPR closest to 95% (official VOS code), ties of scores merged"
     ),
 }
-
-
-def _to_numpy(x):
-    """Return ``x`` as a numpy array; torch tensors may live on any device and have any dtype."""
-    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here.
-        x = x.detach().cpu()
-        if x.is_floating_point():
-            x = x.double()  # Also covers float16 / bfloat16, which numpy cannot take directly.
-        x = x.numpy()
-    return np.asarray(x)
-
-
-def _check_scores(scores, name):
-    """Convert one set of OOD scores to a float64 1-D array and validate it.
-
-    Args:
-        scores: 1-D array-like or torch tensor of OOD scores.
-        name: how to call the set in error messages, e.g. ``"ID scores (id_ood_scores)"``.
-
-    Returns:
-        np.ndarray: float64 array of shape (N,), N > 0.
-
-    Raises:
-        ValueError: if the input is not 1-D, is empty, or contains NaN.
-    """
-    arr = _to_numpy(scores).astype(np.float64, copy=False)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of scores, got shape {arr.shape}.")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty: OOD metrics need at least one ID and one OOD score.")
-    num_nan = int(np.isnan(arr).sum())
-    if num_nan:
-        raise ValueError(f"{name} contains {num_nan} NaN score(s) out of {arr.size}.")
-    return arr
-
-
-def _check_pair(id_ood_scores, ood_ood_scores):
-    """Validate both sets; see `_check_scores`."""
-    return (
-        _check_scores(id_ood_scores, "ID scores (id_ood_scores)"),
-        _check_scores(ood_ood_scores, "OOD scores (ood_ood_scores)"),
-    )
-
-
-def _check_level(tpr):
-    if not 0.0 <= tpr <= 1.0:
-        raise ValueError(f"tpr must be in [0, 1], got {tpr}.")
-
-
-def _binary_clf_curve(pos_scores, neg_scores):
-    """Counts of positives and negatives above each distinct threshold.
-
-    A sample is predicted positive when its score is >= the threshold; thresholds run over the
-    distinct score values in decreasing order, so tied scores are merged into one ROC point.
-
-    Args:
-        pos_scores: float64 array (P,), scores of the positive class (larger = more positive).
-        neg_scores: float64 array (N,), scores of the negative class.
-
-    Returns:
-        tuple[np.ndarray, np.ndarray]: ``(fps, tps)``, int64 arrays of shape (K,), K = number of
-        distinct scores: negatives and positives with score >= the k-th largest distinct score.
-        Both are non-decreasing; ``fps[-1] == N`` and ``tps[-1] == P``.
-    """
-    scores = np.concatenate([pos_scores, neg_scores])
-    is_pos = np.concatenate(
-        [np.ones(pos_scores.size, dtype=bool), np.zeros(neg_scores.size, dtype=bool)]
-    )
-    order = np.argsort(-scores, kind="stable")
-    scores = scores[order]
-    is_pos = is_pos[order]
-    # Last index of every run of equal scores (`!=`, not np.diff, so that ties of +-inf merge).
-    threshold_idxs = np.r_[np.flatnonzero(scores[1:] != scores[:-1]), scores.size - 1]
-    tps = np.cumsum(is_pos, dtype=np.int64)[threshold_idxs]
-    fps = threshold_idxs + 1 - tps
-    return fps, tps
-
-
-def _fpr_at_tpr(pos_scores, neg_scores, tpr, method):
-    """FPR at a TPR level for generic positive/negative score sets (larger = more positive)."""
-    _check_level(tpr)
-    if method not in FPR_METHODS:
-        raise ValueError(f"Unknown method {method!r}; expected one of {FPR_METHODS}.")
-    fps, tps = _binary_clf_curve(pos_scores, neg_scores)
-    num_pos, num_neg = tps[-1], fps[-1]
-    if method == "first_at_least":
-        # The ROC curve of sklearn.metrics.roc_curve(drop_intermediate=False): origin first.
-        tpr_curve = np.r_[0, tps] / num_pos
-        fpr_curve = np.r_[0, fps] / num_neg
-        # First point whose TPR >= tpr; it exists because tpr_curve[-1] == 1 >= tpr.
-        return float(fpr_curve[np.searchsorted(tpr_curve, tpr, side="left")])
-    # "official_closest": fpr_and_fdr_at_recall of the official VOS / Outlier Exposure code.
-    # Points from the first one reaching full recall back to the highest threshold; argmin
-    # returns the first minimum in that order, i.e. among points equally close to `tpr` the one
-    # with the lowest threshold (largest TPR, then largest FPR).
-    last_ind = int(np.searchsorted(tps, num_pos, side="left"))
-    recall = tps[last_ind::-1] / num_pos
-    cutoff = last_ind - int(np.argmin(np.abs(recall - tpr)))
-    return float(fps[cutoff] / num_neg)
-
-
-def _auroc(pos_scores, neg_scores):
-    """Area under the ROC curve (trapezoids, ties merged) for larger = more positive scores."""
-    fps, tps = _binary_clf_curve(pos_scores, neg_scores)
-    fps = np.r_[0, fps].astype(np.float64)
-    tps = np.r_[0, tps].astype(np.float64)
-    twice_area = np.sum(np.diff(fps) * (tps[1:] + tps[:-1]))
-    return float(twice_area / (2.0 * tps[-1] * fps[-1]))
-
-
-def _average_precision(pos_scores, neg_scores):
-    """Average precision sum_k (R_k - R_{k-1}) P_k over the distinct thresholds (ties merged)."""
-    fps, tps = _binary_clf_curve(pos_scores, neg_scores)
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def fpr_at_tpr(id_ood_scores, ood_ood_scores, tpr=0.95, *, method="first_at_least"):
@@ -201,8 +81,8 @@ def fpr_at_tpr(id_ood_scores, ood_ood_scores, tpr=0.95, *, method="first_at_leas
         ValueError: for empty, non-1-D or NaN-containing inputs, ``tpr`` outside [0, 1] or an
             unknown ``method``.
     """
-    id_scores, ood_scores = _check_pair(id_ood_scores, ood_ood_scores)
-    return _fpr_at_tpr(-id_scores, -ood_scores, tpr, method)
+    id_scores, ood_scores = check_score_pair(id_ood_scores, ood_ood_scores)
+    return fpr_at_level(-id_scores, -ood_scores, tpr, method)
 
 
 def fpr_at_tpr_ood_positive(id_ood_scores, ood_ood_scores, tpr=0.95):
@@ -225,8 +105,8 @@ def fpr_at_tpr_ood_positive(id_ood_scores, ood_ood_scores, tpr=0.95):
     Raises:
         ValueError: for empty, non-1-D or NaN-containing inputs, or ``tpr`` outside [0, 1].
     """
-    id_scores, ood_scores = _check_pair(id_ood_scores, ood_ood_scores)
-    return _fpr_at_tpr(ood_scores, id_scores, tpr, "first_at_least")
+    id_scores, ood_scores = check_score_pair(id_ood_scores, ood_ood_scores)
+    return fpr_at_level(ood_scores, id_scores, tpr, "first_at_least")
 
 
 def roc_curve(id_ood_scores, ood_ood_scores):
@@ -247,8 +127,8 @@ def roc_curve(id_ood_scores, ood_ood_scores):
     Raises:
         ValueError: for empty, non-1-D or NaN-containing inputs.
     """
-    id_scores, ood_scores = _check_pair(id_ood_scores, ood_ood_scores)
-    fps, tps = _binary_clf_curve(-id_scores, -ood_scores)
+    id_scores, ood_scores = check_score_pair(id_ood_scores, ood_ood_scores)
+    fps, tps = binary_clf_curve(-id_scores, -ood_scores)
     thresholds = np.unique(np.concatenate([id_scores, ood_scores]))
     return (
         np.r_[0, fps] / fps[-1],
@@ -274,8 +154,8 @@ def auroc(id_ood_scores, ood_ood_scores):
     Raises:
         ValueError: for empty, non-1-D or NaN-containing inputs.
     """
-    id_scores, ood_scores = _check_pair(id_ood_scores, ood_ood_scores)
-    return _auroc(-id_scores, -ood_scores)
+    id_scores, ood_scores = check_score_pair(id_ood_scores, ood_ood_scores)
+    return area_under_roc(-id_scores, -ood_scores)
 
 
 def aupr_in(id_ood_scores, ood_ood_scores):
@@ -295,28 +175,18 @@ def aupr_in(id_ood_scores, ood_ood_scores):
     Raises:
         ValueError: for empty, non-1-D or NaN-containing inputs.
     """
-    id_scores, ood_scores = _check_pair(id_ood_scores, ood_ood_scores)
-    return _average_precision(-id_scores, -ood_scores)
+    id_scores, ood_scores = check_score_pair(id_ood_scores, ood_ood_scores)
+    return average_precision(-id_scores, -ood_scores)
 
 
 def aupr_out(id_ood_scores, ood_ood_scores):
-    """Area under the precision-recall curve with OOD as positive class (score = OOD score).
+    """`aupr_in` with OOD as the positive class (score = OOD score): AUPR-Out in [0, 1].
 
-    Average precision as in `aupr_in`, equal to
-    ``sklearn.metrics.average_precision_score(is_ood, ood_score)``.
-
-    Args:
-        id_ood_scores: 1-D array or tensor, OOD scores of the ID samples (larger = more OOD).
-        ood_ood_scores: 1-D array or tensor, OOD scores of the OOD samples.
-
-    Returns:
-        float: AUPR-Out in [0, 1].
-
-    Raises:
-        ValueError: for empty, non-1-D or NaN-containing inputs.
+    Equal to ``sklearn.metrics.average_precision_score(is_ood, ood_score)``; same arguments
+    and errors as `aupr_in`.
     """
-    id_scores, ood_scores = _check_pair(id_ood_scores, ood_ood_scores)
-    return _average_precision(ood_scores, id_scores)
+    id_scores, ood_scores = check_score_pair(id_ood_scores, ood_ood_scores)
+    return average_precision(ood_scores, id_scores)
 
 
 def ood_metrics(id_ood_scores, ood_ood_scores, *, fpr_method="first_at_least"):
@@ -341,104 +211,18 @@ def ood_metrics(id_ood_scores, ood_ood_scores, *, fpr_method="first_at_least"):
     Raises:
         ValueError: for empty, non-1-D or NaN-containing inputs, or an unknown ``fpr_method``.
     """
-    id_scores, ood_scores = _check_pair(id_ood_scores, ood_ood_scores)
+    id_scores, ood_scores = check_score_pair(id_ood_scores, ood_ood_scores)
     if fpr_method not in FPR_METHODS:
         raise ValueError(f"Unknown fpr_method {fpr_method!r}; expected one of {FPR_METHODS}.")
     return {
-        "FPR95": 100.0 * _fpr_at_tpr(-id_scores, -ood_scores, _FPR95_TPR, fpr_method),
-        "AUROC": 100.0 * _auroc(-id_scores, -ood_scores),
-        "AUPR-In": 100.0 * _average_precision(-id_scores, -ood_scores),
-        "AUPR-Out": 100.0 * _average_precision(ood_scores, id_scores),
+        "FPR95": 100.0 * fpr_at_level(-id_scores, -ood_scores, _FPR95_TPR, fpr_method),
+        "AUROC": 100.0 * area_under_roc(-id_scores, -ood_scores),
+        "AUPR-In": 100.0 * average_precision(-id_scores, -ood_scores),
+        "AUPR-Out": 100.0 * average_precision(ood_scores, id_scores),
         "FPR95-OOD-positive": 100.0
-        * _fpr_at_tpr(ood_scores, id_scores, _FPR95_TPR, "first_at_least"),
+        * fpr_at_level(ood_scores, id_scores, _FPR95_TPR, "first_at_least"),
         "num_id": int(id_scores.size),
         "num_ood": int(ood_scores.size),
         "convention": f"{_CONVENTION}; {_METHOD_DESCRIPTIONS[fpr_method]}",
     }
 
-
-class OODMetrics:
-    """Accumulates OOD scores over batches and computes `ood_metrics` on all of them.
-
-    Example::
-
-        metrics = OODMetrics()
-        for scores, is_ood in batches:  # 1-D, any device; scores: larger = more OOD
-            metrics.update(scores, is_ood)
-        results = metrics.compute()  # {"FPR95": ..., "AUROC": ..., ...}
-
-    Args:
-        fpr_method: how "FPR95" reads the ROC curve, see `fpr_at_tpr`.
-    """
-
-    def __init__(self, fpr_method="first_at_least"):
-        if fpr_method not in FPR_METHODS:
-            raise ValueError(f"Unknown fpr_method {fpr_method!r}; expected one of {FPR_METHODS}.")
-        self.fpr_method = fpr_method
-        self.reset()
-
-    def reset(self):
-        """Forget every score added so far."""
-        self._id_chunks = []
-        self._ood_chunks = []
-
-    def update(self, scores, is_ood):
-        """Add a batch of scores.
-
-        Args:
-            scores: 1-D numpy array or torch tensor (any device) of OOD scores, larger = more OOD.
-                May be empty (e.g. an image where no box was kept).
-            is_ood: 1-D boolean (or 0/1) array or tensor of the same length, True for OOD samples.
-
-        Returns:
-            OODMetrics: ``self``.
-
-        Raises:
-            ValueError: for non-1-D inputs, mismatched lengths, non-binary ``is_ood`` or NaN scores.
-        """
-        scores = _to_numpy(scores).astype(np.float64, copy=False)
-        is_ood = _to_numpy(is_ood)
-        if scores.ndim != 1 or is_ood.ndim != 1:
-            raise ValueError(
-                f"scores and is_ood must be 1-D, got shapes {scores.shape} and {is_ood.shape}."
-            )
-        if scores.shape != is_ood.shape:
-            raise ValueError(
-                f"scores and is_ood must have the same length, got {scores.size} and {is_ood.size}."
-            )
-        if is_ood.dtype != bool:
-            if not np.isin(is_ood, (0, 1)).all():
-                raise ValueError("is_ood must be boolean or contain only 0 and 1.")
-            is_ood = is_ood.astype(bool)
-        nan = np.isnan(scores)
-        if nan.any():
-            raise ValueError(
-                f"scores contain {int(nan.sum())} NaN score(s): {int((nan & ~is_ood).sum())} in "
-                f"the ID set and {int((nan & is_ood).sum())} in the OOD set."
-            )
-        self._id_chunks.append(scores[~is_ood])
-        self._ood_chunks.append(scores[is_ood])
-        return self
-
-    @property
-    def num_id(self):
-        """int: number of ID scores accumulated."""
-        return sum(chunk.size for chunk in self._id_chunks)
-
-    @property
-    def num_ood(self):
-        """int: number of OOD scores accumulated."""
-        return sum(chunk.size for chunk in self._ood_chunks)
-
-    def compute(self):
-        """Metrics of all accumulated scores.
-
-        Returns:
-            dict: as `ood_metrics`.
-
-        Raises:
-            ValueError: if no ID or no OOD score has been added.
-        """
-        id_scores = np.concatenate(self._id_chunks) if self._id_chunks else np.zeros(0)
-        ood_scores = np.concatenate(self._ood_chunks) if self._ood_chunks else np.zeros(0)
-        return ood_metrics(id_scores, ood_scores, fpr_method=self.fpr_method)

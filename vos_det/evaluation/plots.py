@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from .ood_metrics import auroc, fpr_at_tpr, roc_curve
 
-__all__ = ["plot_roc_curves", "plot_score_histograms", "safe_file_name"]
+__all__ = ["plot_comparisons", "plot_roc_curves", "plot_score_histograms", "safe_file_name"]
 
 # The ID fraction kept at the FPR95 operating point.
 _TPR = 0.95
@@ -144,3 +144,40 @@ def plot_score_histograms(
         figure.text(0.5, 0.01, subtitle, ha="center", va="bottom", fontsize=7, wrap=True)
     figure.tight_layout(rect=(0, 0.04 if subtitle else 0, 1, 0.96))
     return _save(figure, path)
+
+
+def _without_nan(scores):
+    return {name: values[~np.isnan(values)] for name, values in scores.items()}
+
+
+def plot_comparisons(plots_dir, comparisons, calibrated=None):
+    """ROC and histogram PNGs of every (ID set, OOD set) pair of the comparisons.
+
+    Args:
+        plots_dir (str): the folder of the PNGs (``roc__<id>__<ood>.png``,
+            ``histograms__<id>__<ood>.png``).
+        comparisons (list[Comparison]): see :mod:`vos_det.evaluation.scored_sets`; a pair
+            without any non-NaN score on one side is left out.
+        calibrated (tuple[str, float], optional): (score name, threshold) to mark.
+
+    Returns:
+        list[str]: the paths written.
+    """
+    paths = []
+    for comparison in comparisons:
+        id_name = comparison.id_name
+        id_scores = _without_nan(comparison.sets[id_name].ood_scores)
+        for ood_name in comparison.others:
+            ood_scores = _without_nan(comparison.sets[ood_name].ood_scores)
+            if not any(len(v) for v in id_scores.values()) or not any(len(v) for v in ood_scores.values()):
+                continue
+            stem = safe_file_name(id_name, ood_name)
+            common = {"id_name": id_name, "ood_name": ood_name, "subtitle": comparison.selection}
+            paths.append(plot_roc_curves(id_scores, ood_scores, os.path.join(plots_dir, f"roc__{stem}.png"), **common))
+            paths.append(
+                plot_score_histograms(
+                    id_scores, ood_scores, os.path.join(plots_dir, f"histograms__{stem}.png"),
+                    calibrated=calibrated, **common,
+                )
+            )
+    return paths

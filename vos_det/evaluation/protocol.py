@@ -1,7 +1,10 @@
-"""The VOS OOD-detection evaluation protocol, shared by ``Trainer.test`` and tools/ood_eval.py.
+"""The VOS OOD-detection evaluation protocol of detectors, shared by ``Trainer.test`` and tools.
 
-1. One inference pass per dataset (ID test sets, OOD sets, and the calibration set if any)
-   records every detection with its class score and all its OOD scores.
+This is the detection front of the OOD evaluation; the back half, shared with image
+classification, is :func:`vos_det.evaluation.ood_summary.summarize_ood_evaluation`.
+
+1. One inference pass per dataset (ID test sets, OOD sets, and the calibration set if it is
+   not an ID test set) records every detection with its class score and all its OOD scores.
 2. ID detection quality comes from the detection evaluators of the same pass (COCO-style
    AP / AP50 / AP75 and, for VOC-format sets, the VOC AP).
 3. The protocol's box selection (``TEST.OOD.PROTOCOL``, see :mod:`.box_selection`) is
@@ -9,47 +12,32 @@
    OOD set whose score reaches it are kept ("vos_official": the proposal's maximum
    foreground probability against the released code's threshold; "vos_det": the class
    score against ``TEST.OOD.BOX_SELECTION``'s).
-4. For each (ID set, OOD set) pair and each OOD score: FPR95 (ID positive; the ROC point
-   closest to 95% ID recall under "vos_official", ``TEST.OOD.FPR95_METHOD`` under
-   "vos_det"), AUROC, AUPR-In, AUPR-Out and the OOD-positive FPR95.
-5. Optionally the OOD threshold is calibrated on an ID validation set and saved with the
-   model; the table is printed and written to JSON, the ROC curves and histograms to PNG.
+4. Optionally the OOD threshold is calibrated on the kept boxes of an ID validation set and
+   saved with the model.
+5. The back half: for each (ID set, OOD set) pair and each OOD score, FPR95 (ID positive; the
+   ROC point closest to 95% ID recall under "vos_official", ``TEST.OOD.FPR95_METHOD`` under
+   "vos_det"), AUROC, AUPR-In, AUPR-Out and the OOD-positive FPR95; the table is printed and
+   written to JSON, the ROC curves and histograms to PNG.
 """
 import logging
 import os
 from collections import OrderedDict
 
-import numpy as np
+from detectron2.data import build_detection_test_loader
 
-from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.utils import comm
-
+from ..data.catalog import get_ood_role
 from .box_scores import collect_detections
 from .box_selection import PROTOCOL_DESCRIPTIONS, PROTOCOLS, select_boxes_for_config
-from .calibration import CALIBRATED_MODEL_FILE, THRESHOLD_FILE, calibrate_on_dataset, find_ood_head
+from .calibration import calibrate_on_samples
 from .detection import build_detection_evaluator
-from .ood_metrics import FPR_METHODS, ood_metrics
-from .plots import plot_roc_curves, plot_score_histograms, safe_file_name
-from .report import format_ood_report, write_json
+from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, numbers_only, summarize_ood_evaluation
+from .score_curves import FPR_METHODS
+from .scored_sets import Comparison, ScoredSet
 
-__all__ = ["FPR95_CONVENTION", "OOD_RESULTS_FILE", "PLOTS_DIR", "evaluate_ood_protocol", "fpr95_method"]
+# OOD_RESULTS_FILE and PLOTS_DIR: the files evaluate_ood_protocol writes, named here too.
+__all__ = ["OOD_RESULTS_FILE", "PLOTS_DIR", "calibrate_on_dataset", "evaluate_ood_protocol", "fpr95_method"]
 
 logger = logging.getLogger(__name__)
-
-OOD_RESULTS_FILE = "ood_results.json"
-PLOTS_DIR = "ood_plots"
-FPR95_CONVENTION = (
-    "FPR95: ID is the positive class, the percentage of OOD boxes accepted as ID at the "
-    "threshold that keeps 95% of ID boxes; larger OOD score = more OOD"
-)
-_FPR_METHOD_TEXT = {
-    "first_at_least": "read at the first ROC point keeping >= 95% of ID boxes",
-    "official_closest": "read at the ROC point whose ID recall is closest to 95% (official VOS code)",
-}
-_OOD_POSITIVE_TEXT = (
-    "FPR95 (OOD pos.): OOD is the positive class (OpenOOD convention), the percentage of ID "
-    "boxes flagged OOD at the threshold that catches 95% of OOD boxes"
-)
 
 
 def fpr95_method(cfg) -> str:
@@ -63,41 +51,83 @@ def fpr95_method(cfg) -> str:
     return method
 
 
-def _numeric(metrics):
-    """The float entries of a metrics dict (detectron2's EvalHook accepts only numbers)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
+def _check_calibration_set(dataset_name):
+    role = get_ood_role(dataset_name)
+    if role != "id":
+        raise ValueError(f"calibration set {dataset_name!r} has ood_role {role!r}; it must be an ID set")
 
 
-def _pair_metrics(id_scores, ood_scores, fpr_method, skipped, pair):
-    """OOD metrics per score of one pair; records why a score could not be evaluated."""
-    metrics = {}
-    for name in sorted(set(id_scores) & set(ood_scores)):
-        id_values = id_scores[name][~np.isnan(id_scores[name])]
-        ood_values = ood_scores[name][~np.isnan(ood_scores[name])]
-        dropped = (id_scores[name].size - id_values.size) + (ood_scores[name].size - ood_values.size)
-        if dropped:
-            logger.warning("%s, score %s: %d NaN score(s) left out", pair, name, dropped)
-        if not id_values.size or not ood_values.size:
-            skipped.append(
-                f"{pair}, score {name}: {id_values.size} ID and {ood_values.size} OOD boxes kept"
-            )
-            continue
-        metrics[name] = _numeric(ood_metrics(id_values, ood_values, fpr_method=fpr_method))
-    return metrics
+def calibrate_on_dataset(cfg, model, dataset_name: str, *, records, selection=None, output_dir=None):
+    """Calibrate the OOD threshold of ``model`` on the kept boxes of an ID validation set.
+
+    The detections are kept by the box selection of ``cfg.TEST.OOD.PROTOCOL`` on that set
+    itself (its optimal-F1 threshold uses its ground truth), and the threshold keeps
+    ``cfg.TEST.OOD.CALIBRATION_ID_KEEP`` of them (see :mod:`.calibration`).
+
+    Args:
+        cfg (CfgNode): the config.
+        model (nn.Module): the detector; its threshold buffer is set.
+        dataset_name: a registered ID set with ground truth.
+        records (DetectionRecords): its detections (:func:`collect_detections`).
+        selection (BoxSelection, optional): its box selection, if already resolved.
+        output_dir (str, optional): where the main process saves the calibrated model.
+
+    Returns:
+        Calibration
+    """
+    _check_calibration_set(dataset_name)
+    selection = selection or select_boxes_for_config(cfg, records, dataset_name)
+    return calibrate_on_samples(
+        model,
+        selection.apply(records).ood_scores,
+        cfg.TEST.OOD.CALIBRATION_ID_KEEP,
+        output_dir=output_dir,
+        weights=cfg.MODEL.WEIGHTS,
+        dataset=dataset_name,
+        box_selection=selection.describe(),
+        protocol=selection.protocol,
+    )
+
+
+def _collect(cfg, model, build_test_loader, evaluators, other_sets):
+    """One inference pass per set: the ID sets' detection metrics and every set's detections.
+
+    Args:
+        evaluators (OrderedDict[str, DatasetEvaluator]): each ID set's detection evaluator.
+        other_sets (list[str]): the OOD sets and the calibration set, run without evaluator
+            (unless already run as an ID set).
+
+    Returns:
+        tuple[OrderedDict, dict]: ``{id_set: {task: {metric: float}}}`` and
+        ``{set: DetectionRecords}``.
+    """
+    metrics, records = OrderedDict(), {}
+    for name, evaluator in evaluators.items():
+        results, records[name] = collect_detections(model, build_test_loader(cfg, name), evaluator)
+        metrics[name] = {task: numbers_only(values) for task, values in results.items() if isinstance(values, dict)}
+    for name in other_sets:
+        if name not in records:
+            records[name] = collect_detections(model, build_test_loader(cfg, name))[1]
+    return metrics, records
+
+
+def _box_counts(comparison):
+    """Per set of a comparison: its images, detections and the detections kept."""
+    return {
+        name: {"images": kept.num_images, "detections": kept.num_candidates, "selected": kept.num_kept}
+        for name, kept in comparison.sets.items()
+    }
+
+
+def _kept(records, selection):
+    """The boxes of ``records`` that ``selection`` keeps, as the back half's ScoredSet."""
+    kept = selection.apply(records)
+    return ScoredSet(kept.ood_scores, len(kept), len(records), records.num_images)
 
 
 def evaluate_ood_protocol(
-    cfg,
-    model,
-    *,
-    output_dir,
-    id_datasets=None,
-    ood_datasets=None,
-    build_test_loader=None,
-    detection_evaluators=None,
-    build_evaluator=None,
-    calibration_dataset=None,
-    draw_plots=None,
+    cfg, model, *, output_dir, id_datasets=None, ood_datasets=None, build_test_loader=None,
+    detection_evaluators=None, build_evaluator=None, calibration_dataset=None, draw_plots=None,
     log_report=True,
 ):
     """Run the whole protocol (see the module doc) and write its files.
@@ -130,9 +160,7 @@ def evaluate_ood_protocol(
     build_test_loader = build_test_loader or build_detection_test_loader
     if calibration_dataset is None:
         calibration_dataset = cfg.TEST.OOD.CALIBRATION_DATASET
-    draw_plots = cfg.TEST.OOD.PLOTS if draw_plots is None else draw_plots
-    protocol = cfg.TEST.OOD.PROTOCOL
-    fpr_method = fpr95_method(cfg)
+    protocol, fpr_method = cfg.TEST.OOD.PROTOCOL, fpr95_method(cfg)
     if detection_evaluators is not None and len(detection_evaluators) != len(id_datasets):
         raise ValueError(
             f"got {len(detection_evaluators)} evaluators for {len(id_datasets)} ID test sets"
@@ -141,159 +169,56 @@ def evaluate_ood_protocol(
         def build_evaluator(name):
             return build_detection_evaluator(name, os.path.join(output_dir, "inference", name))
 
-    for name in ood_datasets:
-        role = MetadataCatalog.get(name).get("ood_role", None)
-        if role not in (None, "ood"):
+    for name, role in ((name, get_ood_role(name)) for name in ood_datasets):
+        if role != "ood":
             logger.warning("OOD test set %s has ood_role %r", name, role)
+    if calibration_dataset:
+        _check_calibration_set(calibration_dataset)  # before any inference pass
 
-    results = OrderedDict()
-    id_records = OrderedDict()
+    evaluators = OrderedDict()
     for index, name in enumerate(id_datasets):
         evaluator = detection_evaluators[index] if detection_evaluators is not None else None
-        evaluator = evaluator if evaluator is not None else build_evaluator(name)
-        loader = build_test_loader(cfg, name)
-        detection_results, id_records[name] = collect_detections(model, loader, evaluator)
-        results[name] = {
-            task: _numeric(values) for task, values in detection_results.items() if isinstance(values, dict)
-        }
-    ood_records = OrderedDict(
-        (name, collect_detections(model, build_test_loader(cfg, name))[1]) for name in ood_datasets
+        evaluators[name] = evaluator if evaluator is not None else build_evaluator(name)
+    detection_results, records = _collect(
+        cfg, model, build_test_loader, evaluators, ood_datasets + ([calibration_dataset] if calibration_dataset else [])
     )
-
+    selections = OrderedDict((name, select_boxes_for_config(cfg, records[name], name)) for name in id_datasets)
     calibration = None
     if calibration_dataset:
         calibration = calibrate_on_dataset(
             cfg,
             model,
             calibration_dataset,
-            records=id_records.get(calibration_dataset),
-            build_test_loader=build_test_loader,
+            records=records[calibration_dataset],
+            selection=selections.get(calibration_dataset),
             output_dir=output_dir,
         )
 
-    selections = OrderedDict(
-        (name, select_boxes_for_config(cfg, records, name)) for name, records in id_records.items()
-    )
-    boxes, skipped, ood_results = {}, [], {}
-    selected_scores = {}
-    for id_name, selection in selections.items():
-        kept = OrderedDict(
-            [(id_name, selection.apply(id_records[id_name]))]
-            + [(ood_name, selection.apply(records)) for ood_name, records in ood_records.items()]
+    comparisons = [
+        Comparison(
+            id_name,
+            OrderedDict((name, _kept(records[name], selection)) for name in [id_name] + ood_datasets),
+            ood_datasets,
+            "Box selection: " + selection.describe(),
         )
-        all_records = {id_name: id_records[id_name], **ood_records}
-        boxes[id_name] = {
-            name: {
-                "images": all_records[name].num_images,
-                "detections": len(all_records[name]),
-                "selected": len(records),
-            }
-            for name, records in kept.items()
-        }
-        selected_scores[id_name] = {name: records.ood_scores for name, records in kept.items()}
-        if ood_datasets:
-            ood_results[id_name] = {
-                ood_name: _pair_metrics(
-                    kept[id_name].ood_scores,
-                    kept[ood_name].ood_scores,
-                    fpr_method,
-                    skipped,
-                    f"ID {id_name} vs OOD {ood_name}",
-                )
-                for ood_name in ood_records
-            }
-    if ood_datasets:
-        results["ood"] = ood_results
-    results["box_selection"] = {
-        name: {"score_threshold": float(s.score_threshold)} for name, s in selections.items()
-    }
-
-    report = {
-        "protocol": {"name": protocol, "description": PROTOCOL_DESCRIPTIONS[protocol]},
-        "results": results,
-        "convention": f"{FPR95_CONVENTION} ({_FPR_METHOD_TEXT[fpr_method]}). {_OOD_POSITIVE_TEXT}.",
-        "box_selection": {name: s.to_dict() for name, s in selections.items()},
-        "boxes": boxes,
-        "skipped": skipped,
-    }
-    if calibration is not None:
-        calibration_report = calibration.to_dict()
-        calibration_report["description"] = calibration.describe()
-        score = calibration.ood_score
-        calibration_report["id_kept"] = {
-            id_name: float(np.mean(scores[id_name][score] <= calibration.threshold))
-            for id_name, scores in selected_scores.items()
-            if len(scores[id_name].get(score, ()))
-        }
-        calibration_report["ood_flagged"] = {
-            id_name: {
-                name: float(np.mean(values[score] > calibration.threshold))
-                for name, values in scores.items()
-                if name != id_name and len(values.get(score, ()))
-            }
-            for id_name, scores in selected_scores.items()
-        }
-        if comm.is_main_process():
-            calibration_report["files"] = {
-                "model": os.path.join(output_dir, CALIBRATED_MODEL_FILE),
-                "json": os.path.join(output_dir, THRESHOLD_FILE),
-            }
-        report["calibration"] = calibration_report
-        results["calibration"] = {
-            "threshold": float(calibration.threshold),
-            "kept_percent": 100.0 * calibration.kept_fraction,
-        }
-
-    if comm.is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-        if draw_plots and ood_datasets:
-            report["plots"] = _draw(
-                os.path.join(output_dir, PLOTS_DIR), selected_scores, selections, calibration, model
-            )
-        write_json(report, os.path.join(output_dir, OOD_RESULTS_FILE))
-        if log_report:
-            logger.info("OOD evaluation:\n%s", format_ood_report(report))
-    return results, report
-
-
-def _without_nan(scores):
-    return {name: values[~np.isnan(values)] for name, values in scores.items()}
-
-
-def _draw(plots_dir, selected_scores, selections, calibration, model):
-    """ROC and histogram PNGs of every (ID set, OOD set) pair; returns their paths."""
-    calibrated = None
-    if calibration is not None:
-        calibrated = (calibration.ood_score, calibration.threshold)
-    else:
-        try:
-            head = find_ood_head(model)
-            stored = float(head.calibrated_ood_threshold)
-            if np.isfinite(stored):
-                calibrated = (head.ood_score, stored)
-        except TypeError:
-            pass
-    paths = []
-    for id_name, per_set in selected_scores.items():
-        subtitle = "Box selection: " + selections[id_name].describe()
-        for ood_name, ood_scores in per_set.items():
-            if ood_name == id_name:
-                continue
-            id_scores = _without_nan(per_set[id_name])
-            ood_scores = _without_nan(ood_scores)
-            if not any(len(v) for v in id_scores.values()) or not any(len(v) for v in ood_scores.values()):
-                continue
-            stem = safe_file_name(id_name, ood_name)
-            paths.append(
-                plot_roc_curves(
-                    id_scores, ood_scores, os.path.join(plots_dir, f"roc__{stem}.png"),
-                    id_name=id_name, ood_name=ood_name, subtitle=subtitle,
-                )
-            )
-            paths.append(
-                plot_score_histograms(
-                    id_scores, ood_scores, os.path.join(plots_dir, f"histograms__{stem}.png"),
-                    id_name=id_name, ood_name=ood_name, calibrated=calibrated, subtitle=subtitle,
-                )
-            )
-    return paths
+        for id_name, selection in selections.items()
+    ]
+    return summarize_ood_evaluation(
+        comparisons,
+        unit="boxes",
+        fpr_method=fpr_method,
+        model=model,
+        output_dir=output_dir,
+        results=detection_results,
+        results_tail={
+            "box_selection": {name: {"score_threshold": float(s.score_threshold)} for name, s in selections.items()}
+        },
+        report_head={"protocol": {"name": protocol, "description": PROTOCOL_DESCRIPTIONS[protocol]}},
+        selection_report={
+            "box_selection": {name: s.to_dict() for name, s in selections.items()},
+            "boxes": {c.id_name: _box_counts(c) for c in comparisons},
+        },
+        calibration=calibration,
+        draw_plots=cfg.TEST.OOD.PLOTS if draw_plots is None else draw_plots,
+        log_report=log_report,
+    )

@@ -4,8 +4,16 @@ import math
 
 from tabulate import tabulate
 
-__all__ = ["format_detection_table", "format_ood_report", "format_ood_table", "write_json"]
+__all__ = [
+    "format_classification_table",
+    "format_detection_table",
+    "format_ood_report",
+    "format_ood_table",
+    "write_json",
+]
 
+# How the report names the rule that kept the samples of an ID set, by unit.
+_SELECTION_NAMES = {"boxes": "box selection", "images": "sample selection"}
 # (metrics key, column header) of the OOD table; FPR95 and AUROC/AUPR are percentages.
 _COLUMNS = (
     ("FPR95", "FPR95"),
@@ -71,29 +79,36 @@ def format_detection_table(detection_results):
     return tabulate(rows, headers=headers, floatfmt=".2f", tablefmt="pipe")
 
 
-def format_ood_report(report):
-    """The text of an OOD evaluation report (see ``vos_det.evaluation.protocol``).
+def format_classification_table(results):
+    """One row per set: accuracy (ID sets), share of images flagged OOD, number of images.
 
     Args:
-        report (dict): with ``results``, ``convention``, ``box_selection``, ``boxes`` and
-            optionally ``protocol``, ``calibration``, ``skipped``, ``plots``.
+        results (dict): ``{id_set: {"classification": {...}}, "ood_sets": {ood_set: {...}}}``
+            (the figures of :class:`vos_det.classification.ClassificationOODEvaluator`).
 
     Returns:
-        str
+        str: the table, or "" if there is nothing to show.
     """
-    results = report["results"]
+    rows = [
+        [name, value["classification"].get("accuracy", math.nan),
+         value["classification"].get("is_ood_rate", math.nan), int(value["classification"]["num_images"])]
+        for name, value in results.items()
+        if isinstance(value, dict) and "classification" in value
+    ]
+    if not rows:
+        return ""
+    rows += [
+        [name, math.nan, metrics.get("is_ood_rate", math.nan), int(metrics["num_images"])]
+        for name, metrics in results.get("ood_sets", {}).items()
+    ]
+    return tabulate(rows, headers=["set", "accuracy", "is_ood", "#images"], floatfmt=".2f", tablefmt="pipe")
+
+
+def _selection_lines(report):
+    """How the samples were kept: each ID set's box selection and counts, or the image rule."""
     lines = []
-    if report.get("protocol"):
-        lines += [f"OOD protocol: {report['protocol']['description']}", ""]
-    detection = {k: v for k, v in results.items() if k in report.get("box_selection", {})}
-    table = format_detection_table(detection)
-    if table:
-        lines += [
-            "ID detection quality (COCO-style AP = mean over IoU .50:.95; VOC AP from the VOC "
-            "devkit rule):",
-            table,
-            "",
-        ]
+    if report.get("sample_selection"):
+        lines.append(f"Sample selection: {report['sample_selection']}")
     for id_name, selection in report.get("box_selection", {}).items():
         lines.append(f"Box selection for ID set {id_name}: {selection['description']}")
         per_class = [
@@ -113,28 +128,60 @@ def format_ood_report(report):
                     for name, c in counts.items()
                 )
             )
+    return lines
+
+
+def _calibration_lines(calibration, unit):
+    """The calibration and the share of each set's kept samples it accepts / flags."""
+    lines = ["", "Calibration: " + calibration["description"]]
+    for name, fraction in calibration.get("id_kept", {}).items():
+        lines.append(f"  {100 * fraction:.2f}% of the kept {unit} of ID set {name} are accepted as ID (is_ood False)")
+    selection = _SELECTION_NAMES.get(unit, "selection")
+    for id_name, per_ood in calibration.get("ood_flagged", {}).items():
+        for ood_name, fraction in per_ood.items():
+            lines.append(
+                f"  {100 * fraction:.2f}% of the kept {unit} of {ood_name} are flagged OOD "
+                f"(is_ood True; {selection} of {id_name})"
+            )
+    lines += [f"  written: {path}" for path in calibration.get("files", {}).values()]
+    return lines
+
+
+def format_ood_report(report, unit="boxes"):
+    """The text of an OOD evaluation report (see :mod:`vos_det.evaluation.ood_summary`).
+
+    Args:
+        report (dict): with ``results`` and ``convention`` and optionally ``protocol``,
+            ``box_selection``, ``boxes``, ``sample_selection``, ``calibration``, ``skipped``,
+            ``plots``; each section is printed when its entries are present.
+        unit (str): what a sample is: "boxes" (detection) or "images" (classification).
+
+    Returns:
+        str
+    """
+    results = report["results"]
+    lines = []
+    if report.get("protocol"):
+        lines += [f"OOD protocol: {report['protocol']['description']}", ""]
+    detection = format_detection_table({k: v for k, v in results.items() if k in report.get("box_selection", {})})
+    if detection:
+        lines += [
+            "ID detection quality (COCO-style AP = mean over IoU .50:.95; VOC AP from the VOC "
+            "devkit rule):",
+            detection,
+            "",
+        ]
+    classification = format_classification_table(results)
+    if classification:
+        lines += ["Classification (percent; is_ood: images flagged OOD at the model's threshold):", classification, ""]
+    lines += _selection_lines(report)
     if results.get("ood"):
         protocol = f", protocol {report['protocol']['name']}" if report.get("protocol") else ""
-        lines += ["", f"OOD detection over the kept boxes (percent{protocol}):"]
+        lines += ["", f"OOD detection over the kept {unit} (percent{protocol}):"]
         lines.append(format_ood_table(results["ood"], "Convention: " + report["convention"]))
-    for skipped in report.get("skipped", []):
-        lines.append(f"Not computed: {skipped}")
-    calibration = report.get("calibration")
-    if calibration:
-        lines += ["", "Calibration: " + calibration["description"]]
-        for name, fraction in calibration.get("id_kept", {}).items():
-            lines.append(
-                f"  {100 * fraction:.2f}% of the kept boxes of ID set {name} are accepted as ID "
-                "(is_ood False)"
-            )
-        for id_name, per_ood in calibration.get("ood_flagged", {}).items():
-            for ood_name, fraction in per_ood.items():
-                lines.append(
-                    f"  {100 * fraction:.2f}% of the kept boxes of {ood_name} are flagged OOD "
-                    f"(is_ood True; box selection of {id_name})"
-                )
-        for kind, path in calibration.get("files", {}).items():
-            lines.append(f"  written: {path}")
+    lines += [f"Not computed: {skipped}" for skipped in report.get("skipped", [])]
+    if report.get("calibration"):
+        lines += _calibration_lines(report["calibration"], unit)
     if report.get("plots"):
         lines += ["", "Plots:"] + [f"  {path}" for path in report["plots"]]
     return "\n".join(lines)

@@ -11,11 +11,11 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..modeling.energy import weighted_energy
-from ..modeling.npos import npos_outliers
-from ..modeling.synthesis import sample_virtual_outliers
-from ..modeling.uncertainty_loss import ID_LABEL
-from ..modeling.vos_diagnostics import mahalanobis_radius_ratio, random_energy_weight_aurocs
+from ..modeling.ood_scores.energy import weighted_energy
+from ..modeling.vos.npos import npos_outliers
+from ..modeling.vos.synthesis import sample_virtual_outliers
+from ..modeling.vos.uncertainty_loss import ID_LABEL
+from ..modeling.vos.vos_diagnostics import mahalanobis_radius_ratio, random_energy_weight_aurocs
 from .ood_metrics import auroc
 
 __all__ = [
@@ -214,7 +214,13 @@ def uncertainty_report(predictor, logits_by_set, *, id_set, ood_set, num_draws: 
     }
 
 
-def _save(figure, path):
+def _finish(figure, axes, path, *, xlabel, ylabel, title):
+    """Label the one axes of ``figure``, lay it out and write it as PNG to ``path``."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
     FigureCanvasAgg(figure)
     figure.savefig(path, dpi=100)
     return path
@@ -229,12 +235,10 @@ def plot_energy_histograms(energies_by_set, path, title=""):
     for name, values in energies_by_set.items():
         axes.hist(np.asarray(values), bins=bins, density=True, histtype="step", linewidth=1.5,
                   label=f"{name} (n={len(values)}, mean {np.mean(values):.2f})")
-    axes.set_xlabel("weighted energy E (eq. 6); larger = more OOD")
-    axes.set_ylabel("density")
-    axes.set_title(title or "ID vs virtual-outlier energies", fontsize=10)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    return _save(figure, path)
+    return _finish(
+        figure, axes, path, xlabel="weighted energy E (eq. 6); larger = more OOD", ylabel="density",
+        title=title or "ID vs virtual-outlier energies",
+    )
 
 
 def plot_random_weight_control(random_aurocs, trained_auroc, path, title=""):
@@ -245,9 +249,7 @@ def plot_random_weight_control(random_aurocs, trained_auroc, path, title=""):
     beaten = float(np.mean(np.asarray(random_aurocs) < trained_auroc))
     axes.axvline(trained_auroc, color="tab:red", linewidth=2,
                  label=f"trained w: {trained_auroc:.2f} (beats {100 * beaten:.1f}% of random)")
-    axes.set_xlabel("AUROC (%) of the weighted energy, ID vs OOD")
-    axes.set_ylabel("draws")
-    axes.set_title(title or "random-energy-weights control", fontsize=10)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    return _save(figure, path)
+    return _finish(
+        figure, axes, path, xlabel="AUROC (%) of the weighted energy, ID vs OOD", ylabel="draws",
+        title=title or "random-energy-weights control",
+    )

@@ -8,12 +8,12 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_r
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.registry import Registry
 
-from .embedding_losses import build_embedding_losses
-from .mahalanobis import GaussianDiscriminant
-from .margin_classifiers import LinearClassifier, build_box_classifier
 from .ood_scores import build_post_hoc_scores
+from .ood_scores.mahalanobis import GaussianDiscriminant
 from .ood_scores.scoring import PostHocScoring
-from .virtual_outliers import OOD_SCORES, VirtualOutlierMixin, pop_vos_options, vos_kwargs_from_config
+from .regularizers.embedding_losses import build_embedding_losses
+from .regularizers.margin_classifiers import LinearClassifier, build_box_classifier
+from .vos.virtual_outliers import OOD_SCORES, VirtualOutlierMixin, pop_vos_options, vos_kwargs_from_config
 
 __all__ = ["BOX_PREDICTOR_REGISTRY", "VOSOutputLayers", "OOD_SCORES"]
 
@@ -49,7 +49,7 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
 
     The embedding can be regularised, with or without VOS: ``classifier`` replaces the
     linear ``cls_score`` (L2-constrained softmax, CosFace, ArcFace, SphereFace; see
-    :mod:`vos_det.modeling.margin_classifiers`), and ``embedding_losses`` add losses on the
+    :mod:`vos_det.modeling.regularizers`), and ``embedding_losses`` add losses on the
     foreground box features (center loss, CIDER).
 
     With ``bottleneck_dim`` > 0 (a variant, off by default), a Linear + ReLU of that width

@@ -4,6 +4,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.regnet import RegNet, ResBottleneckBlock, SimpleStem
 
+from .config_options import options_from_config
+
 __all__ = ["build_regnet_fpn_backbone"]
 
 
@@ -16,26 +18,14 @@ def build_regnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     2020), the second backbone of the VOS paper. Stages are named ``s1`` .. ``s4`` (strides 4
     to 32), stages before ``MODEL.BACKBONE.FREEZE_AT`` are frozen as for ResNets.
     """
-    regnet = cfg.MODEL.REGNET
     bottom_up = RegNet(
         stem_class=SimpleStem,
-        stem_width=regnet.STEM_WIDTH,
         block_class=ResBottleneckBlock,
-        depth=regnet.DEPTH,
-        w_a=regnet.W_A,
-        w_0=regnet.W_0,
-        w_m=regnet.W_M,
-        group_width=regnet.GROUP_WIDTH,
-        se_ratio=regnet.SE_RATIO,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        norm=regnet.NORM,
-        out_features=regnet.OUT_FEATURES,
+        **options_from_config(
+            cfg.MODEL.REGNET,
+            "stem_width", "depth", "w_a", "w_0", "w_m", "group_width", "se_ratio", "norm", "out_features",
+        ),
     )
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    fpn_options = options_from_config(cfg.MODEL.FPN, "in_features", "out_channels", "norm", "fuse_type")
+    return FPN(bottom_up=bottom_up, top_block=LastLevelMaxPool(), **fpn_options)

@@ -1,8 +1,20 @@
-"""Post-hoc OOD scores of detected boxes: one ``ood_scores_<name>`` field each, larger = more OOD.
+"""OOD scores: one file per score, larger = more OOD.
 
-Each score is one module (paper cited in its docstring) registered in
-:data:`OOD_SCORE_REGISTRY`; :func:`build_post_hoc_scores` builds them all from a config, and
-``tools/fit_ood_scores.py`` fits those that need it on the ID training boxes.
+Belongs here: every way of scoring a box (or image) as out-of-distribution.
+
+* The scores of the logits alone, which every VOS host computes in one batch
+  (:meth:`~vos_det.modeling.vos.VirtualOutlierMixin.ood_score_table`): the energy, its VOS
+  weighting and MSP, as pure functions in :mod:`.energy` (imported from there: the module
+  and its ``energy`` function share a name).
+* The Mahalanobis score of the box features (:class:`GaussianDiscriminant` in
+  :mod:`.mahalanobis`): its class Gaussians, fitted by ``tools/fit_mahalanobis.py``, are
+  buffers of the box predictor (``mahalanobis.*`` in its checkpoint).
+* The post-hoc scores behind the one small interface of :mod:`.base` (:class:`PostHocScore`,
+  a ``nn.Module`` registered in :data:`OOD_SCORE_REGISTRY` under the name of its
+  ``ood_scores_<name>`` field; paper cited in its docstring): :func:`build_post_hoc_scores`
+  builds them all from a config, ``tools/fit_ood_scores.py`` fits those that need it on the ID
+  training boxes, and :mod:`.scoring` runs them inside the box predictor. A new post-hoc score
+  is one file registered there and imported below.
 """
 from torch import nn
 
@@ -10,6 +22,7 @@ from .base import FIT_TOOL, OOD_SCORE_REGISTRY, BoxFitData, PostHocScore
 from .box_pooling import pool_box_layers
 from .gen import GENScore, generalized_entropy
 from .knn import KNNScore, kth_neighbour_distance
+from .mahalanobis import GaussianDiscriminant
 from .mahalanobis_multilayer import MultiLayerMahalanobisScore
 from .maxlogit import MaxLogitScore, max_logit_ood_score
 from .react import ReActScore
@@ -23,6 +36,7 @@ __all__ = [
     "POST_HOC_SCORES",
     "POST_HOC_STATE_FILE",
     "BoxFitData",
+    "GaussianDiscriminant",
     "PostHocScore",
     "build_post_hoc_scores",
     "load_post_hoc_state",

@@ -20,6 +20,7 @@ which in the fitted state (``k_source``).
 import torch
 from torch.nn import functional as F
 
+from ..config_options import options_from_config
 from .base import OOD_SCORE_REGISTRY, PostHocScore
 
 __all__ = ["KNNScore", "kth_neighbour_distance"]
@@ -76,8 +77,8 @@ class KNNScore(PostHocScore):
 
     @classmethod
     def from_config(cls, cfg):
-        knn = cfg.MODEL.VOS.POST_HOC.KNN
-        return cls(k=knn.K, chunk_size=knn.CHUNK_SIZE, max_bank_size=knn.MAX_BANK_SIZE, seed=max(cfg.SEED, 0))
+        options = options_from_config(cfg.MODEL.VOS.POST_HOC.KNN, "k", "chunk_size", "max_bank_size")
+        return cls(seed=max(cfg.SEED, 0), **options)
 
     def fit(self, data, k: int = 0, k_source: str = ""):
         """Store the normalised features of the training boxes.

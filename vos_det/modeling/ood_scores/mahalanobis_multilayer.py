@@ -5,16 +5,16 @@ Adversarial Attacks", NeurIPS 2018).
 Each box is ROI-pooled from several feature maps (FPN levels / backbone stages, see
 :mod:`.box_pooling`); the pooled vectors, and by default the penultimate box feature, are
 concatenated into x. Class Gaussians with one shared covariance are fitted to the training
-boxes' x (:class:`~vos_det.modeling.mahalanobis.GaussianDiscriminant`), and the score is the
-minimum squared Mahalanobis distance to a class mean, larger = more OOD. A new class can be
+boxes' x (:class:`~.mahalanobis.GaussianDiscriminant`), and the score is the minimum squared
+Mahalanobis distance to a class mean, larger = more OOD. A new class can be
 added from its boxes alone (:meth:`MultiLayerMahalanobisScore.add_class`), as a refit would.
 """
 from typing import Sequence
 
 import torch
 
-from ..mahalanobis import GaussianDiscriminant
 from .base import OOD_SCORE_REGISTRY, PostHocScore
+from .mahalanobis import GaussianDiscriminant
 
 __all__ = ["MultiLayerMahalanobisScore"]
 

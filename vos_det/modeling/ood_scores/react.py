@@ -9,8 +9,8 @@ the class layer again; the score is the energy of those logits,
 """
 import torch
 
-from ..energy import energy
 from .base import OOD_SCORE_REGISTRY, PostHocScore
+from .energy import energy
 
 __all__ = ["ReActScore", "activation_percentile"]
 

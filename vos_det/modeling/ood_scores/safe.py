@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config_options import options_from_config
 from .base import OOD_SCORE_REGISTRY, PostHocScore
 
 __all__ = ["SAFEScore", "layer_sensitivities"]
@@ -91,15 +92,8 @@ class SAFEScore(PostHocScore):
     @classmethod
     def from_config(cls, cfg):
         safe = cfg.MODEL.VOS.POST_HOC.SAFE
-        return cls(
-            candidate_layers=safe.CANDIDATE_FEATURES,
-            num_layers=safe.NUM_LAYERS,
-            hidden_dim=safe.HIDDEN_DIM,
-            epochs=safe.EPOCHS,
-            learning_rate=safe.LEARNING_RATE,
-            batch_size=safe.BATCH_SIZE,
-            seed=max(cfg.SEED, 0),
-        )
+        options = options_from_config(safe, "num_layers", "hidden_dim", "epochs", "learning_rate", "batch_size")
+        return cls(candidate_layers=safe.CANDIDATE_FEATURES, seed=max(cfg.SEED, 0), **options)
 
     def layer_names(self):
         return tuple(self.fitted_config.get("layers", ()))

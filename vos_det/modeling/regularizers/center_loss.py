@@ -43,12 +43,8 @@ class CenterLoss(nn.Module):
     @classmethod
     def from_config(cls, cfg, feature_dim, num_classes):
         node = cfg.MODEL.EMBEDDING.CENTER_LOSS
-        return {
-            "feature_dim": feature_dim,
-            "num_classes": num_classes,
-            "loss_weight": node.WEIGHT,
-            "center_lr": node.ALPHA,
-        }
+        options = {"loss_weight": node.WEIGHT, "center_lr": node.ALPHA}
+        return {"feature_dim": feature_dim, "num_classes": num_classes, **options}
 
     def forward(self, features, labels):
         """

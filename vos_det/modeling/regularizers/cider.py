@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 
+from ..config_options import options_from_config
 from .embedding_losses import EMBEDDING_LOSS_REGISTRY
 
 __all__ = ["CIDERLoss", "sequential_prototype_update"]
@@ -108,16 +109,11 @@ class CIDERLoss(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, feature_dim, num_classes):
-        node = cfg.MODEL.EMBEDDING.CIDER
-        return {
-            "feature_dim": feature_dim,
-            "num_classes": num_classes,
-            "embedding_dim": node.EMBEDDING_DIM,
-            "temperature": node.TEMPERATURE,
-            "prototype_momentum": node.PROTOTYPE_MOMENTUM,
-            "compactness_weight": node.COMPACTNESS_WEIGHT,
-            "dispersion_weight": node.DISPERSION_WEIGHT,
-        }
+        options = options_from_config(
+            cfg.MODEL.EMBEDDING.CIDER,
+            "embedding_dim", "temperature", "prototype_momentum", "compactness_weight", "dispersion_weight",
+        )
+        return {"feature_dim": feature_dim, "num_classes": num_classes, **options}
 
     def embed(self, features):
         """(N, D) box features -> (N, d) unit-norm embeddings z."""

@@ -16,7 +16,7 @@ import os
 import torch
 from torch import nn
 
-from ..utils.file_io import atomic_open
+from ...utils.file_io import atomic_open
 
 __all__ = ["GaussianDiscriminant"]
 

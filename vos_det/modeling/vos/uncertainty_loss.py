@@ -2,7 +2,7 @@
 import torch
 from torch.nn import functional as F
 
-from .energy import weighted_logsumexp
+from ..ood_scores.energy import weighted_logsumexp
 from .vos_diagnostics import log_uncertainty_diagnostics
 
 __all__ = ["ID_LABEL", "energy_logistic_loss"]
@@ -16,7 +16,7 @@ def energy_logistic_loss(id_logits, outlier_logits, class_weights, uncertainty_c
     """Cross-entropy of the logistic regression on -E: ID inputs (label 1) vs outliers (0).
 
     Also logs the diagnostics of the step to ``storage``
-    (:func:`~vos_det.modeling.vos_diagnostics.log_uncertainty_diagnostics`: mean energies
+    (:func:`~vos_det.modeling.vos.vos_diagnostics.log_uncertainty_diagnostics`: mean energies
     and classifier accuracy of both sides, loss over prior entropy, energy weights).
 
     Args:

@@ -20,8 +20,8 @@ import math
 import numpy as np
 import torch
 
-from ..evaluation.ood_metrics import auroc
-from .energy import weighted_energy
+from ...evaluation.ood_metrics import auroc
+from ..ood_scores.energy import weighted_energy
 
 __all__ = [
     "prior_entropy",

@@ -34,6 +34,8 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 
+from ..config_options import options_from_config
+
 __all__ = [
     "CLASSIFIER_REGISTRY",
     "build_box_classifier",
@@ -168,8 +170,8 @@ class _CosineMarginClassifier(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_dim, num_outputs):
-        node = cfg.MODEL.EMBEDDING[cls.config_key]
-        return {"input_dim": input_dim, "num_outputs": num_outputs, "scale": node.SCALE, "margin": node.MARGIN}
+        options = options_from_config(cfg.MODEL.EMBEDDING[cls.config_key], "scale", "margin")
+        return {"input_dim": input_dim, "num_outputs": num_outputs, **options}
 
     def forward(self, x):
         """(N, D) features -> (N, C) logits s cos(theta)."""
@@ -274,16 +276,10 @@ class SphereFaceClassifier(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_dim, num_outputs):
-        node = cfg.MODEL.EMBEDDING.SPHEREFACE
-        return {
-            "input_dim": input_dim,
-            "num_outputs": num_outputs,
-            "margin": node.MARGIN,
-            "lambda_base": node.LAMBDA_BASE,
-            "lambda_min": node.LAMBDA_MIN,
-            "lambda_gamma": node.LAMBDA_GAMMA,
-            "lambda_power": node.LAMBDA_POWER,
-        }
+        options = options_from_config(
+            cfg.MODEL.EMBEDDING.SPHEREFACE, "margin", "lambda_base", "lambda_min", "lambda_gamma", "lambda_power"
+        )
+        return {"input_dim": input_dim, "num_outputs": num_outputs, **options}
 
     def forward(self, x):
         """(N, D) features -> (N, C) logits ||x|| cos(theta) = w_hat . x."""

@@ -11,11 +11,11 @@ from detectron2.utils.comm import get_rank
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
-from ..config_validation import validate_config
-from .energy import energy, max_softmax_ood_score, weighted_energy
+from ...config_validation import validate_config
+from ..ood_scores import POST_HOC_SCORES
+from ..ood_scores.energy import energy, max_softmax_ood_score, weighted_energy
 from .feature_queues import ClassFeatureQueues
 from .npos import npos_outliers
-from .ood_scores import POST_HOC_SCORES
 from .synthesis import SAMPLERS, robust_cholesky, sample_virtual_outliers
 from .uncertainty_loss import ID_LABEL, energy_logistic_loss
 from .vos_diagnostics import mahalanobis_radius_ratio
@@ -28,7 +28,7 @@ __all__ = ["OOD_SCORES", "VirtualOutlierMixin", "pop_vos_options", "vos_kwargs_f
 # with fitted state (box predictor only).
 OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "mahalanobis") + POST_HOC_SCORES
 # How virtual outliers are made (MODEL.VOS.OUTLIER_SYNTHESIS): the paper's class Gaussians,
-# or NPOS-style perturbations of boundary ID features (vos_det/modeling/npos.py).
+# or NPOS-style perturbations of boundary ID features (vos_det/modeling/vos/npos.py).
 OUTLIER_SYNTHESES = ("gaussian", "npos")
 # At most this many queued ID features enter the vos/id_radius_ratio diagnostic per step.
 _MAX_RADIUS_DIAGNOSTIC_ROWS = 512

@@ -1,0 +1,139 @@
+"""Checkpoints and state files written before vos_det/modeling was grouped by role (issue 14)
+still load, with the same keys, and score boxes with the same numbers.
+
+The fixtures in tests/fixtures/modeling_before_issue14/ were written by the flat layout
+(commit 59b005b), from the code as it was:
+
+* state_dict_keys_before_issue14.json: name, shape and dtype of every state-dict entry of the
+  digits detectors (VOS, vanilla, VOS with CosFace + center loss + CIDER + bottleneck) and of
+  the digits VOS classifier;
+* post_hoc_scores.pth (tools/fit_ood_scores.py's file) and mahalanobis_stats.pth
+  (tools/fit_mahalanobis.py's), fitted on 120 clustered 12-d features of 4 classes;
+* scores_before_issue14.pth: 30 query boxes and what each score gave them;
+* box_predictor_before_issue14.pth: a VOSOutputLayers (D = 12, K = 4) loaded with both
+  files, its state dict, and its whole OOD score table on the queries.
+"""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.modeling.box_regression import Box2BoxTransform
+
+from vos_det.config import load_config
+from vos_det.engine.checkpoint import check_checkpoint_matches_model
+from vos_det.modeling import VOSOutputLayers
+from vos_det.modeling.ood_scores import (
+    POST_HOC_SCORES,
+    GaussianDiscriminant,
+    build_post_hoc_scores,
+    load_post_hoc_state,
+    save_post_hoc_state,
+)
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "modeling_before_issue14"
+OLD_KEYS = json.loads((FIXTURES / "state_dict_keys_before_issue14.json").read_text())
+K, D = 4, 12
+
+
+def _load(name):
+    return torch.load(FIXTURES / name, map_location="cpu", weights_only=True)
+
+
+def _checkpoint_with_old_keys(entries):
+    """A state dict with the old names, shapes and dtypes, filled with random values."""
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, shape, dtype in entries:
+        dtype = getattr(torch, dtype)
+        if dtype.is_floating_point:
+            state[key] = torch.randn(shape, generator=generator, dtype=dtype)
+        elif dtype == torch.bool:
+            state[key] = torch.ones(shape, dtype=dtype)
+        else:
+            state[key] = torch.randint(0, 3, shape, generator=generator, dtype=dtype)
+    return state
+
+
+def _assert_no_pickled_classes(path):
+    """Nothing of vos_det is pickled in the file (weights_only loads need no class path)."""
+    assert b"vos_det" not in Path(path).read_bytes()
+
+
+@pytest.mark.parametrize("label", sorted(OLD_KEYS))
+def test_a_checkpoint_of_the_flat_layout_loads_with_strict_keys(label, tmp_path):
+    entry = OLD_KEYS[label]
+    model = build_model(load_config(entry["config"], ["MODEL.DEVICE", "cpu", *entry["opts"]]))
+    keys = [[key, list(value.shape), str(value.dtype).replace("torch.", "")] for key, value in model.state_dict().items()]
+    assert keys == entry["keys"]
+
+    old = _checkpoint_with_old_keys(entry["keys"])
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": old}, path)
+    check_checkpoint_matches_model(str(path), model)
+    model.load_state_dict(torch.load(path, weights_only=True)["model"], strict=True)
+    loaded = model.state_dict()
+    for key, value in old.items():
+        assert torch.equal(loaded[key], value), key
+
+    torch.save({"model": model.state_dict()}, tmp_path / "saved.pth")
+    _assert_no_pickled_classes(tmp_path / "saved.pth")
+
+
+def test_post_hoc_state_of_the_flat_layout_loads_with_weights_only_and_scores_the_same(tmp_path):
+    expected = _load("scores_before_issue14.pth")
+    weight, bias = expected["classifier_weight"], expected["classifier_bias"]
+
+    def logits_of(features):
+        return features @ weight.T + bias
+
+    scores = build_post_hoc_scores()
+    assert load_post_hoc_state(dict(scores.items()), str(FIXTURES / "post_hoc_scores.pth"), D, K) == {
+        "weights": "model_final.pth"
+    }
+    features = expected["features"]
+    with torch.no_grad():
+        for name in POST_HOC_SCORES:
+            actual = scores[name](
+                features, logits_of(features), layer_features=expected["layer_features"], logits_of=logits_of
+            )
+            torch.testing.assert_close(actual, expected["post_hoc"][name], rtol=0, atol=0, msg=name)
+
+    path = tmp_path / "post_hoc_scores.pth"
+    save_post_hoc_state(dict(scores.items()), str(path), D, K, weights="model_final.pth")
+    _assert_no_pickled_classes(path)
+    assert torch.load(path, weights_only=True)["scores"].keys() == _load("post_hoc_scores.pth")["scores"].keys()
+
+
+def test_mahalanobis_statistics_of_the_flat_layout_load_with_weights_only_and_score_the_same(tmp_path):
+    expected = _load("scores_before_issue14.pth")
+    gaussians = GaussianDiscriminant(D).load_statistics(str(FIXTURES / "mahalanobis_stats.pth"))
+    torch.testing.assert_close(gaussians.ood_scores(expected["features"]), expected["mahalanobis"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        gaussians.class_scores(expected["features"]), expected["mahalanobis_class_scores"], rtol=0, atol=0
+    )
+    path = tmp_path / "mahalanobis_stats.pth"
+    gaussians.save_statistics(str(path))
+    _assert_no_pickled_classes(path)
+
+
+def test_the_box_predictor_of_the_flat_layout_gives_the_same_score_table():
+    before = _load("box_predictor_before_issue14.pth")
+    predictor = VOSOutputLayers(
+        ShapeSpec(channels=D),
+        box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
+        num_classes=K,
+        sample_number=8,
+        mahalanobis_stats=str(FIXTURES / "mahalanobis_stats.pth"),
+        post_hoc_state=str(FIXTURES / "post_hoc_scores.pth"),
+    ).eval()
+    predictor.load_state_dict(before["state_dict"], strict=True)
+    with torch.no_grad():
+        logits = predictor.foreground_logits(before["features"])
+        table, id_scores = predictor.ood_score_table(logits, before["features"])
+    assert sorted(table) == sorted(before["table"])
+    for name, values in before["table"].items():
+        torch.testing.assert_close(table[name], values, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(id_scores, before["id_scores"], rtol=0, atol=0)

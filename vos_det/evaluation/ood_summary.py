@@ -1,0 +1,173 @@
+"""The back half of every OOD evaluation, shared by boxes (detection) and images (classification).
+
+From the :class:`~.scored_sets.Comparison` records of a task-specific front
+(:func:`vos_det.evaluation.protocol.evaluate_ood_protocol`, ``ClassificationTrainer.test``):
+
+1. FPR95 / AUROC / AUPR-In / AUPR-Out / OOD-positive FPR95 of every OOD score, ID set against
+   each OOD set; NaN scores are left out with a warning, and a pair without any score left is
+   listed under ``skipped``;
+2. with a calibration, the share of each set's kept samples its threshold accepts as ID or
+   flags as OOD;
+3. the ROC curves and score histograms (PNG), the JSON report (``ood_results.json``) and its
+   text (:func:`vos_det.evaluation.report.format_ood_report`), written by the main process.
+"""
+import logging
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from detectron2.utils import comm
+
+from .calibration import CALIBRATED_MODEL_FILE, THRESHOLD_FILE, find_ood_head
+from .ood_metrics import ood_metrics
+from .plots import plot_comparisons
+from .report import format_ood_report, write_json
+
+__all__ = ["OOD_RESULTS_FILE", "PLOTS_DIR", "fpr95_convention", "numbers_only", "summarize_ood_evaluation"]
+
+logger = logging.getLogger(__name__)
+
+# Written in the output folder by summarize_ood_evaluation.
+OOD_RESULTS_FILE = "ood_results.json"
+PLOTS_DIR = "ood_plots"
+_FPR_METHOD_TEXT = {
+    "first_at_least": "read at the first ROC point keeping >= 95% of ID {unit}",
+    "official_closest": "read at the ROC point whose ID recall is closest to 95% (official VOS code)",
+}
+
+
+def fpr95_convention(unit: str, fpr_method: str) -> str:
+    """The report's sentence stating both FPR95 conventions, for samples named ``unit``.
+
+    Args:
+        unit: "boxes" or "images".
+        fpr_method: one of ``FPR_METHODS``, how the ID-positive FPR95 is read.
+    """
+    return (
+        f"FPR95: ID is the positive class, the percentage of OOD {unit} accepted as ID at the "
+        f"threshold that keeps 95% of ID {unit}; larger OOD score = more OOD "
+        f"({_FPR_METHOD_TEXT[fpr_method].format(unit=unit)}). FPR95 (OOD pos.): OOD is the "
+        f"positive class (OpenOOD convention), the percentage of ID {unit} flagged OOD at the "
+        f"threshold that catches 95% of OOD {unit}."
+    )
+
+
+def numbers_only(metrics: dict) -> dict:
+    """The numeric entries of a metrics dict, as floats (detectron2's EvalHook takes no other)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
+
+
+def _pair_metrics(id_set, ood_set, fpr_method, unit, skipped, pair):
+    """OOD metrics per score of one pair; records why a score could not be evaluated."""
+    metrics = {}
+    for name in sorted(set(id_set.ood_scores) & set(ood_set.ood_scores)):
+        id_all, ood_all = id_set.ood_scores[name], ood_set.ood_scores[name]
+        id_values, ood_values = id_all[~np.isnan(id_all)], ood_all[~np.isnan(ood_all)]
+        dropped = (id_all.size - id_values.size) + (ood_all.size - ood_values.size)
+        if dropped:
+            logger.warning("%s, score %s: %d NaN score(s) left out", pair, name, dropped)
+        if not id_values.size or not ood_values.size:
+            skipped.append(f"{pair}, score {name}: {id_values.size} ID and {ood_values.size} OOD {unit} kept")
+            continue
+        metrics[name] = numbers_only(ood_metrics(id_values, ood_values, fpr_method=fpr_method))
+    return metrics
+
+
+def _calibration_summary(calibration, comparisons, unit, output_dir):
+    """The calibration, and the share of each set's kept samples its threshold accepts / flags."""
+    summary = calibration.to_dict()
+    summary["description"] = calibration.describe(unit)
+    score, threshold = calibration.ood_score, calibration.threshold
+    summary["id_kept"] = {
+        c.id_name: float(np.mean(c.sets[c.id_name].ood_scores[score] <= threshold))
+        for c in comparisons
+        if len(c.sets[c.id_name].ood_scores.get(score, ()))
+    }
+    summary["ood_flagged"] = {
+        c.id_name: {
+            name: float(np.mean(c.sets[name].ood_scores[score] > threshold))
+            for name in c.others
+            if len(c.sets[name].ood_scores.get(score, ()))
+        }
+        for c in comparisons
+    }
+    if comm.is_main_process():
+        summary["files"] = {
+            "model": os.path.join(output_dir, CALIBRATED_MODEL_FILE),
+            "json": os.path.join(output_dir, THRESHOLD_FILE),
+        }
+    return summary
+
+
+def _plotted_threshold(model, calibration):
+    """(score name, threshold) marked on the histograms: the new calibration or the stored one."""
+    if calibration is not None:
+        return calibration.ood_score, calibration.threshold
+    try:
+        head = find_ood_head(model)
+    except TypeError:  # a model without a calibrated_ood_threshold buffer
+        return None
+    stored = float(head.calibrated_ood_threshold)
+    return (head.ood_score, stored) if np.isfinite(stored) else None
+
+
+def summarize_ood_evaluation(
+    comparisons, *, unit, fpr_method, model, output_dir, results, results_tail=None, report_head=None,
+    selection_report=None, calibration=None, draw_plots=False, log_report=True,
+):
+    """Pair metrics, calibration summary, plots, JSON and text of an OOD evaluation.
+
+    Args:
+        comparisons (list[Comparison]): one per ID set.
+        unit (str): what a sample is, in the report's words: "boxes" or "images".
+        fpr_method (str): one of ``FPR_METHODS``.
+        model (nn.Module): the evaluated model (its stored OOD threshold is marked on the
+            histograms when nothing was calibrated now).
+        output_dir (str): where ``ood_results.json`` and ``ood_plots/`` go.
+        results (dict): the task's figures per set (detection AP, accuracy), first in
+            ``results``; ``"ood"`` follows, then ``results_tail`` and ``"calibration"``.
+        results_tail (dict, optional): more task entries of ``results`` (the box selections).
+        report_head (dict, optional): report entries before ``results`` (the protocol).
+        selection_report (dict, optional): report entries after the convention saying how
+            samples were kept (box selections and box counts; the image rule).
+        calibration (Calibration, optional): the OOD threshold calibrated for this evaluation.
+        draw_plots (bool): write the ROC and histogram PNGs (main process).
+        log_report (bool): log the text report (main process).
+
+    Returns:
+        tuple[OrderedDict, dict]: ``results`` (nested dicts of floats, EvalHook-safe) and
+        ``report``, everything written to ``ood_results.json``.
+    """
+    results = OrderedDict(results)
+    skipped = []
+    if any(c.ood_names for c in comparisons):
+        results["ood"] = {
+            c.id_name: {
+                ood_name: _pair_metrics(
+                    c.sets[c.id_name], c.sets[ood_name], fpr_method, unit, skipped, f"ID {c.id_name} vs OOD {ood_name}"
+                )
+                for ood_name in c.ood_names
+            }
+            for c in comparisons
+        }
+    results.update(results_tail or {})
+    report = {**(report_head or {}), "results": results, "convention": fpr95_convention(unit, fpr_method)}
+    report.update(selection_report or {})
+    report["skipped"] = skipped
+    if calibration is not None:
+        report["calibration"] = _calibration_summary(calibration, comparisons, unit, output_dir)
+        results["calibration"] = {
+            "threshold": float(calibration.threshold),
+            "kept_percent": 100.0 * calibration.kept_fraction,
+        }
+    if comm.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+        if draw_plots and any(c.ood_names for c in comparisons):
+            report["plots"] = plot_comparisons(
+                os.path.join(output_dir, PLOTS_DIR), comparisons, _plotted_threshold(model, calibration)
+            )
+        write_json(report, os.path.join(output_dir, OOD_RESULTS_FILE))
+        if log_report:
+            logger.info("OOD evaluation:\n%s", format_ood_report(report, unit))
+    return results, report
