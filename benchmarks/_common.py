@@ -277,6 +277,22 @@ def load_config(name, overrides: dict, device, vos_enabled=True):
     return load_vos_config(name, [str(item) for pair in pairs.items() for item in pair])
 
 
+def parse_seeds(parser, text):
+    """The integers of a comma-separated ``--seeds`` value (a parser error otherwise)."""
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {text!r}")
+
+
+def training_env(threads=None):
+    """A copy of the environment for training subprocesses, with ``threads`` torch threads if given."""
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
 def run_logged(command, log_path, env):
     """Run ``command`` from the repository root with its output appended to ``log_path``.
 

@@ -120,3 +120,30 @@ def test_methods_file(leaderboard, tmp_path):
     with pytest.raises(SystemExit, match="odd number"):
         leaderboard.read_methods_file(path)
 
+
+def test_training_diagnostics_average_the_last_iterations(leaderboard, tmp_path):
+    import json
+
+    lines = [{"iteration": 19, "loss_cls": 1.0}]  # before synthesis: no vos/ scalar
+    for iteration, (id_energy, outlier_energy, ratio) in zip(
+        (99, 199, 299, 399), ((-5.0, -6.0, 1.2), (-5.0, -4.0, 0.9), (-6.0, -3.0, 0.7), (-6.0, -2.0, 0.5))
+    ):
+        lines.append({
+            "iteration": iteration, "vos/id_energy": id_energy, "vos/outlier_energy": outlier_energy,
+            "vos/loss_over_prior_entropy": ratio, "vos/id_accuracy": 0.9, "vos/outlier_accuracy": ratio / 2,
+        })
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+    summary = leaderboard.training_diagnostics(str(tmp_path), last_iterations=200)
+
+    # Only iterations 299 and 399 are within 200 of the last one.
+    assert summary["vos/loss_over_prior_entropy"] == pytest.approx(0.6)
+    assert summary["gap"] == pytest.approx(((-3.0 + 6.0) + (-2.0 + 6.0)) / 2)
+    assert summary["vos/outlier_accuracy"] == pytest.approx(0.3)
+    (tmp_path / "metrics.json").write_text(json.dumps(lines[0]) + "\n")
+    assert leaderboard.training_diagnostics(str(tmp_path)) is None
+
+    per_model = OrderedDict(vanilla=OrderedDict({0: None}), vos=OrderedDict({0: summary, 1: summary}))
+    cells, headers = leaderboard.diagnostics_table(per_model)
+    assert [row[:2] for row in cells] == [["vos", 2]]  # vanilla (no synthesis) has no row
+    assert cells[0][headers.index("loss_vos / prior entropy")] == "0.60 ± 0.00"

@@ -82,6 +82,8 @@ PARSE_ONLY = [
      "3-iteration model is not; tests/test_vos_diagnostics.py runs the tool"),
     (r"benchmarks/ood_leaderboard\.py", "trains every method for 5 seeds on the full digits-det (hours on 2 cores); "
      "tests/test_ood_leaderboard.py tests its tables and statistics"),
+    (r"benchmarks/digits_cls_seeds\.py", "trains 3 classifiers for 5 seeds on the full digits-cls (~35 min on 2 cores); "
+     "tests/test_digits_cls_seeds.py tests its tables and statistics"),
     (r"benchmarks/run_all\.py", "every speed benchmark at the paper's sizes (minutes); benchmarks/ has its own smoke runs"),
     (r"/data/|my_ood=", "an example path of the user's own data"),
 ]
