@@ -60,8 +60,9 @@ from vos_det.evaluation.statistics import mean_ci, paired_difference
 CONFIG = "digits_vos_tiny.yaml"
 SEEDS = (0, 1, 2, 3, 4)
 _VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
-# Training method -> config overrides of CONFIG. "vos" is the config as it is; "vos_npos" the
-# synthesis variant of issue 13 (NPOS-style outliers, class-balanced uncertainty loss, 20 kept).
+# Training method -> config overrides of CONFIG. "vos" is the config as it is; "vos_npos" and
+# "vos_balanced" the synthesis variants of issue 13 (NPOS-style outliers with the class-balanced
+# uncertainty loss and 20 kept per class; the class-balanced loss alone).
 METHODS = OrderedDict(
     [
         ("vanilla", _VANILLA),
@@ -70,6 +71,7 @@ METHODS = OrderedDict(
             "vos_npos",
             ["MODEL.VOS.OUTLIER_SYNTHESIS", "npos", "MODEL.VOS.BALANCED_LOSS", "True", "MODEL.VOS.SELECT", "20"],
         ),
+        ("vos_balanced", ["MODEL.VOS.BALANCED_LOSS", "True"]),
     ]
 )
 # Evaluation protocols (TEST.OOD.PROTOCOL): every one vos_det knows. The table header says how
