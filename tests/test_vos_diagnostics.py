@@ -245,3 +245,41 @@ def test_synthesis_rule_energies_use_the_model_classifier():
         float((expected > expected.median()).double().mean()))
     # Larger radius scale: outliers farther out.
     assert table["OUTLIER_RADIUS_SCALE 4"]["radius_ratio"] > 1.5 * table["OUTLIER_RADIUS_SCALE 2"]["radius_ratio"]
+
+
+def test_diagnose_checkpoint_end_to_end(tiny_digits_root, tiny_cfg, tmp_path):
+    """tools/vos_diagnostics.py's library call on a few-iteration model with full queues."""
+    import json
+
+    from vos_det.config import load_config
+    from vos_det.engine import Trainer
+    from vos_det.engine.checkpoint_diagnostics import DIAGNOSTICS_FILE, diagnose_checkpoint, format_diagnostics
+
+    torch.manual_seed(0)
+    trainer = Trainer(tiny_cfg(tmp_path / "train", "TEST.OOD.CALIBRATION_DATASET", "", "DATASETS.TEST", "()"))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    weights = str(tmp_path / "train" / "model_final.pth")
+    # The synthesis-rule table draws NPOS outliers from the 20 queued features: fewer boundary ones.
+    cfg = tiny_cfg(
+        tmp_path / "train", "MODEL.WEIGHTS", weights, "MODEL.VOS.NPOS.BOUNDARY", "5", "MODEL.VOS.NPOS.K", "3"
+    )
+    cfg.freeze()
+
+    report = diagnose_checkpoint(
+        cfg, id_dataset="digits_det_val", ood_dataset="digits_det_ood", output_dir=str(tmp_path / "out"),
+        num_draws=10, synthesis_steps=2, score_threshold=0.0,
+    )
+
+    assert set(report["sets"]) == {
+        "ID boxes (digits_det_val)", "OOD boxes (digits_det_ood)", "queued ID training features", "virtual outliers",
+    }
+    assert len(report["random_aurocs"]) == 10
+    assert report["fraction_random_beaten"] == pytest.approx(
+        float(np.mean(np.array(report["random_aurocs"]) < report["auroc_trained_weights"])))
+    assert report["selection"] == "detections with class score >= 0.0" and report["weights"] == weights
+    assert json.loads((tmp_path / "out" / DIAGNOSTICS_FILE).read_text()) == json.loads(json.dumps(report))
+    for name in ("energy_histogram.png", "random_weights_control.png"):
+        assert (tmp_path / "out" / name).read_bytes().startswith(b"\x89PNG")
+    text = format_diagnostics(report)
+    assert "trained beats" in text and "virtual outliers" in text
