@@ -225,7 +225,7 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         self.add_ood_fields(
             instances, predictions[0][rows, : self.num_classes], predictions[2][rows], kept_proposal_boxes
         )
-        proposal_scores = cat(probs)[rows, : self.num_classes].max(dim=1).values
+        proposal_scores = cat([p[i, : self.num_classes] for p, i in zip(probs, proposal_indices)]).max(dim=1).values
         for image_instances, scores in zip(instances, proposal_scores.split([len(i) for i in instances])):
             image_instances.proposal_scores = scores
         return instances, proposal_indices
@@ -268,7 +268,9 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         """
         table, id_scores = self.ood_score_table(logits, features, boxes)
         if self.ood_score in self.post_hoc.scores and self.ood_score not in table:
-            raise RuntimeError(f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is not available: " + self.post_hoc.missing_reason(self.ood_score))
+            raise RuntimeError(
+                f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is not available: " + self.post_hoc.missing_reason(self.ood_score)
+            )
         if self.ood_score not in table:
             raise RuntimeError(
                 f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is not available: the model has no "
