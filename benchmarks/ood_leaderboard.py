@@ -57,7 +57,10 @@ from vos_det.evaluation.box_selection import PROTOCOL_DESCRIPTIONS
 from vos_det.evaluation.box_selection import PROTOCOLS as LIBRARY_PROTOCOLS
 from vos_det.evaluation.statistics import mean_ci, paired_difference
 
-CONFIG = "digits_vos_tiny.yaml"
+# Benchmark detector -> the VOS config every method of it starts from. "tiny" is the plain
+# conv-FPN of the main job; "r18" detectron2's ResNet-18-FPN, built like the paper's detector.
+DETECTORS = OrderedDict([("tiny", "digits_vos_tiny.yaml"), ("r18", "digits_vos_r18.yaml")])
+CONFIG = DETECTORS["tiny"]  # set by --detector
 SEEDS = (0, 1, 2, 3, 4)
 _VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
 # Training method -> config overrides of CONFIG. "vos" is the config as it is; "vos_npos" and
@@ -595,9 +598,17 @@ def main():
     parser.add_argument(
         "--protocols", default=",".join(PROTOCOLS), help=f"comma-separated subset of {list(PROTOCOLS)}"
     )
-    parser.add_argument("--output-root", default=str(REPO_ROOT / "output" / "leaderboard"))
     parser.add_argument(
-        "--output", default=str(RESULTS_DIR / "ood_leaderboard.json"), help="JSON file (.md next to it)"
+        "--detector", default="tiny", choices=list(DETECTORS),
+        help="benchmark detector: " + ", ".join(f"{name} ({config})" for name, config in DETECTORS.items()),
+    )
+    parser.add_argument(
+        "--output-root", default=None,
+        help="where the models are trained (default output/leaderboard, output/leaderboard_<detector> for others)",
+    )
+    parser.add_argument(
+        "--output", default=None,
+        help="JSON file, .md next to it (default benchmarks/results/ood_leaderboard[_<detector>].json)",
     )
     parser.add_argument("--train-only", action="store_true", help="train what is missing, evaluate nothing")
     parser.add_argument(
@@ -612,6 +623,11 @@ def main():
         help="OMP_NUM_THREADS of the trainings (1 is faster on a loaded 2-core machine)",
     )
     args = parser.parse_args()
+    global CONFIG
+    CONFIG = DETECTORS[args.detector]
+    suffix = "" if args.detector == "tiny" else f"_{args.detector}"
+    args.output_root = args.output_root or str(REPO_ROOT / "output" / f"leaderboard{suffix}")
+    args.output = args.output or str(RESULTS_DIR / f"ood_leaderboard{suffix}.json")
 
     known = OrderedDict(METHODS)
     if args.methods_file:
