@@ -16,15 +16,13 @@ def leaderboard():
 
 
 def _summary(ap50, scores):
-    """A model's summary with per-score (near FPR95, near AUROC, far FPR95, far AUROC, alarms)."""
-    return {
-        "AP50": ap50,
-        "shifted_AP50": ap50 - 10.0,
-        "scores": {
-            name: dict(zip(["near_FPR95", "near_AUROC", "far_FPR95", "far_AUROC", "false_alarm"], values))
-            for name, values in scores.items()
-        },
-    }
+    """A model's summary with per-score (near FPR95, near AUROC, far FPR95, far AUROC, alarms);
+    the matched far split gets the far values."""
+    keys = ["near_FPR95", "near_AUROC", "far_FPR95", "far_AUROC", "false_alarm"]
+    scores = {name: dict(zip(keys, values)) for name, values in scores.items()}
+    for row in scores.values():
+        row.update(far_matched_FPR95=row["far_FPR95"], far_matched_AUROC=row["far_AUROC"])
+    return {"AP50": ap50, "shifted_AP50": ap50 - 10.0, "scores": scores}
 
 
 def _per_model(protocol="vos_det"):
@@ -72,6 +70,13 @@ def test_target_verdict(leaderboard):
     for seed in worse_alarms["better"]:
         worse_alarms["better"][seed]["vos_det"]["scores"]["energy"]["false_alarm"] = 20.0
     assert leaderboard.target_verdict(leaderboard.aggregate(worse_alarms, "vos_det"))["met_by"] == []
+    # The far split shifts rendering with meaning: reported, not judged. The matched one is judged.
+    worse_far, worse_matched = _per_model(), _per_model()
+    for seed in worse_far["better"]:
+        worse_far["better"][seed]["vos_det"]["scores"]["energy"]["far_FPR95"] = 99.0
+        worse_matched["better"][seed]["vos_det"]["scores"]["energy"]["far_matched_FPR95"] = 99.0
+    assert leaderboard.target_verdict(leaderboard.aggregate(worse_far, "vos_det"))["met_by"] == ["better/energy"]
+    assert leaderboard.target_verdict(leaderboard.aggregate(worse_matched, "vos_det"))["met_by"] == []
 
 
 def test_missing_seeds_pair_only_common_ones(leaderboard):
