@@ -35,6 +35,7 @@ DIGITS_DET_NAMES = (
     "digits_det_far_ood",
     "digits_det_shifted_test",
     "digits_det_ood_val",
+    "digits_det_far_ood_matched",
 )
 # The schedule of the tiny config: synthesis from iteration TINY_STARTING_ITER of TINY_MAX_ITER.
 TINY_STARTING_ITER = 4

@@ -3,6 +3,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -22,7 +23,16 @@ from vos_det.data.digits_det import (
     digits_det_paths,
     glyph_indices_per_split,
 )
+from vos_det.data import digits_det_objects
 from vos_det.data.digits_det_canvases import SHIFTED_CANVAS_STYLES
+from vos_det.data.digits_det_glyphs import ID_DIGITS, load_glyphs
+from vos_det.data.digits_det_objects import (
+    glyph_picker,
+    matched_shape_picker,
+    shape_glyph,
+    shape_picker,
+)
+from vos_det.data.digits_det_render import render_image
 from vos_det.data.digits_det_shapes import TEST_SHAPES, VALIDATION_SHAPES, render_shape, sample_shape
 
 SMALL_SIZES = {"num_train": 6, "num_val": 3, "num_test": 3, "num_ood": 4}
@@ -380,8 +390,84 @@ def test_new_splits_are_registered_with_their_roles(small_root, unregistered_dig
     for name, classes, size in (
         ("digits_det_far_ood", DIGITS_DET_FAR_OOD_CLASSES, SMALL_SIZES["num_ood"]),
         ("digits_det_ood_val", DIGITS_DET_OOD_VAL_CLASSES, SMALL_SIZES["num_val"]),
+        ("digits_det_far_ood_matched", DIGITS_DET_FAR_OOD_CLASSES, SMALL_SIZES["num_ood"]),
     ):
         metadata = MetadataCatalog.get(name)
         assert metadata.ood_role == "ood" and metadata.id_dataset == "digits_det_train"
         assert metadata.thing_classes == list(classes)
         assert len(DatasetCatalog.get(name)) == size
+
+
+@pytest.mark.parametrize("kind", TEST_SHAPES)
+def test_shape_glyph_counts_the_on_pixels_of_a_32x32_bitmap_in_4x4_blocks(kind):
+    primitives = sample_shape(kind, np.random.default_rng(0))
+    glyph = shape_glyph(primitives)
+    bitmap = render_shape(primitives, 32) >= 0.5
+    expected = np.zeros((8, 8))
+    for row in range(8):
+        for col in range(8):
+            expected[row, col] = bitmap[4 * row : 4 * row + 4, 4 * col : 4 * col + 4].sum()
+    assert glyph.shape == (8, 8) and glyph.dtype == load_glyphs()[0].dtype
+    np.testing.assert_array_equal(glyph, expected)
+    assert glyph.max() <= 16 and glyph.sum() > 0
+
+
+def test_digits_and_matched_shapes_go_through_one_rendering_function(monkeypatch):
+    drawn = []
+    draw_glyph = digits_det_objects._draw_glyph
+
+    def recording_draw_glyph(glyph_image, side):
+        drawn.append(glyph_image.shape)
+        return draw_glyph(glyph_image, side)
+
+    monkeypatch.setattr(digits_det_objects, "_draw_glyph", recording_draw_glyph)
+    glyph_images, digit_of_glyph = load_glyphs()
+    digits = glyph_picker(
+        glyph_images, digit_of_glyph, np.arange(len(digit_of_glyph)), DIGITS_DET_ID_CLASSES, ID_DIGITS
+    )
+    for pick_object in (digits, matched_shape_picker(TEST_SHAPES)):
+        drawn.clear()
+        _, boxes, _ = render_image(np.random.default_rng(0), pick_object, IMAGE_SIZE)
+        assert boxes and drawn == [(8, 8)] * len(boxes)
+    # The sharp far-OOD shapes do not: the rendering difference the matched split removes.
+    drawn.clear()
+    render_image(np.random.default_rng(0), shape_picker(TEST_SHAPES), IMAGE_SIZE)
+    assert not drawn
+
+
+def test_matched_far_ood_split_holds_the_far_ood_shape_kinds(small_root):
+    paths = digits_det_paths(small_root)
+    with open(paths.far_ood_json) as f:
+        far = json.load(f)
+    with open(paths.far_ood_matched_json) as f:
+        matched = json.load(f)
+    assert matched["categories"] == far["categories"]
+    assert len(matched["images"]) == SMALL_SIZES["num_ood"]
+    # Separate random streams: the matched split is not a re-rendering of the far split's images.
+    assert [a["bbox"] for a in matched["annotations"]] != [a["bbox"] for a in far["annotations"]]
+    for annotation in matched["annotations"]:
+        x, y, width, height = annotation["bbox"]
+        assert x >= 0 and y >= 0 and x + width <= IMAGE_SIZE and y + height <= IMAGE_SIZE
+
+
+def test_a_dataset_made_before_the_matched_split_gets_only_that_split(tmp_path, small_root):
+    dataset_dir = generate_small(tmp_path)
+    paths = digits_det_paths(str(tmp_path))
+    with open(paths.meta_json) as f:
+        meta = json.load(f)
+    del meta["num_far_ood_matched"]
+    with open(paths.meta_json, "w") as f:
+        json.dump(meta, f)
+    shutil.rmtree(os.path.dirname(paths.far_ood_matched_json))
+    mtimes = file_mtimes(dataset_dir)
+
+    generate_small(tmp_path)
+    after = file_mtimes(dataset_dir)
+    changed = {path for path in after if mtimes.get(path) != after[path]}
+    matched_dir = os.path.dirname(paths.far_ood_matched_json)
+    assert changed == {paths.meta_json} | {
+        path for path in after if path.startswith(matched_dir + os.sep)
+    }
+    reference = digits_det_paths(small_root)
+    with open(paths.far_ood_matched_json, "rb") as f, open(reference.far_ood_matched_json, "rb") as g:
+        assert f.read() == g.read()

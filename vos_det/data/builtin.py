@@ -19,8 +19,9 @@ Datasets (folder layout and sources in datasets/README.md):
   detection classes of BDD100K in their official order).
 - ``digits_det_{train,val,test}``, ``digits_det_ood``: the CPU benchmark made by digits_det;
   ``digits_det_far_ood`` (non-digit shapes, OOD), ``digits_det_shifted_test`` (digits 0-4 on
-  new canvas styles, ID) and ``digits_det_ood_val`` (OOD validation: for choosing
-  hyperparameters, never a test split).
+  new canvas styles, ID), ``digits_det_ood_val`` (OOD validation: for choosing
+  hyperparameters, never a test split) and ``digits_det_far_ood_matched`` (the far-OOD
+  shapes rendered like the digits, OOD).
 """
 import os
 
@@ -178,7 +179,8 @@ def register_all_digits_det(root: str) -> None:
 
     Registers ``digits_det_{train,val,test}`` and ``digits_det_shifted_test`` (ID, PASCAL
     VOC layout, VOC evaluator with the area AP) and ``digits_det_ood``,
-    ``digits_det_far_ood`` and ``digits_det_ood_val`` (OOD, COCO json). Names already in the
+    ``digits_det_far_ood``, ``digits_det_ood_val`` and ``digits_det_far_ood_matched`` (OOD,
+    COCO json). Names already in the
     catalog are left untouched.
 
     Args:
@@ -198,6 +200,9 @@ def register_all_digits_det(root: str) -> None:
         "digits_det_ood": (DIGITS_DET_OOD_CLASSES, paths.ood_json, paths.ood_image_dir),
         "digits_det_far_ood": (DIGITS_DET_FAR_OOD_CLASSES, paths.far_ood_json, paths.far_ood_image_dir),
         "digits_det_ood_val": (DIGITS_DET_OOD_VAL_CLASSES, paths.ood_val_json, paths.ood_val_image_dir),
+        "digits_det_far_ood_matched": (
+            DIGITS_DET_FAR_OOD_CLASSES, paths.far_ood_matched_json, paths.far_ood_matched_image_dir
+        ),
     }
     for ood_name, (class_names, json_file, image_dir) in ood_splits.items():
         if ood_name in DatasetCatalog.list():

@@ -21,11 +21,20 @@ On-disk layout under ``<root>/digits_det`` (see :func:`digits_det_paths`)::
                                      image's style); every box is ID
     ood_val/images/<id>.jpg          OOD validation: digits 5-9 of the val glyph pool and
     ood_val/annotations.json         VALIDATION_SHAPES (kinds absent from far_ood), COCO json
+    far_ood_matched/images/<id>.jpg  matched far-OOD: the shapes of far_ood made 8x8 glyphs the
+    far_ood_matched/annotations.json way load_digits was made and pasted like the digits
+                                     (same upscaling, canvases, JPEG quality), COCO json
     meta.json                        generation parameters, written last: marks completion
 
 Every image is drawn from its own random stream keyed by (seed, split, image index), so the
 first N images of a split do not depend on the sizes of the other splits, and the splits
-added later (far_ood, shifted_test, ood_val) left the files of the others byte-identical.
+added later (far_ood, shifted_test, ood_val, far_ood_matched) left the files of the others
+byte-identical. A dataset made before far_ood_matched existed gets that split added alone.
+
+far_ood differs from the ID digits in rendering (sharp shapes rasterised at the pasted size
+against blurry upscaled 8x8 bitmaps) as well as in meaning; far_ood_matched differs in
+meaning only, like the near-OOD split.
+
 Hyperparameters are chosen on val + ood_val, never on a test split.
 
 Command line::
@@ -51,10 +60,11 @@ from .digits_det_glyphs import (
     glyph_indices_per_split,
     load_glyphs,
 )
-from .digits_det_objects import glyph_picker, mixed_picker, shape_picker
+from .digits_det_objects import glyph_picker, matched_shape_picker, mixed_picker, shape_picker
 from .digits_det_render import MAX_GLYPH_SIZE
 from .digits_det_shapes import TEST_SHAPES, VALIDATION_SHAPES
 from .digits_det_splits import (
+    FAR_OOD_MATCHED_SPLIT,
     FAR_OOD_SPLIT,
     OOD_SPLIT,
     OOD_VAL_SPLIT,
@@ -85,7 +95,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Classes of the far-OOD test split (shapes) and of the OOD validation split (digits 5-9 of
+# Classes of the far-OOD test splits (shapes, sharp or matched) and of the OOD validation split (digits 5-9 of
 # the val glyph pool, and shapes of other kinds than the far-OOD ones).
 DIGITS_DET_FAR_OOD_CLASSES = TEST_SHAPES
 DIGITS_DET_OOD_VAL_CLASSES = DIGITS_DET_OOD_CLASSES + VALIDATION_SHAPES
@@ -105,6 +115,9 @@ _OOD_VAL_DIGIT_FRACTION = 0.5
 # file into a 0-d array that cannot be iterated.
 _MIN_VOC_SPLIT_SIZE = 2
 _MIN_OOD_SPLIT_SIZE = 1
+# The generation parameter of the split added last; a dataset whose meta.json lacks only it
+# gets that split written alone.
+_ADDED_SPLIT_PARAMETER = "num_far_ood_matched"
 
 
 def generate_digits_det(
@@ -119,12 +132,15 @@ def generate_digits_det(
     num_far_ood: Optional[int] = None,
     num_shifted_test: Optional[int] = None,
     num_ood_val: Optional[int] = None,
+    num_far_ood_matched: Optional[int] = None,
     overwrite: bool = False,
 ) -> str:
     """Generate the digits-det benchmark under ``<root>/digits_det`` unless it already exists.
 
     Idempotent: when ``meta.json`` records a complete dataset made with the same parameters,
-    nothing is written. Otherwise (or with ``overwrite``) the dataset is removed and rendered
+    nothing is written; when it records one made with them before the matched far-OOD split
+    existed, only that split is written (the files of the others, which readers may be
+    using, are left alone). Otherwise (or with ``overwrite``) the dataset is removed and rendered
     again; ``meta.json`` is written last, atomically, so an interrupted run is redone.
 
     Args:
@@ -140,6 +156,8 @@ def generate_digits_det(
             pool, canvas styles of SHIFTED_CANVAS_STYLES); None = ``num_test``.
         num_ood_val: number of OOD validation images (digits 5-9 of the val glyph pool and
             shapes of VALIDATION_SHAPES); None = ``num_val``.
+        num_far_ood_matched: number of matched far-OOD images (shapes of TEST_SHAPES rendered
+            like the digits); None = ``num_far_ood``.
         overwrite: regenerate even if an identical dataset exists.
 
     Returns:
@@ -154,6 +172,7 @@ def generate_digits_det(
     num_far_ood = num_ood if num_far_ood is None else num_far_ood
     num_shifted_test = num_test if num_shifted_test is None else num_shifted_test
     num_ood_val = num_val if num_ood_val is None else num_ood_val
+    num_far_ood_matched = num_far_ood if num_far_ood_matched is None else num_far_ood_matched
     split_sizes = dict(
         zip(VOC_SPLITS + (SHIFTED_TEST_SPLIT,), (num_train, num_val, num_test, num_shifted_test))
     )
@@ -162,7 +181,12 @@ def generate_digits_det(
             raise ValueError(
                 f"num_{split} must be at least {_MIN_VOC_SPLIT_SIZE}, got {num_images}"
             )
-    ood_split_sizes = {OOD_SPLIT: num_ood, FAR_OOD_SPLIT: num_far_ood, OOD_VAL_SPLIT: num_ood_val}
+    ood_split_sizes = {
+        OOD_SPLIT: num_ood,
+        FAR_OOD_SPLIT: num_far_ood,
+        OOD_VAL_SPLIT: num_ood_val,
+        FAR_OOD_MATCHED_SPLIT: num_far_ood_matched,
+    }
     for split, num_images in ood_split_sizes.items():
         if num_images < _MIN_OOD_SPLIT_SIZE:
             raise ValueError(
@@ -181,9 +205,21 @@ def generate_digits_det(
         "num_far_ood": num_far_ood,
         "num_shifted_test": num_shifted_test,
         "num_ood_val": num_ood_val,
+        _ADDED_SPLIT_PARAMETER: num_far_ood_matched,
     }
-    if not overwrite and read_meta(paths.meta_json) == parameters:
+    existing = {} if overwrite else read_meta(paths.meta_json)
+    if existing == parameters:
         logger.info("digits-det already generated in %s", paths.dataset_dir)
+        return paths.dataset_dir
+    before_added_split = {k: v for k, v in parameters.items() if k != _ADDED_SPLIT_PARAMETER}
+    if existing and existing == before_added_split:
+        # meta.json keeps its old parameters until the split is complete, so an interrupted
+        # run comes back here.
+        logger.info("Adding the %s split to %s", FAR_OOD_MATCHED_SPLIT, paths.dataset_dir)
+        with tqdm(total=num_far_ood_matched, desc="digits-det", unit="img") as progress:
+            _write_far_ood_matched(paths, num_far_ood_matched, seed, image_size, progress)
+        with atomic_open(paths.meta_json, "w") as f:
+            json.dump(parameters, f, indent=2)
         return paths.dataset_dir
 
     # Invalidate first, so that a dataset interrupted below is never taken as complete.
@@ -195,6 +231,7 @@ def generate_digits_det(
         paths.shifted_voc_dir,
         os.path.dirname(paths.far_ood_json),
         os.path.dirname(paths.ood_val_json),
+        os.path.dirname(paths.far_ood_matched_json),
     )
     for generated_dir in generated_dirs:
         shutil.rmtree(generated_dir, ignore_errors=True)
@@ -248,10 +285,26 @@ def generate_digits_det(
             "digits-det OOD validation split (digits 5-9 of the val glyph pool, other shapes)",
             progress,
         )
+        _write_far_ood_matched(paths, num_far_ood_matched, seed, image_size, progress)
 
     with atomic_open(paths.meta_json, "w") as f:
         json.dump(parameters, f, indent=2)
     return paths.dataset_dir
+
+
+def _write_far_ood_matched(
+    paths: DigitsDetPaths, num_images: int, seed: int, image_size: int, progress: tqdm
+) -> None:
+    """(Re)write the matched far-OOD split: TEST_SHAPES made 8x8 glyphs, pasted like digits."""
+    shutil.rmtree(os.path.dirname(paths.far_ood_matched_json), ignore_errors=True)
+    os.makedirs(paths.far_ood_matched_image_dir)
+    write_coco_split(
+        paths.far_ood_matched_image_dir, paths.far_ood_matched_json, FAR_OOD_MATCHED_SPLIT,
+        num_images, seed, image_size, matched_shape_picker(TEST_SHAPES),
+        [(name, "shape") for name in DIGITS_DET_FAR_OOD_CLASSES],
+        "digits-det matched far-OOD split (non-digit shapes rendered like the digits)",
+        progress,
+    )
 
 
 def main() -> None:
@@ -264,6 +317,7 @@ def main() -> None:
     parser.add_argument("--num-far-ood", type=int, help="default: --num-ood")
     parser.add_argument("--num-shifted-test", type=int, help="default: --num-test")
     parser.add_argument("--num-ood-val", type=int, help="default: --num-val")
+    parser.add_argument("--num-far-ood-matched", type=int, help="default: --num-far-ood")
     options = vars(parser.parse_args())
     logging.basicConfig(level=logging.INFO)
     print(generate_digits_det(options.pop("root"), **options))

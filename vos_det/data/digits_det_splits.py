@@ -6,6 +6,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
+    "FAR_OOD_MATCHED_SPLIT",
     "FAR_OOD_SPLIT",
     "OOD_SPLIT",
     "OOD_VAL_SPLIT",
@@ -23,6 +24,8 @@ OOD_SPLIT = "ood"
 FAR_OOD_SPLIT = "far_ood"
 SHIFTED_TEST_SPLIT = "shifted_test"
 OOD_VAL_SPLIT = "ood_val"
+# The far-OOD shapes rendered like the digits (8x8 glyphs upscaled), added after the others.
+FAR_OOD_MATCHED_SPLIT = "far_ood_matched"
 # The glyph pool each image split draws from; OOD images use the unseen test handwriting.
 # The shifted ID test split uses the test handwriting too; the OOD validation split the val
 # handwriting, so that no test glyph is seen when choosing hyperparameters.
@@ -40,7 +43,7 @@ SPLIT_GLYPH_POOL = {
 _RANDOM_STREAMS = (
     ("glyph_pools",)
     + VOC_SPLITS
-    + (OOD_SPLIT, FAR_OOD_SPLIT, SHIFTED_TEST_SPLIT, OOD_VAL_SPLIT)
+    + (OOD_SPLIT, FAR_OOD_SPLIT, SHIFTED_TEST_SPLIT, OOD_VAL_SPLIT, FAR_OOD_MATCHED_SPLIT)
 )
 
 
@@ -75,6 +78,10 @@ class DigitsDetPaths(NamedTuple):
     """Images of the OOD validation split."""
     ood_val_json: str
     """COCO instances json of the OOD validation split."""
+    far_ood_matched_image_dir: str
+    """Images of the matched far-OOD split (shapes rendered like the digits)."""
+    far_ood_matched_json: str
+    """COCO instances json of the matched far-OOD split."""
 
 
 def digits_det_paths(root: str) -> DigitsDetPaths:
@@ -100,4 +107,6 @@ def digits_det_paths(root: str) -> DigitsDetPaths:
         shifted_voc_dir=os.path.join(dataset_dir, SHIFTED_TEST_SPLIT),
         ood_val_image_dir=os.path.join(dataset_dir, OOD_VAL_SPLIT, "images"),
         ood_val_json=os.path.join(dataset_dir, OOD_VAL_SPLIT, "annotations.json"),
+        far_ood_matched_image_dir=os.path.join(dataset_dir, FAR_OOD_MATCHED_SPLIT, "images"),
+        far_ood_matched_json=os.path.join(dataset_dir, FAR_OOD_MATCHED_SPLIT, "annotations.json"),
     )
