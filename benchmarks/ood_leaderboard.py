@@ -41,6 +41,7 @@ import numpy as np
 import torch.nn as nn
 
 from _common import REPO_ROOT, RESULTS_DIR, machine_info, parse_seeds, run_logged, table, training_env, write_json
+from leaderboard_plots import forest_path, plot_leaderboard_forest
 
 # vos_det registers digits-det at import, under $DETECTRON2_DATASETS: the repository's
 # datasets/ unless set, wherever the script is run from.
@@ -731,6 +732,7 @@ def main():
     with open(md_path, "w") as f:
         f.write("\n".join(markdown))
     print(f"wrote {md_path}")
+    print(f"wrote {plot_leaderboard_forest(payload, forest_path(args.output))}")
 
 
 if __name__ == "__main__":
