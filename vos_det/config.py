@@ -130,8 +130,8 @@ def add_vos_config(cfg):
             "BATCH_SIZE": 256,
         }
     )
-    # Variants of VOS (issue 13; all off by default = the paper's recipe). See README,
-    # "Making virtual outliers useful".
+    # Variants of VOS (issue 13; all off by default = the paper's recipe). See
+    # docs/vos_internals.md, "VOS variants (all off by default)".
     # Class-balanced uncertainty loss: ID samples and outliers weigh one half each.
     cfg.MODEL.VOS.BALANCED_LOSS = False
     # > 0: outliers are drawn beyond eq. 3's likelihood threshold at this tail probability
@@ -234,7 +234,8 @@ def add_vos_config(cfg):
     #   closest to 95%. BOX_SELECTION and FPR95_METHOD are not used;
     # "vos_det": a detection is kept by its own class score (BOX_SELECTION), FPR95 read by
     #   FPR95_METHOD. The paper's recipes (configs/VOC-Detection, BDD-Detection) set
-    #   "vos_official"; README, "Reproducing the paper", says why the default differs.
+    #   "vos_official"; docs/evaluation.md, "The two protocols (TEST.OOD.PROTOCOL)", says why
+    #   the default differs.
     cfg.TEST.OOD.PROTOCOL = "vos_det"
     # With BOX_SELECTION "fixed": detections whose class score is below this are not scored
     # for OOD (also the fallback of either protocol when no optimal-F1 threshold exists).
