@@ -65,7 +65,7 @@ CONFIG = DETECTORS["tiny"]  # set by --detector
 SEEDS = (0, 1, 2, 3, 4)
 _VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
 # Training method -> config overrides of CONFIG. "vos" is the config as it is; "vos_npos" and
-# "vos_balanced" the synthesis variants of issue 13 (NPOS-style outliers with the class-balanced
+# "vos_balanced" the synthesis variants (NPOS-style outliers with the class-balanced
 # uncertainty loss and 20 kept per class; the class-balanced loss alone).
 METHODS = OrderedDict(
     [
@@ -421,7 +421,7 @@ def aggregate(per_model, protocol, reference=REFERENCE, confidence=0.95):
 
 
 def target_verdict(rows, reference=REFERENCE):
-    """The pairs meeting issue 12's target, and why each near-miss does not.
+    """The pairs meeting the leaderboard's target, and why each near-miss does not.
 
     Target: FPR95 lowered by >= 30% relative to the reference on near- and far-OOD, the
     paired interval excluding 0 (below it); AP50 within 1 point; false alarms on the shifted
@@ -529,7 +529,7 @@ def read_methods_file(path):
     return methods
 
 
-# Uncertainty-head scalars of issue 13 (logged to metrics.json while synthesis runs): key,
+# Uncertainty-head scalars (logged to metrics.json while synthesis runs): key,
 # header. "gap" is derived: mean outlier energy minus mean ID-box energy.
 TRAINING_DIAGNOSTICS = [
     ("vos/loss_over_prior_entropy", "loss_vos / prior entropy"),
