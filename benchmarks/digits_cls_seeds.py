@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """digits-cls over seeds: the vanilla classifier, VOS and a VOS variant, with 95% CIs.
 
-The image-classification counterpart of ``ood_leaderboard.py`` (issue 13 asks the variant to
-be measured "on digits-cls against the vanilla classifier"). Every method is a digits-cls
+The image-classification counterpart of ``ood_leaderboard.py``: the VOS variant measured on
+digits-cls against the vanilla classifier. Every method is a digits-cls
 config with a few keys changed (``METHODS``), trained once per seed with
 ``tools/train_net.py`` in ``OUTPUT_ROOT/<method>/seed<k>``; its end-of-training evaluation
 writes ``ood_results.json``: accuracy on digits_cls_test (180 images) and FPR95 / AUROC of
@@ -29,7 +29,7 @@ from _common import REPO_ROOT, RESULTS_DIR, machine_info, parse_seeds, run_logge
 from vos_det.evaluation.statistics import mean_ci, paired_difference
 
 SEEDS = (0, 1, 2, 3, 4)
-# Training method -> (config, overrides). vos_npos is the leaderboard's variant of issue 13:
+# Training method -> (config, overrides). vos_npos is the leaderboard's VOS variant:
 # NPOS-style outliers, class-balanced uncertainty loss, 20 outliers kept per class.
 METHODS = OrderedDict(
     [
@@ -123,7 +123,7 @@ def format_rows(rows):
 
 
 def target_verdict(rows):
-    """Issue 13's target on digits-cls: FPR95 -30% relative against (vanilla, energy) with the
+    """The target on digits-cls: FPR95 -30% relative against (vanilla, energy) with the
     paired interval below 0, accuracy within 1 point. Returns the pairs that meet it."""
     reference_fpr = rows[REFERENCE]["FPR95"]["mean"].mean
     winners = []

@@ -41,6 +41,7 @@ import numpy as np
 import torch.nn as nn
 
 from _common import REPO_ROOT, RESULTS_DIR, machine_info, parse_seeds, run_logged, table, training_env, write_json
+from leaderboard_plots import forest_path, plot_leaderboard_forest
 
 # vos_det registers digits-det at import, under $DETECTRON2_DATASETS: the repository's
 # datasets/ unless set, wherever the script is run from.
@@ -64,7 +65,7 @@ CONFIG = DETECTORS["tiny"]  # set by --detector
 SEEDS = (0, 1, 2, 3, 4)
 _VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
 # Training method -> config overrides of CONFIG. "vos" is the config as it is; "vos_npos" and
-# "vos_balanced" the synthesis variants of issue 13 (NPOS-style outliers with the class-balanced
+# "vos_balanced" the synthesis variants (NPOS-style outliers with the class-balanced
 # uncertainty loss and 20 kept per class; the class-balanced loss alone).
 METHODS = OrderedDict(
     [
@@ -534,7 +535,7 @@ def read_methods_file(path):
     return methods
 
 
-# Uncertainty-head scalars of issue 13 (logged to metrics.json while synthesis runs): key,
+# Uncertainty-head scalars (logged to metrics.json while synthesis runs): key,
 # header. "gap" is derived: mean outlier energy minus mean ID-box energy.
 TRAINING_DIAGNOSTICS = [
     ("vos/loss_over_prior_entropy", "loss_vos / prior entropy"),
@@ -737,6 +738,7 @@ def main():
     with open(md_path, "w") as f:
         f.write("\n".join(markdown))
     print(f"wrote {md_path}")
+    print(f"wrote {plot_leaderboard_forest(payload, forest_path(args.output))}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Checkpoints and state files written before vos_det/modeling was grouped by role (issue 14)
-still load, with the same keys, and score boxes with the same numbers.
+"""Checkpoints and state files written before vos_det/modeling was grouped by role still
+load, with the same keys, and score boxes with the same numbers.
 
 The fixtures in tests/fixtures/modeling_before_issue14/ were written by the flat layout
 (commit 59b005b), from the code as it was:

@@ -423,7 +423,10 @@ def test_ood_eval_tool_end_to_end(trained_model, tiny_digits_root, tmp_path, cap
     assert saved["results"]["ood"]["digits_det_test"][spec_name]["vos"]["FPR95"] == per_score["vos"]["FPR95"]
     assert "ID is the positive class" in saved["convention"]
     plots = sorted(os.listdir(tmp_path / PLOTS_DIR))
-    assert plots == [f"histograms__digits_det_test__{spec_name}.png", f"roc__digits_det_test__{spec_name}.png"]
+    assert plots == [
+        f"{kind}__digits_det_test__{spec_name}.png" for kind in ("examples", "gallery", "histograms", "roc")
+    ]
+    assert f"gallery__digits_det_test__{spec_name}.png" in printed  # listed under "Plots:"
     for name in plots:
         assert (tmp_path / PLOTS_DIR / name).read_bytes().startswith(PNG_MAGIC)
 

@@ -1,4 +1,4 @@
-"""Every command shown in README.md and datasets/README.md works as written.
+"""Every command shown in README.md, datasets/README.md and the pages of docs/ works as written.
 
 The commands are read from the files themselves (indented and ``bash``/``sh`` fenced code
 blocks, and inline code spans starting with ``python`` or ``bash``; ``\\`` continuations
@@ -35,7 +35,7 @@ from vos_det.cli import ToolParser, load_config, split_overrides
 from vos_det.lazyconfig import load_lazy_config
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "datasets/README.md")
+DOCS = ("README.md", "datasets/README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md")))
 
 # Appended to a command of each tool so that it runs in seconds on the tiny data.
 _TINY_TRAINING = [
@@ -86,6 +86,8 @@ PARSE_ONLY = [
      "tests/test_digits_cls_seeds.py tests its tables and statistics"),
     (r"benchmarks/run_all\.py", "every speed benchmark at the paper's sizes (minutes); benchmarks/ has its own smoke runs"),
     (r"/data/|my_ood=", "an example path of the user's own data"),
+    (r"tools/make_docs\.py", "rewrites the generated pages of docs/; tests/test_docs.py checks they are current"),
+    (r"benchmarks/leaderboard_plots\.py", "redraws the committed forest plot; tests/test_docs_pictures.py draws one"),
 ]
 
 

@@ -1,7 +1,7 @@
-"""The commands of README's "Reproducing the paper" run end to end, as written, on tiny
-generated PASCAL VOC 2007 / 2012, COCO, OpenImages and BDD100k folders.
+"""The commands of docs/paper.md ("Reproducing the paper") run end to end, as written, on
+tiny generated PASCAL VOC 2007 / 2012, COCO, OpenImages and BDD100k folders.
 
-The commands are read from the README section itself. Each one runs with tiny overrides
+The commands are read from the page itself (up to its first "##" section). Each one runs with tiny overrides
 appended (:data:`TINY_TRAINING`, :data:`TINY`; ``--num-gpus N`` dropped: one CPU process) in
 one subprocess whose working directory holds the generated ``datasets/`` (the default
 ``DETECTRON2_DATASETS``), so the built-in dataset names, the ``datasets/...`` paths of the
@@ -22,7 +22,8 @@ from PIL import Image
 from vos_det.data.builtin import BDD100K_CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
-SECTION = "## Reproducing the paper"
+PAGE = REPO / "docs" / "paper.md"
+SECTION = "# Reproducing the paper"
 SIDE = 64
 
 # Appended to every command: a CPU run on 64-pixel images, every detection kept.
@@ -57,9 +58,9 @@ for argv in json.loads(sys.argv[1]):
 
 
 def readme_commands():
-    """The ``python tools/...`` commands of the README section, ``\\`` continuations joined."""
-    text = (REPO / "README.md").read_text()
-    assert SECTION in text, f"README.md has no {SECTION!r} section"
+    """The ``python tools/...`` commands of the page's first section, ``\\`` continuations joined."""
+    text = PAGE.read_text()
+    assert SECTION in text, f"{PAGE} has no {SECTION!r} section"
     section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
     commands, pending = [], ""
     for line in section.splitlines():

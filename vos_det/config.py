@@ -92,7 +92,7 @@ def add_vos_config(cfg):
     # Class Gaussians of the box features written by tools/fit_mahalanobis.py; when set,
     # every detection also gets ood_scores_mahalanobis ("" = none).
     cfg.MODEL.VOS.MAHALANOBIS_STATS = ""
-    # Post-hoc OOD scores (vos_det/modeling/ood_scores/; issue 12): every detection gets
+    # Post-hoc OOD scores (vos_det/modeling/ood_scores/): every detection gets
     # ood_scores_maxlogit and ood_scores_gen, plus ood_scores_<name> of every score fitted in
     # STATE (knn, vim, react, mahalanobis_multilayer, safe). Any of them can be OOD_SCORE.
     cfg.MODEL.VOS.POST_HOC = CN()
@@ -130,8 +130,9 @@ def add_vos_config(cfg):
             "BATCH_SIZE": 256,
         }
     )
-    # Variants of VOS (issue 13; all off by default = the paper's recipe). See README,
-    # "Making virtual outliers useful".
+    # Variants of VOS, all off by default (the paper's recipe); docs/vos_internals.md,
+    # "VOS variants (all off by default)", describes them.
+
     # Class-balanced uncertainty loss: ID samples and outliers weigh one half each.
     cfg.MODEL.VOS.BALANCED_LOSS = False
     # > 0: outliers are drawn beyond eq. 3's likelihood threshold at this tail probability
@@ -234,7 +235,8 @@ def add_vos_config(cfg):
     #   closest to 95%. BOX_SELECTION and FPR95_METHOD are not used;
     # "vos_det": a detection is kept by its own class score (BOX_SELECTION), FPR95 read by
     #   FPR95_METHOD. The paper's recipes (configs/VOC-Detection, BDD-Detection) set
-    #   "vos_official"; README, "Reproducing the paper", says why the default differs.
+    #   "vos_official"; docs/evaluation.md, "The two protocols (TEST.OOD.PROTOCOL)", says why
+    #   the default differs.
     cfg.TEST.OOD.PROTOCOL = "vos_det"
     # With BOX_SELECTION "fixed": detections whose class score is below this are not scored
     # for OOD (also the fallback of either protocol when no optimal-F1 threshold exists).

@@ -18,7 +18,7 @@ from ..evaluation.protocol import OOD_RESULTS_FILE, evaluate_ood_protocol
 from .checkpoint import AtomicWritePathManager, RandomState
 from .launch import cpu_ddp_in_default_trainer
 
-# OOD_RESULTS_FILE: the report Trainer.test writes in OUTPUT_DIR (tests import it from here).
+# OOD_RESULTS_FILE: the name of the report Trainer.test writes in OUTPUT_DIR.
 __all__ = ["OOD_RESULTS_FILE", "Trainer"]
 
 

@@ -13,11 +13,16 @@ from matplotlib.figure import Figure
 
 from .ood_metrics import auroc, fpr_at_tpr, roc_curve
 
-__all__ = ["plot_comparisons", "plot_roc_curves", "plot_score_histograms", "safe_file_name"]
+__all__ = ["histogram_range", "plot_comparisons", "plot_roc_curves", "plot_score_histograms", "safe_file_name"]
 
 # The ID fraction kept at the FPR95 operating point.
 _TPR = 0.95
 _HISTOGRAM_BINS = 50
+# Histograms span these percentiles of all the boxes' scores (widened by _RANGE_PAD of that
+# span on each side, never beyond the data): a heavy tail (the multi-layer Mahalanobis score
+# of a digits model spans 0 to 6e6) would otherwise squeeze every other box into one bar.
+_RANGE_PERCENTILES = (0.5, 99.5)
+_RANGE_PAD = 0.05
 _LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))
 # Readable labels of the scores the VOS box predictor outputs.
 SCORE_LABELS = {
@@ -39,6 +44,32 @@ def _save(figure, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=100)
     return path
+
+
+def histogram_range(values):
+    """The range a histogram of ``values`` shows, and how many finite values fall outside it.
+
+    The range spans the 0.5th to the 99.5th percentile, widened by 5% of that span on each
+    side and clipped to the data, so a few extreme values do not squeeze the rest into a bar.
+
+    Args:
+        values (np.ndarray): the scores (NaN and infinities are ignored).
+
+    Returns:
+        tuple[float, float, int]: (low, high, number of finite values outside [low, high]).
+    """
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return 0.0, 1.0, 0
+    low, high = np.percentile(finite, _RANGE_PERCENTILES)
+    pad = _RANGE_PAD * (high - low)
+    low, high = max(low - pad, finite.min()), min(high + pad, finite.max())
+    if high <= low:
+        low, high = finite.min(), finite.max()
+        if high <= low:
+            high = low + 1.0
+    return float(low), float(high), int(np.count_nonzero((finite < low) | (finite > high)))
 
 
 def plot_roc_curves(id_scores, ood_scores, path, *, id_name, ood_name, subtitle=""):
@@ -94,7 +125,9 @@ def plot_score_histograms(
     """One figure with a panel per score: histograms (densities) of ID vs OOD boxes.
 
     Each panel marks the threshold keeping 95% of the ID boxes shown (the FPR95 operating
-    point) and, for the model's own score, the calibrated threshold if any.
+    point) and, for the model's own score, the calibrated threshold if any. Its x range is
+    :func:`histogram_range` of the ID and OOD scores together; the title says how many boxes
+    lie outside it (they are left out of the bars, not of the FPR95).
 
     Args:
         id_scores, ood_scores (dict[str, np.ndarray]): as for :func:`plot_roc_curves`.
@@ -114,10 +147,8 @@ def plot_score_histograms(
         axes = figure.add_subplot(rows, columns, index + 1)
         id_values = np.asarray(id_scores[name], dtype=np.float64)
         ood_values = np.asarray(ood_scores[name], dtype=np.float64)
-        both = np.concatenate([id_values, ood_values])
-        both = both[np.isfinite(both)]
-        low, high = (both.min(), both.max()) if both.size else (0.0, 1.0)
-        bins = np.linspace(low, high if high > low else low + 1.0, _HISTOGRAM_BINS + 1)
+        low, high, outside = histogram_range(np.concatenate([id_values, ood_values]))
+        bins = np.linspace(low, high, _HISTOGRAM_BINS + 1)
         for values, colour, label in ((id_values, "tab:blue", "ID"), (ood_values, "tab:red", "OOD")):
             axes.hist(
                 values, bins=bins, density=True, alpha=0.55, color=colour,
@@ -135,7 +166,8 @@ def plot_score_histograms(
                 calibrated[1], color="tab:green", linestyle=":", linewidth=1.5,
                 label="calibrated threshold",
             )
-        axes.set_title(SCORE_LABELS.get(name, name), fontsize=10)
+        hidden = f"\n{outside} of {id_values.size + ood_values.size} boxes outside the range shown" if outside else ""
+        axes.set_title(SCORE_LABELS.get(name, name) + hidden, fontsize=10)
         axes.set_xlabel("OOD score (larger = more OOD)")
         axes.set_ylabel("density")
         axes.legend(fontsize=7)

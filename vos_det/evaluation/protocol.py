@@ -23,13 +23,16 @@ import logging
 import os
 from collections import OrderedDict
 
-from detectron2.data import build_detection_test_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.utils import comm
 
 from ..data.catalog import get_ood_role
 from .box_scores import collect_detections
 from .box_selection import PROTOCOL_DESCRIPTIONS, PROTOCOLS, select_boxes_for_config
-from .calibration import calibrate_on_samples
+from .calibration import calibrate_on_samples, find_ood_head
 from .detection import build_detection_evaluator
+from .gallery import plot_detection_examples, plot_failure_gallery
+from .plots import safe_file_name
 from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, numbers_only, summarize_ood_evaluation
 from .score_curves import FPR_METHODS
 from .scored_sets import Comparison, ScoredSet
@@ -125,6 +128,63 @@ def _kept(records, selection):
     return ScoredSet(kept.ood_scores, len(kept), len(records), records.num_images)
 
 
+def _verdict_rule(model, calibration):
+    """(score, threshold) behind ``is_ood``: the new calibration's, else the model's; None for
+    a model without a VOS OOD head."""
+    if calibration is not None:
+        return calibration.ood_score, float(calibration.threshold)
+    try:
+        head = find_ood_head(model)
+    except TypeError:
+        return None
+    return head.ood_score, float(head.current_ood_threshold())
+
+
+def _image_files(dataset_name):
+    """image id -> file name of a registered dataset."""
+    return {d["image_id"]: d["file_name"] for d in DatasetCatalog.get(dataset_name)}
+
+
+def draw_pictures(model, records, selections, ood_datasets, plots_dir, calibration=None):
+    """The failure gallery and the detection examples of every (ID set, OOD set) pair.
+
+    Args:
+        model (nn.Module): the detector (its OOD score and threshold label the pictures).
+        records (dict[str, DetectionRecords]): every detection of each set.
+        selections (dict[str, BoxSelection]): the box selection of each ID set.
+        ood_datasets (list[str]): the OOD sets.
+        plots_dir (str): where ``gallery__<id>__<ood>.png`` and ``examples__<id>__<ood>.png`` go.
+        calibration (Calibration, optional): the threshold calibrated in this evaluation.
+
+    Returns:
+        list[str]: the paths written.
+    """
+    rule = _verdict_rule(model, calibration)
+    if rule is None:
+        return []
+    score, threshold = rule
+    paths = []
+    for id_name, selection in selections.items():
+        class_names = MetadataCatalog.get(id_name).get("thing_classes", [])
+        id_kept, id_files = selection.apply(records[id_name]), _image_files(id_name)
+        for ood_name in ood_datasets:
+            ood_kept = selection.apply(records[ood_name])
+            common = {
+                "score": score, "id_files": id_files, "ood_files": _image_files(ood_name),
+                "class_names": class_names, "id_name": id_name, "ood_name": ood_name,
+            }
+            stem = safe_file_name(id_name, ood_name)
+            paths.append(
+                plot_failure_gallery(id_kept, ood_kept, os.path.join(plots_dir, f"gallery__{stem}.png"), **common)
+            )
+            paths.append(
+                plot_detection_examples(
+                    id_kept, ood_kept, os.path.join(plots_dir, f"examples__{stem}.png"), threshold=threshold, **common
+                )
+            )
+    return [path for path in paths if path is not None]
+
+
 def evaluate_ood_protocol(
     cfg, model, *, output_dir, id_datasets=None, ood_datasets=None, build_test_loader=None,
     detection_evaluators=None, build_evaluator=None, calibration_dataset=None, draw_plots=None,
@@ -203,6 +263,11 @@ def evaluate_ood_protocol(
         )
         for id_name, selection in selections.items()
     ]
+    draw_plots = cfg.TEST.OOD.PLOTS if draw_plots is None else draw_plots
+    pictures = []
+    if draw_plots and comm.is_main_process():
+        plots_dir = os.path.join(output_dir, PLOTS_DIR)
+        pictures = draw_pictures(model, records, selections, ood_datasets, plots_dir, calibration)
     return summarize_ood_evaluation(
         comparisons,
         unit="boxes",
@@ -217,8 +282,9 @@ def evaluate_ood_protocol(
         selection_report={
             "box_selection": {name: s.to_dict() for name, s in selections.items()},
             "boxes": {c.id_name: _box_counts(c) for c in comparisons},
+            "pictures": pictures,
         },
         calibration=calibration,
-        draw_plots=cfg.TEST.OOD.PLOTS if draw_plots is None else draw_plots,
+        draw_plots=draw_plots,
         log_report=log_report,
     )

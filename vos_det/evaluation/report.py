@@ -153,7 +153,7 @@ def format_ood_report(report, unit="boxes"):
     Args:
         report (dict): with ``results`` and ``convention`` and optionally ``protocol``,
             ``box_selection``, ``boxes``, ``sample_selection``, ``calibration``, ``skipped``,
-            ``plots``; each section is printed when its entries are present.
+            ``plots``, ``pictures``; each section is printed when its entries are present.
         unit (str): what a sample is: "boxes" (detection) or "images" (classification).
 
     Returns:
@@ -182,8 +182,9 @@ def format_ood_report(report, unit="boxes"):
     lines += [f"Not computed: {skipped}" for skipped in report.get("skipped", [])]
     if report.get("calibration"):
         lines += _calibration_lines(report["calibration"], unit)
-    if report.get("plots"):
-        lines += ["", "Plots:"] + [f"  {path}" for path in report["plots"]]
+    plots = report.get("plots", []) + report.get("pictures", [])
+    if plots:
+        lines += ["", "Plots:"] + [f"  {path}" for path in plots]
     return "\n".join(lines)
 
 
