@@ -77,10 +77,19 @@ def add_vos_config(cfg):
     # iteration, rank), as the paper's per-GPU draws (8 GPUs x K x SELECT per step); rank 0
     # draws what a single process does. False: every rank draws the same outliers.
     cfg.MODEL.VOS.PER_RANK_OUTLIERS = True
+    # The uncertainty head, the classifier of -E (ID vs virtual outlier) of eq. 5:
+    # "logistic": Linear(1, 2) with cross-entropy, as the released branch `main`;
+    # "mlp": Linear(1, 512) - ReLU - Linear(512, 1) with binary cross-entropy, as the branch
+    #        `main-MLP`, which produced the paper's final (OpenReview) numbers and the released
+    #        checkpoints. Both take ID as label 1.
+    cfg.MODEL.VOS.UNCERTAINTY_HEAD = "logistic"
     # Score written to Instances.ood_scores and thresholded into is_ood:
     # "vos": p(outlier | box) = 1 - p(ID | box), the logistic regression on the weighted energy (paper eq. 8);
-    # "energy": the free energy -logsumexp of the foreground logits (the released code's
-    #           test-time score on a VOS-trained model).
+    # "energy": the free energy -logsumexp of the foreground logits (the released branch
+    #           main's test-time score on a VOS-trained model);
+    # "vos_release": -p(ID) of the uncertainty head applied to the UNWEIGHTED logsumexp of the
+    #           foreground logits (the branch main-MLP's test-time score; values in [-1, 0],
+    #           so OOD_THRESHOLD is -gamma).
     cfg.MODEL.VOS.OOD_SCORE = "vos"
     # A box is flagged is_ood when its ood_score is above this threshold. For the "vos"
     # score it is 1 - gamma of eq. 9. The calibrated threshold stored in the model
