@@ -240,7 +240,10 @@ def add_vos_config(cfg):
     #   of highest F1, averaged over classes); a detection, ID or OOD set, is kept when its
     #   PROPOSAL's maximum foreground probability reaches it (so a confident proposal's
     #   secondary-class detections are kept too); FPR95 at the ROC point whose ID recall is
-    #   closest to 95%. BOX_SELECTION and FPR95_METHOD are not used;
+    #   closest to 95%. As the release: the threshold is rounded to 4 decimals, VOC ground truth
+    #   is in its raw XML corners, a class without ground truth enters the mean as -1, no class
+    #   threshold keeps every box, and the model runs NMS before clipping its boxes.
+    #   BOX_SELECTION and FPR95_METHOD are not used;
     # "vos_det": a detection is kept by its own class score (BOX_SELECTION), FPR95 read by
     #   FPR95_METHOD. The paper's recipes (configs/VOC-Detection, BDD-Detection) set
     #   "vos_official"; README, "Reproducing the paper", says why the default differs.
