@@ -33,7 +33,7 @@ CLASSES = ("circle", "square", "stripes")
 IMAGES_PER_CLASS = 4
 STARTING_ITER = 3
 MAX_ITER = 6
-SCORES_WITH_VOS = {"msp", "energy", "weighted_energy", "vos"}
+SCORES_WITH_VOS = {"msp", "energy", "weighted_energy", "vos", "vos_release"}
 DATASET_NAMES = ("test_cls_train", "test_cls_test", "test_cls_ood")
 
 

@@ -38,7 +38,7 @@ from vos_det.evaluation.report import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 # The scores every VOS model reports without a fitted post-hoc state (maxlogit and gen need none).
-SCORE_NAMES = {"vos", "energy", "weighted_energy", "msp", "maxlogit", "gen"}
+SCORE_NAMES = {"vos", "vos_release", "energy", "weighted_energy", "msp", "maxlogit", "gen"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -80,10 +80,12 @@ def _slow_official_threshold(rows, ground_truth, num_classes, box_iou):
     thresholds = {}
     for class_id in range(num_classes):
         if not any(c == class_id for gt in ground_truth.values() for c in gt.classes):
-            continue
-        curves = [_slow_interpolated_curve(rows, ground_truth, class_id, t, box_iou) for t in COCO_IOU_THRESHOLDS]
-        precision = np.mean([p for p, _ in curves], axis=0)
-        scores = np.mean([s for _, s in curves], axis=0)
+            # COCOeval leaves the precision and scores of a class without ground truth at -1.
+            precision = scores = np.full(len(COCO_RECALL_THRESHOLDS), -1.0)
+        else:
+            curves = [_slow_interpolated_curve(rows, ground_truth, class_id, t, box_iou) for t in COCO_IOU_THRESHOLDS]
+            precision = np.mean([p for p, _ in curves], axis=0)
+            scores = np.mean([s for _, s in curves], axis=0)
         best = None
         for i, (p, r) in enumerate(zip(precision, COCO_RECALL_THRESHOLDS)):
             f1 = 2 * p * r / (p + r) if p + r else float("nan")
@@ -154,13 +156,17 @@ def test_official_threshold_averages_over_iou_thresholds(detection_records, box_
     assert per_class[0]["f1"] == pytest.approx(2 * 0.6 * 0.5 / 1.1)
 
 
-def test_official_threshold_counts_difficult_boxes_and_skips_classes_without_ground_truth(detection_records):
+def test_official_threshold_counts_difficult_boxes_and_averages_classes_without_ground_truth_as_minus_one(
+    detection_records, box_iou
+):
     ground_truth = {"a": GroundTruthBoxes.from_lists([[0, 0, 10, 10]], [0], ignore=[True], difficult=[True])}
     rows = [("a", 0, 0.7, [0, 0, 10, 10]), ("a", 1, 0.8, [0, 0, 10, 10])]
     threshold, per_class = coco_optimal_f1_threshold(detection_records(rows), ground_truth, num_classes=2)
     # The release converts VOC with every box, "difficult" included, as a plain box.
-    assert threshold == pytest.approx(0.7) and per_class[0]["recall"] == 1.0
-    assert per_class[1]["skipped"] == "no ground-truth box"
+    assert per_class[0]["threshold"] == pytest.approx(0.7) and per_class[0]["recall"] == 1.0
+    # Class 1 has no ground truth: COCOeval's -1 enters the mean, as in the release.
+    assert per_class[1]["threshold"] == -1.0 and "averaged in" in per_class[1]["note"]
+    assert threshold == pytest.approx((0.7 - 1.0) / 2) == _slow_official_threshold(rows, ground_truth, 2, box_iou)[0]
 
 
 # --- secondary-class detections of a confident proposal -----------------------------------
@@ -311,7 +317,13 @@ def test_protocol_keeps_boxes_by_its_rule_and_names_itself(protocol, protocol_se
     assert saved["protocol"]["name"] == protocol == report["box_selection"][ID_SET]["protocol"]
     assert f"OOD protocol: {protocol}" in format_ood_report(report)
     threshold = results["box_selection"][ID_SET]["score_threshold"]
-    assert 0.7 <= threshold <= 0.95
+    if protocol == "vos_official":
+        # Class "b" has no ground truth: its -1 is averaged in (as the release), so the mean of
+        # "a"'s threshold (0.7-0.95) and -1, rounded to 4 decimals, keeps every box.
+        unrounded = report["box_selection"][ID_SET]["unrounded_threshold"]
+        assert threshold == round(unrounded, 4) and -0.15 <= threshold <= -0.025
+    else:
+        assert 0.7 <= threshold <= 0.95
 
     # Expected kept boxes and FPR95, computed directly from the detections.
     field = "proposal" if protocol == "vos_official" else "score"

@@ -247,6 +247,9 @@ def _reference_table(layer, logits):
         b = layer.uncertainty_classifier.bias.detach().double()
         id_scores = torch.softmax(negative_energy[:, None] * w + b, dim=1)[:, 1]
         table["vos"] = 1 - id_scores
+        # The release's score: the head on the UNWEIGHTED logsumexp, p(ID) negated.
+        plain = torch.logsumexp(logits, dim=1)
+        table["vos_release"] = -torch.softmax(plain[:, None] * w + b, dim=1)[:, 1]
     else:
         id_scores = torch.sigmoid(-table["energy"])
     return table, id_scores

@@ -30,7 +30,7 @@ def test_vos_loss_starts_at_starting_iter_and_outputs_carry_ood_fields(tiny_digi
     assert set(results["digits_det_test"]["bbox"]) >= {"AP", "AP50"}
     per_score = results["ood"]["digits_det_test"]["digits_det_ood"]
     # maxlogit and gen: the post-hoc scores that need no fitted state.
-    assert set(per_score) == {"vos", "energy", "weighted_energy", "msp", "maxlogit", "gen"}
+    assert set(per_score) == {"vos", "vos_release", "energy", "weighted_energy", "msp", "maxlogit", "gen"}
     for metrics in per_score.values():
         assert 0.0 <= metrics["FPR95"] <= 100.0 and 0.0 <= metrics["AUROC"] <= 100.0
 

@@ -77,10 +77,19 @@ def add_vos_config(cfg):
     # iteration, rank), as the paper's per-GPU draws (8 GPUs x K x SELECT per step); rank 0
     # draws what a single process does. False: every rank draws the same outliers.
     cfg.MODEL.VOS.PER_RANK_OUTLIERS = True
+    # The uncertainty head, the classifier of -E (ID vs virtual outlier) of eq. 5:
+    # "logistic": Linear(1, 2) with cross-entropy, as the released branch `main`;
+    # "mlp": Linear(1, 512) - ReLU - Linear(512, 1) with binary cross-entropy, as the branch
+    #        `main-MLP`, which produced the paper's final (OpenReview) numbers and the released
+    #        checkpoints. Both take ID as label 1.
+    cfg.MODEL.VOS.UNCERTAINTY_HEAD = "logistic"
     # Score written to Instances.ood_scores and thresholded into is_ood:
     # "vos": p(outlier | box) = 1 - p(ID | box), the logistic regression on the weighted energy (paper eq. 8);
-    # "energy": the free energy -logsumexp of the foreground logits (the released code's
-    #           test-time score on a VOS-trained model).
+    # "energy": the free energy -logsumexp of the foreground logits (the released branch
+    #           main's test-time score on a VOS-trained model);
+    # "vos_release": -p(ID) of the uncertainty head applied to the UNWEIGHTED logsumexp of the
+    #           foreground logits (the branch main-MLP's test-time score; values in [-1, 0],
+    #           so OOD_THRESHOLD is -gamma).
     cfg.MODEL.VOS.OOD_SCORE = "vos"
     # A box is flagged is_ood when its ood_score is above this threshold. For the "vos"
     # score it is 1 - gamma of eq. 9. The calibrated threshold stored in the model
@@ -232,7 +241,10 @@ def add_vos_config(cfg):
     #   of highest F1, averaged over classes); a detection, ID or OOD set, is kept when its
     #   PROPOSAL's maximum foreground probability reaches it (so a confident proposal's
     #   secondary-class detections are kept too); FPR95 at the ROC point whose ID recall is
-    #   closest to 95%. BOX_SELECTION and FPR95_METHOD are not used;
+    #   closest to 95%. As the release: the threshold is rounded to 4 decimals, VOC ground truth
+    #   is in its raw XML corners, a class without ground truth enters the mean as -1, no class
+    #   threshold keeps every box, and the model runs NMS before clipping its boxes.
+    #   BOX_SELECTION and FPR95_METHOD are not used;
     # "vos_det": a detection is kept by its own class score (BOX_SELECTION), FPR95 read by
     #   FPR95_METHOD. The paper's recipes (configs/VOC-Detection, BDD-Detection) set
     #   "vos_official"; docs/evaluation.md, "The two protocols (TEST.OOD.PROTOCOL)", says why

@@ -133,6 +133,7 @@ RULES = {
     "MODEL.VOS.OUTLIER_RADIUS_SCALE": greater_than(0.0),
     "MODEL.VOS.BOTTLENECK_DIM": at_least(0, integer=True),
     "MODEL.VOS.OUTLIER_SYNTHESIS": one_of(("gaussian", "npos")),
+    "MODEL.VOS.UNCERTAINTY_HEAD": one_of(("logistic", "mlp")),
     "MODEL.VOS.NPOS.K": at_least(1, integer=True),
     "MODEL.VOS.NPOS.BOUNDARY": at_least(1, integer=True),
     "MODEL.VOS.NPOS.NOISE_SCALE": at_least(0.0),
@@ -194,7 +195,7 @@ def _tail_needs_chi2(cfg):
 
 def _score_needs_vos(cfg):
     score = _get(cfg, "MODEL.VOS.OOD_SCORE")
-    if score in ("vos", "weighted_energy") and _get(cfg, "MODEL.VOS.ENABLED") is False:
+    if score in ("vos", "vos_release", "weighted_energy") and _get(cfg, "MODEL.VOS.ENABLED") is False:
         return (
             f"MODEL.VOS.OOD_SCORE={score!r} needs MODEL.VOS.ENABLED True; a model trained "
             "without VOS can use 'energy' or 'msp'"

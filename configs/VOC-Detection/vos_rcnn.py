@@ -23,7 +23,13 @@ model.roi_heads.update(num_classes=20, mask_in_features=None, mask_pooler=None, 
 model.pixel_std = [1.0, 1.0, 1.0]
 model.backbone.bottom_up.freeze_at = 2
 # The paper's VOS settings (MODEL.VOS of vos_rcnn.yaml).
-add_vos(model, starting_iter=12000, sample_number=1000, sample_from=10000, select=1, vos_loss_weight=0.1)
+# Branch main-MLP of the release (the paper's final numbers; see vos_rcnn.yaml): the MLP head
+# and its score; and, as protocol "vos_official" does, NMS before the boxes are clipped.
+add_vos(
+    model, starting_iter=12000, sample_number=1000, sample_from=10000, select=1, vos_loss_weight=0.1,
+    uncertainty_head="mlp", ood_score="vos_release",
+)
+model.roi_heads.box_predictor.nms_before_clip = True
 
 # --- data: VOC 2007+2012 trainval; images named in mapping errors ---
 dataloader = get_config("common/data/coco.py").dataloader

@@ -6,15 +6,19 @@ threshold of the ID test set. They differ in how that threshold is found and whi
 a detection is compared with it (``TEST.OOD.PROTOCOL``):
 
 * ``"vos_official"``, the released VOS evaluation: the threshold of
-  :mod:`.coco_optimal_f1` (COCOeval's precision averaged over IoU .50:.95), and a detection
-  is kept when its PROPOSAL's maximum foreground probability (``proposal_scores``) is >= the
-  threshold, so a confident proposal's detections of other, less likely classes are kept too;
+  :mod:`.coco_optimal_f1` (COCOeval's precision averaged over IoU .50:.95; VOC ground truth
+  in the raw XML coordinates of the release's COCO-json conversion), rounded to 4 decimals
+  (``compute_ood_probabilistic_metrics.py:176`` of the release), and a detection is kept when
+  its PROPOSAL's maximum foreground probability (``proposal_scores``) is >= the threshold, so
+  a confident proposal's detections of other, less likely classes are kept too; with no class
+  threshold at all every detection is kept (the release's threshold is then NaN, and
+  ``score < NaN`` drops nothing);
 * ``"vos_det"`` keeps a detection by its own class score, and its ``"optimal_f1"`` threshold
   is that of :mod:`.voc_optimal_f1` (VOC matching at IoU 0.5).
 
 ``"fixed"`` (``TEST.OOD.BOX_SELECTION``, protocol "vos_det") uses a given threshold instead
-(``TEST.OOD.SCORE_THRESHOLD``), which is also either protocol's fallback when no class has a
-threshold. The ground truth comes from the dataset dicts (:mod:`.ground_truth`).
+(``TEST.OOD.SCORE_THRESHOLD``), which is also protocol "vos_det"'s fallback when no class has
+a threshold. The ground truth comes from the dataset dicts (:mod:`.ground_truth`).
 """
 import logging
 from dataclasses import dataclass, field
@@ -25,7 +29,7 @@ import numpy as np
 from detectron2.data import MetadataCatalog
 
 from .coco_optimal_f1 import coco_optimal_f1_threshold
-from .ground_truth import load_ground_truth
+from .ground_truth import load_ground_truth, voc_xml_coordinates
 from .voc_optimal_f1 import MATCH_IOU, optimal_f1_threshold
 
 __all__ = [
@@ -56,6 +60,8 @@ PROTOCOL_DESCRIPTIONS = {
 BOX_SELECTION_RULES = ("optimal_f1", "fixed")
 # The rule of protocol "vos_official".
 OFFICIAL_RULE = "coco_optimal_f1"
+# Decimals the release rounds its threshold to (compute_ood_probabilistic_metrics.py:176).
+OFFICIAL_THRESHOLD_DECIMALS = 4
 
 
 @dataclass
@@ -68,7 +74,8 @@ class BoxSelection:
         dataset: the set the threshold was determined on ("" for "fixed").
         per_class: for the optimal-F1 rules, per class name, the class's threshold and F1
             (or why it was skipped).
-        fallback: True when no class threshold exists and the fixed one is used.
+        fallback: True when no class threshold exists: the fixed threshold is used
+            ("vos_det"), or every detection is kept ("vos_official", threshold 0).
         protocol: "vos_official" or "vos_det".
         score_field: the score compared with the threshold: "proposal_scores" (the
             proposal's maximum foreground probability, "vos_official") or "scores" (the
@@ -82,6 +89,7 @@ class BoxSelection:
     fallback: bool = False
     protocol: str = "vos_det"
     score_field: str = "scores"
+    unrounded_threshold: Optional[float] = None
 
     def apply(self, records):
         """The detections of ``records`` (DetectionRecords) this selection keeps."""
@@ -102,12 +110,17 @@ class BoxSelection:
             else "their class probability"
         )
         keep = f"detections with {compared} >= {self.score_threshold:.4f} are kept (protocol {self.protocol})"
+        if self.fallback and self.protocol == "vos_official":
+            return f"no class has an optimal-F1 threshold on {self.dataset}: every detection is kept, as the release"
         if self.rule == "fixed" or self.fallback:
             why = " (optimal F1 undefined: no class has a threshold)" if self.fallback else ""
             return f"fixed score threshold{why}: {keep}"
         used = [name for name, info in self.per_class.items() if "threshold" in info]
         if self.rule == OFFICIAL_RULE:
-            how = "per class, the score of highest F1 of COCOeval's precision averaged over IoU .50:.95"
+            how = (
+                "per class, the score of highest F1 of COCOeval's precision averaged over IoU .50:.95 "
+                f"(mean {self.unrounded_threshold!r} rounded to {OFFICIAL_THRESHOLD_DECIMALS} decimals)"
+            )
         else:
             how = f"per class, the score maximising F1 (VOC matching, IoU > {MATCH_IOU}, difficult ignored)"
         return (
@@ -124,6 +137,7 @@ class BoxSelection:
             "dataset": self.dataset,
             "description": self.describe(),
             "fallback": self.fallback,
+            "unrounded_threshold": self.unrounded_threshold,
             "per_class": self.per_class,
         }
 
@@ -169,6 +183,11 @@ def select_boxes(
         raise ValueError("the optimal-F1 box selection needs the detections of the ID set")
     if ground_truth is None:
         ground_truth = load_ground_truth(dataset_name)
+    is_voc = bool(dataset_name) and MetadataCatalog.get(dataset_name).get("evaluator_type") == "pascal_voc"
+    if rule == OFFICIAL_RULE and is_voc:
+        # The release's COCO json of VOC keeps the XML corners (convert_voc_to_coco.py:51-66);
+        # detectron2's VOC loader subtracts 1 from xmin and ymin.
+        ground_truth = voc_xml_coordinates(ground_truth)
     if class_names is None and dataset_name:
         class_names = MetadataCatalog.get(dataset_name).get("thing_classes", None)
     num_classes = len(class_names) if class_names else None
@@ -178,7 +197,12 @@ def select_boxes(
         (class_names[c] if class_names and c < len(class_names) else str(c)): info
         for c, info in per_class.items()
     }
-    if threshold is None:
+    unrounded = threshold
+    if threshold is None and rule == OFFICIAL_RULE:
+        logger.warning("optimal-F1 box selection on %s: no class has a threshold; every detection is kept, "
+                       "as the released VOS evaluation does", dataset_name)
+        threshold, fallback = 0.0, True
+    elif threshold is None:
         logger.warning(
             "optimal-F1 box selection on %s: no class has a threshold; using the fixed "
             "threshold %s (TEST.OOD.SCORE_THRESHOLD)", dataset_name, fixed_threshold
@@ -186,7 +210,9 @@ def select_boxes(
         threshold, fallback = float(fixed_threshold), True
     else:
         fallback = False
-    return BoxSelection(rule, threshold, dataset_name, named, fallback, protocol, score_field)
+        if rule == OFFICIAL_RULE:
+            threshold = round(float(threshold), OFFICIAL_THRESHOLD_DECIMALS)
+    return BoxSelection(rule, threshold, dataset_name, named, fallback, protocol, score_field, unrounded)
 
 
 def select_boxes_for_config(cfg, records, dataset_name: str) -> BoxSelection:

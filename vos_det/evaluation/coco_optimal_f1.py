@@ -7,12 +7,15 @@
 * per class, F1(r) = 2 P(r) r / (P(r) + r) and the class's threshold is the averaged score
   at the first r of highest F1 (numpy's argmax: a NaN counts as the highest, so a class
   without any true positive, whose F1 at r = 0 is 0 / 0, gets its top score); the threshold
-  is the mean of the class thresholds that are not 0 (0 = that recall was never reached).
+  is the mean of the class thresholds that are not 0 (0 = that recall was never reached);
+  ``offline_evaluation/compute_average_precision.py:52-61`` of the release.
 
-The ground truth is given to COCOeval as the release does: VOC "difficult" boxes are
-ordinary boxes, COCO crowd boxes are crowd. One deliberate difference: a class without any
-ground-truth box in the set (COCOeval's precision -1) is left out of the mean, where the
-released code would average its -1 in (VOC test and BDD100k val hold every class).
+A class without any ground-truth box in the set keeps COCOeval's precision and scores of -1,
+so its threshold is -1 and it is averaged in, as the release does (VOC test and BDD100k val
+hold every class; protocol "vos_det" leaves such a class out instead). The ground truth is
+given to COCOeval as the release does: VOC "difficult" boxes are ordinary boxes, COCO crowd
+boxes are crowd; the caller gives VOC boxes in the release's raw XML coordinates
+(:func:`~vos_det.evaluation.ground_truth.voc_xml_coordinates`).
 """
 import os
 from contextlib import redirect_stdout
@@ -87,7 +90,8 @@ def coco_optimal_f1_threshold(records, ground_truth, num_classes=None):
         tuple[float or None, dict]: the mean of the non-zero class thresholds (None if there
         is none) and, per class id, ``{"threshold", "f1", "precision", "recall",
         "num_detections", "num_gt"}`` (recall: the COCO recall threshold of the best F1;
-        precision and F1 averaged over IoU) or ``{"skipped": reason, ...}``.
+        precision and F1 averaged over IoU), ``{"threshold": -1, "note", ...}`` for a class
+        without ground truth, or ``{"skipped": reason, ...}``.
     """
     if num_classes is None:
         seen = {int(c) for c in records.classes} | {int(c) for g in ground_truth.values() for c in g.classes}
@@ -113,10 +117,12 @@ def coco_optimal_f1_threshold(records, ground_truth, num_classes=None):
     best = f1.argmax(axis=0)
     thresholds = []
     for class_id, info in per_class.items():
-        if not info["num_gt"]:
-            info["skipped"] = "no ground-truth box"
-            continue
         threshold = float(scores[best[class_id], class_id])
+        if precision[0, class_id] == -1:
+            # COCOeval's arrays keep -1 for a class without ground truth; the release averages it in.
+            info.update(threshold=threshold, note="no ground-truth box: COCOeval's -1 averaged in, as the release")
+            thresholds.append(threshold)
+            continue
         if threshold == 0.0:
             info["skipped"] = "score 0 at the best F1 (its recall never reached)"
             continue

@@ -12,7 +12,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog
 from detectron2.structures import BoxMode
 
-__all__ = ["GroundTruthBoxes", "load_ground_truth"]
+__all__ = ["GroundTruthBoxes", "load_ground_truth", "voc_xml_coordinates"]
 
 
 @dataclass
@@ -47,7 +47,6 @@ class GroundTruthBoxes:
         return cls(boxes, classes, ignore.reshape(-1), difficult)
 
 
-
 def load_ground_truth(dataset_name: str) -> Dict[object, GroundTruthBoxes]:
     """The ground truth of every image of a registered dataset, by ``image_id``.
 
@@ -71,3 +70,25 @@ def load_ground_truth(dataset_name: str) -> Dict[object, GroundTruthBoxes]:
             difficult,
         )
     return ground_truth
+
+
+def voc_xml_coordinates(ground_truth: Dict[object, GroundTruthBoxes]) -> Dict[object, GroundTruthBoxes]:
+    """VOC boxes back in the raw XML corners: [xmin, ymin, xmax, ymax] as written in the file.
+
+    detectron2's VOC loader (and vos_det's) subtracts 1 from xmin and ymin; the released VOS
+    code converts VOC to COCO json with the XML values unchanged
+    (``core/datasets/convert_voc_to_coco.py:51-66``), and its optimal-F1 threshold is computed
+    against those. Only for ground truth loaded from a PASCAL VOC-layout dataset.
+
+    Args:
+        ground_truth: image_id -> :class:`GroundTruthBoxes` in detectron2's convention.
+
+    Returns:
+        dict: a new dict, xmin and ymin of every box plus 1.
+    """
+    shifted = {}
+    for image_id, gt in ground_truth.items():
+        boxes = gt.boxes.copy()
+        boxes[:, :2] += 1.0
+        shifted[image_id] = GroundTruthBoxes(boxes, gt.classes, gt.ignore, gt.difficult)
+    return shifted

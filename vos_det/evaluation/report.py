@@ -112,7 +112,7 @@ def _selection_lines(report):
     for id_name, selection in report.get("box_selection", {}).items():
         lines.append(f"Box selection for ID set {id_name}: {selection['description']}")
         per_class = [
-            f"{name} {info['threshold']:.3f} (F1 {info['f1']:.3f})"
+            f"{name} {info['threshold']:.3f} " + (f"(F1 {info['f1']:.3f})" if "f1" in info else "(no ground truth)")
             if "threshold" in info
             else f"{name}: {info['skipped']}"
             for name, info in selection.get("per_class", {}).items()

@@ -13,6 +13,7 @@ from .ood_scores.mahalanobis import GaussianDiscriminant
 from .ood_scores.scoring import PostHocScoring
 from .regularizers.embedding_losses import build_embedding_losses
 from .regularizers.margin_classifiers import LinearClassifier, build_box_classifier
+from .release_inference import nms_before_clip_inference
 from .vos.virtual_outliers import OOD_SCORES, VirtualOutlierMixin, pop_vos_options, vos_kwargs_from_config
 
 __all__ = ["BOX_PREDICTOR_REGISTRY", "VOSOutputLayers", "OOD_SCORES"]
@@ -69,6 +70,7 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         bottleneck_dim: int = 0,
         post_hoc_scores: nn.ModuleDict = None,
         post_hoc_state: str = "",
+        nms_before_clip: bool = False,
         **kwargs,
     ):
         """
@@ -87,6 +89,10 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
                 :func:`~vos_det.modeling.ood_scores.build_post_hoc_scores`); None = all,
                 with their defaults.
             post_hoc_state: their fitted state, written by tools/fit_ood_scores.py ("" = none).
+            nms_before_clip: run the per-class NMS on the boxes before they are clipped to
+                the image, as the released VOS evaluation does
+                (:func:`~vos_det.modeling.release_inference.nms_before_clip_inference`;
+                protocol "vos_official"); False: detectron2's clip-then-NMS.
             kwargs: the VOS options, arguments of
                 :meth:`VirtualOutlierMixin.init_virtual_outliers` (vos_enabled,
                 sample_number, starting_iter, ..., the MODEL.VOS keys), and those of
@@ -116,6 +122,7 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         if post_hoc_scores is None:
             post_hoc_scores = build_post_hoc_scores()
         self.post_hoc = PostHocScoring(post_hoc_scores, post_hoc_state, feature_dim, self.num_classes)
+        self.nms_before_clip = nms_before_clip
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -124,6 +131,8 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         ret["mahalanobis_stats"] = cfg.MODEL.VOS.MAHALANOBIS_STATS
         ret["post_hoc_scores"] = build_post_hoc_scores(cfg)
         ret["post_hoc_state"] = cfg.MODEL.VOS.POST_HOC.STATE
+        # Protocol "vos_official" replays the release's evaluation, its inference included.
+        ret["nms_before_clip"] = cfg.TEST.OOD.PROTOCOL == "vos_official"
         feature_dim = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
         ret["bottleneck_dim"] = cfg.MODEL.VOS.BOTTLENECK_DIM
         feature_dim = ret["bottleneck_dim"] or feature_dim
@@ -205,7 +214,8 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         """
         boxes = self.predict_boxes(predictions, proposals)
         probs = self.predict_probs(predictions, proposals)
-        instances, kept_indices = fast_rcnn_inference(
+        infer = nms_before_clip_inference if self.nms_before_clip else fast_rcnn_inference
+        instances, kept_indices = infer(
             boxes,
             probs,
             [p.image_size for p in proposals],

@@ -1,4 +1,4 @@
-"""The uncertainty loss of VOS (eq. 5): logistic regression on the weighted energy."""
+"""The uncertainty loss of VOS (eq. 5): a classifier of the weighted energy, ID vs outliers."""
 import torch
 from torch.nn import functional as F
 
@@ -13,7 +13,10 @@ ID_LABEL = 1
 
 def energy_logistic_loss(id_logits, outlier_logits, class_weights, uncertainty_classifier, storage,
                          balanced: bool = False):
-    """Cross-entropy of the logistic regression on -E: ID inputs (label 1) vs outliers (0).
+    """Cross-entropy of the uncertainty head on -E: ID inputs (label 1) vs outliers (0).
+
+    For the "mlp" head (two logits (0, z), see :mod:`.uncertainty_heads`) this is the binary
+    cross-entropy with logits of z, the released main-MLP branch's loss.
 
     Also logs the diagnostics of the step to ``storage``
     (:func:`~vos_det.modeling.vos.vos_diagnostics.log_uncertainty_diagnostics`: mean energies
@@ -23,7 +26,8 @@ def energy_logistic_loss(id_logits, outlier_logits, class_weights, uncertainty_c
         id_logits (Tensor): (N, K) foreground logits of ID features.
         outlier_logits (Tensor): (M, K) foreground logits of the virtual outliers.
         class_weights (Tensor): (K,) non-negative energy weights w.
-        uncertainty_classifier (nn.Module): maps (N + M, 1) values of -E to 2 logits.
+        uncertainty_classifier (nn.Module): maps (N + M, 1) values of -E to 2 logits
+            (outlier, ID).
         storage (EventStorage): where the diagnostics are logged.
         balanced (bool): False (the paper): the mean cross-entropy over all N + M samples;
             True: the mean over the ID samples and the mean over the outliers, averaged,

@@ -17,6 +17,7 @@ from ..ood_scores.energy import energy, max_softmax_ood_score, weighted_energy
 from .feature_queues import ClassFeatureQueues
 from .npos import npos_outliers
 from .synthesis import SAMPLERS, robust_cholesky, sample_virtual_outliers
+from .uncertainty_heads import UNCERTAINTY_HEADS, build_uncertainty_head, id_probability
 from .uncertainty_loss import ID_LABEL, energy_logistic_loss
 from .vos_diagnostics import mahalanobis_radius_ratio
 
@@ -26,7 +27,9 @@ __all__ = ["OOD_SCORES", "VirtualOutlierMixin", "pop_vos_options", "vos_kwargs_f
 # statistics fitted with tools/fit_mahalanobis.py, and the post-hoc scores of
 # vos_det/modeling/ood_scores/ (maxlogit, gen, knn, ...) tools/fit_ood_scores.py for those
 # with fitted state (box predictor only).
-OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "mahalanobis") + POST_HOC_SCORES
+OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "vos_release", "mahalanobis") + POST_HOC_SCORES
+# The scores that need the uncertainty head and energy weights of a VOS-trained model.
+VOS_ONLY_SCORES = ("vos", "vos_release", "weighted_energy")
 # How virtual outliers are made (MODEL.VOS.OUTLIER_SYNTHESIS): the paper's class Gaussians,
 # or NPOS-style perturbations of boundary ID features (vos_det/modeling/vos/npos.py).
 OUTLIER_SYNTHESES = ("gaussian", "npos")
@@ -74,6 +77,7 @@ def vos_kwargs_from_config(cfg) -> dict:
         "npos_k": vos.NPOS.K,
         "npos_boundary": vos.NPOS.BOUNDARY,
         "npos_noise_scale": vos.NPOS.NOISE_SCALE,
+        "uncertainty_head": vos.UNCERTAINTY_HEAD,
     }
 
 
@@ -127,6 +131,7 @@ class VirtualOutlierMixin:
         npos_k: int = 10,
         npos_boundary: int = 100,
         npos_noise_scale: float = 0.5,
+        uncertainty_head: str = "logistic",
     ):
         """
         Args:
@@ -158,6 +163,10 @@ class VirtualOutlierMixin:
             npos_k: the neighbour of NPOS's k-NN distance.
             npos_boundary: boundary ID features NPOS perturbs.
             npos_noise_scale: norm of NPOS's noise relative to the (unit) feature norm.
+            uncertainty_head: the classifier of -E, one of UNCERTAINTY_HEADS: "logistic"
+                (Linear(1, 2), cross-entropy; the released branch main) or "mlp"
+                (Linear(1, 512) - ReLU - Linear(512, 1), binary cross-entropy; branch
+                main-MLP, the paper's final numbers), see :mod:`.uncertainty_heads`.
         """
         if outlier_synthesis not in OUTLIER_SYNTHESES:
             raise ValueError(
@@ -171,7 +180,11 @@ class VirtualOutlierMixin:
             )
         if ood_score not in OOD_SCORES:
             raise ValueError(f"MODEL.VOS.OOD_SCORE must be one of {OOD_SCORES}, got {ood_score!r}")
-        if not vos_enabled and ood_score in ("vos", "weighted_energy"):
+        if uncertainty_head not in UNCERTAINTY_HEADS:
+            raise ValueError(
+                f"MODEL.VOS.UNCERTAINTY_HEAD must be one of {UNCERTAINTY_HEADS}, got {uncertainty_head!r}"
+            )
+        if not vos_enabled and ood_score in VOS_ONLY_SCORES:
             raise ValueError(
                 f"MODEL.VOS.OOD_SCORE={ood_score!r} needs MODEL.VOS.ENABLED=True; a model "
                 "trained without VOS can use 'energy' or 'msp'"
@@ -215,8 +228,8 @@ class VirtualOutlierMixin:
             )
             # theta_w of eq. 6; the class weights are w = relu(theta_w).
             self.energy_weights = nn.Parameter(torch.rand(self.num_classes))
-            # Logistic regression on -E: two logits (outlier, ID).
-            self.uncertainty_classifier = nn.Linear(1, 2)
+            # The classifier of -E: two logits (outlier, ID), see uncertainty_heads.py.
+            self.uncertainty_classifier = build_uncertainty_head(uncertainty_head)
 
     # --- training -----------------------------------------------------------------------
 
@@ -375,7 +388,14 @@ class VirtualOutlierMixin:
     # --- inference ----------------------------------------------------------------------
 
     def ood_score_table(self, logits):
-        """The energy, MSP and (with VOS) weighted-energy and VOS scores, and p(ID).
+        """The energy, MSP and (with VOS) weighted-energy, VOS and release scores, and p(ID).
+
+        "vos_release" is the score the released main-MLP code ranks boxes by
+        (``rcnn_predictor.py:135-136``, ``voc_coco_plot.py:46-47`` of that branch): the
+        uncertainty head's p(ID) of the UNWEIGHTED logsumexp of the foreground logits,
+        negated (larger = more OOD; values in [-1, 0], so its is_ood threshold is -gamma,
+        as for "msp"). Negation is exact in float, so the boxes rank and tie as in the
+        release.
 
         Args:
             logits (Tensor): (N, K) class logits.
@@ -395,6 +415,7 @@ class VirtualOutlierMixin:
             # p(outlier) read directly, not as 1 - p(ID): in float32 1 - p(ID) rounds to
             # exactly 0 once the logit gap passes ~16.7, tying all confident ID boxes.
             table["vos"] = probabilities[:, 1 - ID_LABEL]
+            table["vos_release"] = -id_probability(self.uncertainty_classifier, -table["energy"][:, None])
         else:
             id_scores = torch.sigmoid(-table["energy"])
         return table, id_scores
