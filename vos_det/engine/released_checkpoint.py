@@ -1,6 +1,6 @@
 """Load the checkpoints released with the VOS paper into vos_det models.
 
-The authors (github.com/deeplearning-wisc/vos, branch main-MLP, README "Pretrained models")
+The authors (github.com/deeplearning-wisc/vos, the pretrained models its main-MLP README links)
 publish detectron2 ``model_final.pth`` files: PASCAL VOC vanilla and VOS (R-50-FPN), BDD100k
 vanilla and VOS. They are detectron2 models, so the backbone, the RPN, the box head and the
 box predictor have vos_det's names already; what differs is
