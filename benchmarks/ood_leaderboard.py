@@ -55,6 +55,7 @@ from vos_det.engine.checkpoint import check_checkpoint_matches_model
 from vos_det.evaluation import BoxOODScoreCollector, evaluate_ood_protocol, threshold_keeping
 from vos_det.evaluation.box_selection import PROTOCOL_DESCRIPTIONS
 from vos_det.evaluation.box_selection import PROTOCOLS as LIBRARY_PROTOCOLS
+from vos_det.evaluation.leaderboard import LEADERBOARD_ID_SET, LEADERBOARD_OOD_SETS
 from vos_det.evaluation.statistics import mean_ci, paired_difference
 
 # Benchmark detector -> the VOS config every method of it starts from. "tiny" is the plain
@@ -93,9 +94,10 @@ PROTOCOLS.update(
     ),
 )
 REFERENCE = ("vanilla", "energy")
-TRAIN, VAL, TEST, SHIFTED = "digits_det_train", "digits_det_val", "digits_det_test", "digits_det_shifted_test"
+TRAIN, VAL, SHIFTED = "digits_det_train", "digits_det_val", "digits_det_shifted_test"
 OOD_VAL = "digits_det_ood_val"  # OOD validation set: the only OOD data a hyperparameter is chosen on
-OOD_SETS = OrderedDict([("near", "digits_det_ood"), ("far", "digits_det_far_ood")])
+# The ID test set and the OOD sets by column prefix: the library's, which compares a run with them.
+TEST, OOD_SETS = LEADERBOARD_ID_SET, LEADERBOARD_OOD_SETS
 # Metric columns: (key in a model's summary, table header).
 METRICS = [("AP50", "AP50"), ("shifted_AP50", "shifted AP50")]
 for _kind in OOD_SETS:
