@@ -15,9 +15,9 @@ from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 
 from ..data.catalog import get_ood_role
-from ..errors import TrainingDivergedError
 from ..data.mapper import ImageNamingDatasetMapper
 from ..data.resumable_sampler import ResumableTrainingSampler
+from ..errors import TrainingDivergedError
 from ..evaluation.detection import build_detection_evaluator, log_detection_results
 from ..evaluation.leaderboard import log_leaderboard_comparison
 from ..evaluation.protocol import OOD_RESULTS_FILE, evaluate_ood_protocol
