@@ -56,6 +56,7 @@ from vos_det.engine.checkpoint import check_checkpoint_matches_model
 from vos_det.evaluation import BoxOODScoreCollector, evaluate_ood_protocol, threshold_keeping
 from vos_det.evaluation.box_selection import PROTOCOL_DESCRIPTIONS
 from vos_det.evaluation.box_selection import PROTOCOLS as LIBRARY_PROTOCOLS
+from vos_det.evaluation.leaderboard import LEADERBOARD_ID_SET, LEADERBOARD_OOD_SETS
 from vos_det.evaluation.statistics import mean_ci, paired_difference
 
 # Benchmark detector -> the VOS config every method of it starts from. "tiny" is the plain
@@ -94,13 +95,10 @@ PROTOCOLS.update(
     ),
 )
 REFERENCE = ("vanilla", "energy")
-TRAIN, VAL, TEST, SHIFTED = "digits_det_train", "digits_det_val", "digits_det_test", "digits_det_shifted_test"
+TRAIN, VAL, SHIFTED = "digits_det_train", "digits_det_val", "digits_det_shifted_test"
 OOD_VAL = "digits_det_ood_val"  # OOD validation set: the only OOD data a hyperparameter is chosen on
-# near: digits 5-9; far: drawn shapes, rasterised sharp (a shift of rendering and meaning
-# together); far_matched: shapes made into 8x8 glyphs and rendered exactly like the digits.
-OOD_SETS = OrderedDict(
-    [("near", "digits_det_ood"), ("far", "digits_det_far_ood"), ("far_matched", "digits_det_far_ood_matched")]
-)
+# The ID test set and the OOD sets by column prefix: the library's, which compares a run with them.
+TEST, OOD_SETS = LEADERBOARD_ID_SET, LEADERBOARD_OOD_SETS
 # The target is judged on the splits that differ from ID in meaning only.
 TARGET_SETS = ("near", "far_matched")
 # Metric columns: (key in a model's summary, table header).

@@ -33,6 +33,9 @@ from vos_det.modeling.ood_scores import (
     save_post_hoc_state,
 )
 
+# The scores are stored expectations: tests/test_kernel_paths.py reruns them on other CPU kernels.
+pytestmark = pytest.mark.stored_expectation
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "modeling_before_issue14"
 OLD_KEYS = json.loads((FIXTURES / "state_dict_keys_before_issue14.json").read_text())
 K, D = 4, 12
@@ -55,6 +58,22 @@ def _checkpoint_with_old_keys(entries):
         else:
             state[key] = torch.randint(0, 3, shape, generator=generator, dtype=dtype)
     return state
+
+
+def _assert_close_on_any_cpu(actual, expected, msg=None):
+    """``actual`` equals a score stored on another machine up to the rounding of its kernels.
+
+    Every score here is a sum of at most a few hundred products (12-d features, 12 x 12
+    quadratic forms, a 30-box bank, logsumexp over 4 classes). Another CPU's SIMD width or BLAS
+    path adds the terms in another order, which moves a sum of n terms by at most
+    n * eps * sum|terms| (Higham); 2**10 eps of the largest stored score bounds that here (the
+    Xeon of issue 20 differed by 2.9e-16 relative), while a changed formula moves scores by far
+    more. Bitwise equality held only on the CPU that wrote the fixtures.
+    """
+    eps = torch.finfo(expected.dtype).eps
+    tolerance = 2**10 * eps
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance * scale, msg=msg)
 
 
 def _assert_no_pickled_classes(path):
@@ -99,7 +118,7 @@ def test_post_hoc_state_of_the_flat_layout_loads_with_weights_only_and_scores_th
             actual = scores[name](
                 features, logits_of(features), layer_features=expected["layer_features"], logits_of=logits_of
             )
-            torch.testing.assert_close(actual, expected["post_hoc"][name], rtol=0, atol=0, msg=name)
+            _assert_close_on_any_cpu(actual, expected["post_hoc"][name], msg=name)
 
     path = tmp_path / "post_hoc_scores.pth"
     save_post_hoc_state(dict(scores.items()), str(path), D, K, weights="model_final.pth")
@@ -110,10 +129,8 @@ def test_post_hoc_state_of_the_flat_layout_loads_with_weights_only_and_scores_th
 def test_mahalanobis_statistics_of_the_flat_layout_load_with_weights_only_and_score_the_same(tmp_path):
     expected = _load("scores_before_issue14.pth")
     gaussians = GaussianDiscriminant(D).load_statistics(str(FIXTURES / "mahalanobis_stats.pth"))
-    torch.testing.assert_close(gaussians.ood_scores(expected["features"]), expected["mahalanobis"], rtol=0, atol=0)
-    torch.testing.assert_close(
-        gaussians.class_scores(expected["features"]), expected["mahalanobis_class_scores"], rtol=0, atol=0
-    )
+    _assert_close_on_any_cpu(gaussians.ood_scores(expected["features"]), expected["mahalanobis"])
+    _assert_close_on_any_cpu(gaussians.class_scores(expected["features"]), expected["mahalanobis_class_scores"])
     path = tmp_path / "mahalanobis_stats.pth"
     gaussians.save_statistics(str(path))
     _assert_no_pickled_classes(path)
@@ -136,5 +153,5 @@ def test_the_box_predictor_of_the_flat_layout_gives_the_same_score_table():
     # Every score of then, unchanged; "vos_release" (issue 21) is the only one added since.
     assert set(table) - set(before["table"]) == {"vos_release"} and set(before["table"]) <= set(table)
     for name, values in before["table"].items():
-        torch.testing.assert_close(table[name], values, rtol=0, atol=0, msg=name)
-    torch.testing.assert_close(id_scores, before["id_scores"], rtol=0, atol=0)
+        _assert_close_on_any_cpu(table[name], values, msg=name)
+    _assert_close_on_any_cpu(id_scores, before["id_scores"])

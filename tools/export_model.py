@@ -8,7 +8,8 @@ writes ``model.ts``: called on one (3, H, W) image in the model's input format (
 shipped configs, values 0-255, resized as at test time), it returns the tuple (boxes,
 classes, scores, id_scores, ood_scores, is_ood), with the model's OOD threshold (the
 calibrated one when the checkpoint holds it) baked in. Load it with ``torch.jit.load``;
-neither detectron2 nor vos_det is needed. The model is traced on the first test-set image
+neither detectron2 nor vos_det is needed. Without MODEL.WEIGHTS the tool refuses, unless
+``--random-init`` asks for a randomly initialised model. The model is traced on the first test-set image
 (or ``--images``), then the saved file is checked against the eager model on
 ``--num-check-images`` images: same detections, classes and is_ood, and the largest
 absolute difference of boxes and scores is logged and written to ``export_info.json``.
@@ -57,8 +58,26 @@ def sample_images(cfg, files, count):
     return [mapper(dict(record))["image"].float() for record in dataset[:count]]
 
 
+def check_weights_choice(weights, random_init):
+    """Refuse to export without MODEL.WEIGHTS unless --random-init asks for random weights,
+    and refuse both together.
+
+    Raises:
+        UserError: naming MODEL.WEIGHTS and --random-init.
+    """
+    if not weights and not random_init:
+        raise UserError(
+            "MODEL.WEIGHTS is not set: give the trained weights (MODEL.WEIGHTS "
+            "output/digits_vos_tiny/model_final.pth), or --random-init to export a randomly "
+            "initialised model"
+        )
+    if weights and random_init:
+        raise UserError(f"--random-init exports random weights, but MODEL.WEIGHTS is {weights}: give one of them")
+
+
 def main(args):
     cfg = load_config(args.config_file, [*args.opts, "MODEL.DEVICE", args.device])
+    check_weights_choice(cfg.MODEL.WEIGHTS, args.random_init)
     check_weights_file(cfg.MODEL.WEIGHTS)
     check_writable_dir(args.output, "--output")
     setup_logger(name="vos_det")
@@ -67,7 +86,7 @@ def main(args):
     if cfg.MODEL.WEIGHTS:
         check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
     else:
-        logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialised model")
+        logger.warning("--random-init: exporting a randomly initialised model")
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
     try:
@@ -122,6 +141,10 @@ def argument_parser():
         help="export format (TorchScript only: see the description)",
     )
     parser.add_argument("--device", default="cpu", help="device the exported model runs on (default cpu)")
+    parser.add_argument(
+        "--random-init", action="store_true",
+        help="export a randomly initialised model (no MODEL.WEIGHTS; e.g. to test a deployment)",
+    )
     parser.add_argument(
         "--images", nargs="+", default=[], metavar="FILE",
         help="images to trace and check on (default: the first images of DATASETS.TEST[0])",

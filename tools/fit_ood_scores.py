@@ -15,7 +15,10 @@ of each (larger = more OOD), and ``MODEL.VOS.OOD_SCORE <name>`` makes one the sc
 ``is_ood``.
 
 k of the k-NN score is chosen on --val-id vs --val-ood boxes (lowest FPR95) when both are
-given, else MODEL.VOS.POST_HOC.KNN.K or the paper's 50. Never pass a test split there.
+given, else MODEL.VOS.POST_HOC.KNN.K or the paper's 50. A test split (``test_split`` in its
+metadata, e.g. digits_det_test or digits_det_ood) is refused there unless --allow-test-split,
+which the state records. The state also records a hash of the weights: used with other
+weights, it is refused.
 ``--add-class NAME=DATASET`` adds a class to the multi-layer Gaussians from the boxes of
 another dataset alone, without retraining. (tools/fit_mahalanobis.py still fits the
 penultimate-layer Mahalanobis score.)
@@ -35,6 +38,10 @@ def argument_parser():
     parser.add_argument("--val-id", help="ID validation dataset for choosing k of k-NN (e.g. digits_det_val)")
     parser.add_argument("--val-ood", help="OOD validation dataset for choosing k of k-NN (e.g. digits_det_ood_val)")
     parser.add_argument(
+        "--allow-test-split", action="store_true",
+        help="accept a test split as --val-id / --val-ood (refused otherwise; recorded in the state)",
+    )
+    parser.add_argument(
         "--scores", nargs="+", choices=POST_HOC_SCORES, help="scores to fit (default: all that need fitting)"
     )
     return parser
@@ -52,10 +59,16 @@ def main(args):
         val_ood=args.val_ood,
         scores=args.scores,
         add_classes=[parse_add_class(spec) for spec in args.add_class],
+        allow_test_split=args.allow_test_split,
     )
     print(f"saved {output}; use it with MODEL.VOS.POST_HOC.STATE {output}")
     return output
 
 
+def run(argv=None):
+    """The command line (``argv`` without the program name; default ``sys.argv[1:]``)."""
+    return run_tool(main, argument_parser(), argv)
+
+
 if __name__ == "__main__":
-    run_tool(main, argument_parser())
+    run()

@@ -12,7 +12,17 @@ import math
 
 from .errors import ConfigError
 
-__all__ = ["CROSS_CHECKS", "RULES", "at_least", "between", "greater_than", "one_of", "validate_config"]
+__all__ = [
+    "CROSS_CHECKS",
+    "RULES",
+    "at_least",
+    "between",
+    "greater_than",
+    "image_sides",
+    "increasing_iterations",
+    "one_of",
+    "validate_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +87,33 @@ def each_of(choices):
         return None
 
     return check
+
+
+def image_sides(low):
+    """A check: an image side in pixels, an integer >= ``low``, or a non-empty list / tuple of
+    them (detectron2's ``INPUT.MIN_SIZE_TRAIN`` is either)."""
+    single = at_least(low, integer=True)
+
+    def check(value):
+        if not isinstance(value, (list, tuple)):
+            return single(value)
+        if not value:
+            return f"must list at least one image side (integers >= {low})"
+        for item in value:
+            if single(item):
+                return f"item {item!r} must be an integer >= {low} (an image side in pixels)"
+        return None
+
+    return check
+
+
+def increasing_iterations(value):
+    """A check of ``SOLVER.STEPS``: a list / tuple of strictly increasing integers >= 1."""
+    if not isinstance(value, (list, tuple)) or not all(_is_number(v) and isinstance(v, int) and v >= 1 for v in value):
+        return "must be a list of iterations (integers >= 1), e.g. (1000, 1150) or ()"
+    if any(b <= a for a, b in zip(value, value[1:])):
+        return "must be strictly increasing"
+    return None
 
 
 def _registry_names(module, registry):
@@ -157,6 +194,26 @@ RULES = {
     "MODEL.EMBEDDING.CIDER.PROTOTYPE_MOMENTUM": between(0.0, 1.0, high_open=True),
     "MODEL.EMBEDDING.CIDER.COMPACTNESS_WEIGHT": at_least(0.0),
     "MODEL.EMBEDDING.CIDER.DISPERSION_WEIGHT": at_least(0.0),
+    # detectron2's own solver, input and loader keys: checked here too, so that a mistake is
+    # named before detectron2 meets it (as an AssertionError or a broken image).
+    "SOLVER.IMS_PER_BATCH": at_least(1, integer=True),
+    "SOLVER.BASE_LR": greater_than(0.0),
+    "SOLVER.MAX_ITER": at_least(1, integer=True),
+    "SOLVER.STEPS": increasing_iterations,
+    "SOLVER.GAMMA": greater_than(0.0),
+    "SOLVER.MOMENTUM": between(0.0, 1.0, high_open=True),
+    "SOLVER.WEIGHT_DECAY": at_least(0.0),
+    "SOLVER.WARMUP_ITERS": at_least(0, integer=True),
+    "SOLVER.WARMUP_FACTOR": between(0.0, 1.0),
+    "SOLVER.WARMUP_METHOD": one_of(("linear", "constant")),
+    "SOLVER.CHECKPOINT_PERIOD": at_least(1, integer=True),
+    "INPUT.MIN_SIZE_TRAIN": image_sides(1),
+    "INPUT.MIN_SIZE_TRAIN_SAMPLING": one_of(("choice", "range", "range_by_clipping")),
+    "INPUT.MAX_SIZE_TRAIN": at_least(1, integer=True),
+    "INPUT.MIN_SIZE_TEST": at_least(0, integer=True),  # 0: no resizing at test time
+    "INPUT.MAX_SIZE_TEST": at_least(1, integer=True),
+    "DATALOADER.NUM_WORKERS": at_least(0, integer=True),
+    "TEST.EVAL_PERIOD": at_least(0, integer=True),
     "TEST.OOD.SCORE_THRESHOLD": between(0.0, 1.0),
     "TEST.OOD.BOX_SELECTION": one_of(("optimal_f1", "fixed")),
     "TEST.OOD.CALIBRATION_ID_KEEP": between(0.0, 1.0, low_open=True, high_open=True),
@@ -203,8 +260,41 @@ def _score_needs_vos(cfg):
     return None
 
 
+def _range_needs_two_sides(cfg):
+    sampling, sides = _get(cfg, "INPUT.MIN_SIZE_TRAIN_SAMPLING"), _get(cfg, "INPUT.MIN_SIZE_TRAIN")
+    if sampling in ("range", "range_by_clipping") and isinstance(sides, (list, tuple)) and len(sides) != 2:
+        return (
+            f"INPUT.MIN_SIZE_TRAIN={tuple(sides)!r} must hold two sides (low, high) with "
+            f"INPUT.MIN_SIZE_TRAIN_SAMPLING {sampling!r}"
+        )
+    return None
+
+
 # Checks reading several keys: cfg -> None when fine, else the message (naming the keys).
-CROSS_CHECKS = [_select_within_sample_from, _tail_needs_chi2, _score_needs_vos]
+CROSS_CHECKS = [_select_within_sample_from, _tail_needs_chi2, _score_needs_vos, _range_needs_two_sides]
+
+
+def _warn_schedule_beyond_max_iter(cfg):
+    """Warn about LR steps and warm-up that the training schedule never reaches."""
+    max_iter, steps = _get(cfg, "SOLVER.MAX_ITER"), _get(cfg, "SOLVER.STEPS", ())
+    warmup = _get(cfg, "SOLVER.WARMUP_ITERS", 0)
+    if not _is_number(max_iter) or increasing_iterations(steps):
+        return
+    beyond = [step for step in steps if step >= max_iter]
+    if beyond:
+        logger.warning(
+            "SOLVER.STEPS %s >= SOLVER.MAX_ITER=%s: the learning rate never drops there (set "
+            "SOLVER.STEPS to iterations below MAX_ITER, or () for a constant rate)",
+            beyond,
+            max_iter,
+        )
+    if _is_number(warmup) and warmup >= max_iter:
+        logger.warning(
+            "SOLVER.WARMUP_ITERS=%s >= SOLVER.MAX_ITER=%s: the learning rate never reaches "
+            "SOLVER.BASE_LR",
+            warmup,
+            max_iter,
+        )
 
 
 def _warn_unreachable_synthesis(cfg):
@@ -245,4 +335,5 @@ def validate_config(cfg, training=False):
         raise ConfigError("invalid config value" + ("s:\n  " if len(problems) > 1 else ": ") + "\n  ".join(problems))
     if training:
         _warn_unreachable_synthesis(cfg)
+        _warn_schedule_beyond_max_iter(cfg)
 

@@ -1,6 +1,6 @@
 """Exceptions for mistakes in what the user gave: tools report them as one line, no traceback."""
 
-__all__ = ["ConfigError", "UserError"]
+__all__ = ["ConfigError", "TrainingDivergedError", "UserError"]
 
 
 class UserError(Exception):
@@ -11,3 +11,8 @@ class UserError(Exception):
 class ConfigError(UserError, ValueError):
     """A config key or value that does not exist or is not allowed; the message names the key,
     the value and what is allowed."""
+
+
+class TrainingDivergedError(UserError):
+    """Training produced a non-finite loss or prediction; the message names the iteration,
+    what went non-finite, the last checkpoint (kept) and the settings to change."""

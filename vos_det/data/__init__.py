@@ -1,7 +1,7 @@
 """Datasets of vos_det: registration in detectron2's catalogs and the digits-det generator."""
 from . import builtin as _builtin  # ensure the datasets are registered
 from .builtin import BDD100K_CLASSES
-from .catalog import OOD_ROLES, check_class_names, get_ood_role
+from .catalog import OOD_ROLES, check_class_names, get_ood_role, is_test_split
 from .coco_json import load_coco_json_dataset
 from .coco_json_registration import (
     CLI_SPEC_FORMAT,
@@ -25,6 +25,7 @@ __all__ = [
     "check_class_names",
     "generate_digits_det",
     "get_ood_role",
+    "is_test_split",
     "glyph_indices_per_split",
     "load_coco_json_dataset",
     "register_coco_json_dataset",

@@ -7,7 +7,9 @@ exist until a dataset is loaded.
 
 Each dataset's metadata says its role in the OOD protocol: ``ood_role`` is ``"id"`` for the
 in-distribution splits and ``"ood"`` for OOD test sets, which also name their ``id_dataset``
-(the training set whose classes count as known).
+(the training set whose classes count as known); ``test_split`` is True for the test sets, ID
+or OOD, on which nothing may be chosen (tools/fit_ood_scores.py refuses them for --val-id /
+--val-ood).
 
 Datasets (folder layout and sources in datasets/README.md):
 
@@ -98,6 +100,13 @@ _BDD100K_SPLITS = {
 }
 
 
+# The digits-det splits that are test sets (``test_split`` in their metadata): results are
+# reported on them, nothing is chosen on them. val and ood_val are for choosing.
+_DIGITS_TEST_SPLITS = (
+    "digits_det_test", "digits_det_shifted_test", "digits_det_ood", "digits_det_far_ood", "digits_det_far_ood_matched"
+)
+
+
 def _check_voc_boxes_on_load(name: str) -> None:
     """Make a registered PASCAL VOC dataset load through :func:`load_voc_dataset`.
 
@@ -136,7 +145,8 @@ def set_pascal_voc_roles() -> None:
     registered = set(DatasetCatalog.list())
     for name in _PASCAL_VOC_SPLITS:
         if name in registered:
-            MetadataCatalog.get(name).set(ood_role="id")
+            metadata = MetadataCatalog.get(name)
+            metadata.set(ood_role="id", test_split=metadata.split == "test")
             _check_voc_boxes_on_load(name)
 
 
@@ -159,6 +169,8 @@ def register_all_ood(root: str) -> None:
         root: the datasets root.
     """
     _register_coco_json_sets(root, _OOD_SETS, ood_role="ood", id_dataset=_VOC_ID_DATASET)
+    for name in _OOD_SETS:
+        MetadataCatalog.get(name).set(test_split=True)
 
 
 def register_all_bdd100k(root: str) -> None:
@@ -172,6 +184,8 @@ def register_all_bdd100k(root: str) -> None:
         root: the datasets root.
     """
     _register_coco_json_sets(root, _BDD100K_SPLITS, ood_role="id", thing_classes=BDD100K_CLASSES)
+    # BDD100k's val split is the ID test set of the VOS paper's BDD benchmark.
+    MetadataCatalog.get("bdd100k_val").set(test_split=True)
 
 
 def register_all_digits_det(root: str) -> None:
@@ -194,7 +208,9 @@ def register_all_digits_det(root: str) -> None:
         if name in DatasetCatalog.list():
             continue
         register_checked_pascal_voc(name, voc_dir, split, _VOC_AREA_METRIC_YEAR, DIGITS_DET_ID_CLASSES)
-        MetadataCatalog.get(name).set(evaluator_type="pascal_voc", ood_role="id")
+        MetadataCatalog.get(name).set(
+            evaluator_type="pascal_voc", ood_role="id", test_split=name in _DIGITS_TEST_SPLITS
+        )
 
     ood_splits = {
         "digits_det_ood": (DIGITS_DET_OOD_CLASSES, paths.ood_json, paths.ood_image_dir),
@@ -209,7 +225,12 @@ def register_all_digits_det(root: str) -> None:
             continue
         register_coco_instances(
             ood_name,
-            {"thing_classes": list(class_names), "ood_role": "ood", "id_dataset": "digits_det_train"},
+            {
+                "thing_classes": list(class_names),
+                "ood_role": "ood",
+                "id_dataset": "digits_det_train",
+                "test_split": ood_name in _DIGITS_TEST_SPLITS,
+            },
             json_file,
             image_dir,
         )

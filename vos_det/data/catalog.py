@@ -3,14 +3,22 @@
 Every dataset vos_det registers (or marks, for detectron2's own VOC splits) holds in its
 metadata an ``ood_role``: ``"id"`` for the in-distribution splits, whose ``thing_classes`` are
 the classes the model is trained on, and ``"ood"`` for OOD test sets, which also name their
-``id_dataset`` (the training set whose classes count as known). The role is read from the
-metadata, never guessed from the dataset's name.
+``id_dataset`` (the training set whose classes count as known). Test splits, ID or OOD, also
+hold ``test_split=True``. The role is read from the metadata, never guessed from the dataset's
+name.
 """
 from typing import List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-__all__ = ["DATASETS_README", "DEFAULT_OOD_ROLE", "OOD_ROLES", "check_class_names", "get_ood_role"]
+__all__ = [
+    "DATASETS_README",
+    "DEFAULT_OOD_ROLE",
+    "OOD_ROLES",
+    "check_class_names",
+    "get_ood_role",
+    "is_test_split",
+]
 
 OOD_ROLES = ("id", "ood")
 # The role of a dataset whose metadata has no ood_role.
@@ -38,6 +46,20 @@ def get_ood_role(dataset_name: str) -> str:
             f"{OOD_ROLES}"
         )
     return role
+
+
+def is_test_split(dataset_name: str) -> bool:
+    """Whether a registered dataset is a test split: its metadata's ``test_split`` (set by
+    :mod:`vos_det.data.builtin` for every ID and OOD test set), else detectron2's VOC
+    ``split`` "test". Nothing may be chosen on a test split (thresholds, k, ...).
+
+    Raises:
+        KeyError: the dataset is not registered.
+    """
+    if dataset_name not in DatasetCatalog.list():
+        raise KeyError(f"dataset {dataset_name!r} is not registered")
+    metadata = MetadataCatalog.get(dataset_name)
+    return bool(metadata.get("test_split", metadata.get("split", None) == "test"))
 
 
 def _class_differences(expected: List[str], actual: List[str]) -> List[str]:

@@ -15,6 +15,7 @@ from detectron2.engine import HookBase
 from ..errors import UserError
 from ..evaluation.calibration import find_ood_head
 from ..utils.file_io import atomic_open
+from .post_hoc_weights import check_post_hoc_states
 
 __all__ = [
     "AtomicWritePathManager",
@@ -236,7 +237,9 @@ def check_checkpoint_matches_model(weights: str, model) -> None:
     fine-tuning, wrong for evaluation: a model whose class count differs from the
     checkpoint's would silently predict with random layers). Only ``.pth`` files are
     checked; they are read with ``weights_only=True``, which runs no pickled code. The
-    VOS feature queues and the Mahalanobis statistics are not compared.
+    VOS feature queues and the Mahalanobis statistics are not compared. A post-hoc OOD score
+    state the model was built with must have been fitted on these weights
+    (:func:`~vos_det.engine.post_hoc_weights.check_post_hoc_states`).
 
     Args:
         weights (str): the checkpoint path.
@@ -246,6 +249,7 @@ def check_checkpoint_matches_model(weights: str, model) -> None:
         FileNotFoundError: no such file (named).
         UserError: the file is truncated or no checkpoint (named).
         ValueError: naming the file, each mismatched tensor and both shapes.
+        UserError: MODEL.VOS.POST_HOC.STATE was fitted on other weights (both named).
     """
     check_weights_file(weights)
     if not weights.endswith(".pth"):
@@ -266,3 +270,4 @@ def check_checkpoint_matches_model(weights: str, model) -> None:
             f"MODEL.ROI_HEADS.NUM_CLASSES or the box head differ from training?):\n  "
             + "\n  ".join(mismatched)
         )
+    check_post_hoc_states(weights, state, model)

@@ -8,8 +8,9 @@ Every ground-truth box of the training set is pooled through the detector: its p
 box feature and foreground logits, and its ROI-pooled features of every backbone output;
 for SAFE also the latter in the image perturbed by one FGSM step. Each score that needs
 fitting (:mod:`vos_det.modeling.ood_scores`) is fitted on these and the states are written
-next to the weights. k of the k-NN score is chosen on ID validation + OOD validation boxes
-when both are given, never on a test split.
+next to the weights, with a content hash of those weights (checked when the states are used).
+k of the k-NN score is chosen on ID validation + OOD validation boxes when both are given,
+never on a test split (unless explicitly allowed, which the state records).
 """
 import logging
 import os
@@ -24,6 +25,8 @@ from detectron2.modeling import build_model
 
 from ..cli import check_writable_dir
 from ..data.availability import check_dataset_files
+from ..data.catalog import is_test_split
+from ..errors import UserError
 from ..evaluation.ood_metrics import auroc, fpr_at_tpr
 from ..modeling.regularizers.margin_classifiers import LinearClassifier
 from ..modeling.ood_scores import (
@@ -35,10 +38,12 @@ from ..modeling.ood_scores import (
 from ..modeling.ood_scores.knn import kth_neighbour_distance
 from .checkpoint import check_checkpoint_matches_model, check_weights_file
 from .feature_extraction import box_head_features, build_annotated_test_loader, ground_truth_box_features
+from .post_hoc_weights import WEIGHTS_HASH_KEY, weights_fingerprint
 
 __all__ = [
     "KNN_K_CANDIDATES",
     "MAHALANOBIS_STATISTICS_FILE",
+    "check_validation_sets",
     "choose_knn_k",
     "extract_box_fit_data",
     "fit_mahalanobis",
@@ -181,6 +186,46 @@ def choose_knn_k(train_features, id_features, ood_features, candidates: Sequence
     return best, results
 
 
+def check_validation_sets(val_id: Optional[str], val_ood: Optional[str], allow_test_split: bool = False) -> List[str]:
+    """Refuse a test split (metadata ``test_split``) as a k-NN validation set.
+
+    k chosen on a test split is tuned on the data its results are reported on.
+
+    Args:
+        val_id, val_ood: the --val-id / --val-ood datasets (None: not given).
+        allow_test_split: accept test splits anyway (--allow-test-split).
+
+    Returns:
+        list[str]: the test splits accepted (empty unless ``allow_test_split``).
+
+    Raises:
+        UserError: naming the option, the dataset and what to do.
+        KeyError: a dataset that is not registered.
+    """
+    test_splits = []
+    for option, name in (("--val-id", val_id), ("--val-ood", val_ood)):
+        if not name or not is_test_split(name):
+            continue
+        if not allow_test_split:
+            raise UserError(
+                f"{option} {name} is a test split (test_split in its metadata): k of k-NN chosen on it "
+                "would be tuned on the data it is judged on; give a validation split (digits-det: "
+                "--val-id digits_det_val --val-ood digits_det_ood_val), or --allow-test-split to do it "
+                "anyway (recorded in the state file)"
+            )
+        test_splits.append(name)
+    return test_splits
+
+
+def _checkpoint_fingerprint(weights: str) -> Optional[str]:
+    """:func:`weights_fingerprint` of a ``.pth`` checkpoint (None for other formats, which
+    check_checkpoint_matches_model does not read either)."""
+    if not weights.endswith(".pth"):
+        return None
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    return weights_fingerprint(checkpoint.get("model", checkpoint))
+
+
 def fit_post_hoc_scores(
     cfg,
     weights: str,
@@ -190,6 +235,7 @@ def fit_post_hoc_scores(
     val_ood: Optional[str] = None,
     scores: Optional[Sequence[str]] = None,
     add_classes: Sequence[tuple] = (),
+    allow_test_split: bool = False,
 ) -> str:
     """Fit every post-hoc score that needs it for a trained detector and save the states.
 
@@ -204,10 +250,14 @@ def fit_post_hoc_scores(
         scores: names of the scores to fit; default all that need fitting.
         add_classes: (name, dataset) pairs: classes added to mahalanobis_multilayer from
             all boxes of the dataset, without retraining.
+        allow_test_split: accept test splits as ``val_id`` / ``val_ood`` (refused
+            otherwise; the state's info then lists them under ``test_splits_allowed``).
 
     Returns:
-        str: the state file; set ``MODEL.VOS.POST_HOC.STATE`` to it.
+        str: the state file; set ``MODEL.VOS.POST_HOC.STATE`` to it. Its info records the
+        weights and their :func:`~vos_det.engine.post_hoc_weights.weights_fingerprint`.
     """
+    test_splits = check_validation_sets(val_id, val_ood, allow_test_split)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
@@ -231,7 +281,13 @@ def fit_post_hoc_scores(
 
     data = _concat([extract(name, epsilon) for name in fit_datasets])
     logger.info("fitting %s on %d training boxes", names, len(data.labels))
-    info: Dict = {"weights": os.path.abspath(weights), "num_boxes": int(len(data.labels))}
+    info: Dict = {
+        "weights": os.path.abspath(weights),
+        WEIGHTS_HASH_KEY: _checkpoint_fingerprint(weights),
+        "num_boxes": int(len(data.labels)),
+    }
+    if test_splits:
+        info["test_splits_allowed"] = test_splits
     for name in names:
         if name == "knn" and val_id and val_ood:
             k, tried = choose_knn_k(data.features, extract(val_id).features, extract(val_ood).features)

@@ -1,6 +1,9 @@
 """Trainer: detectron2's DefaultTrainer with ID detection metrics plus per-box OOD metrics."""
+import contextlib
 import functools
+import logging
 import os
+import re
 
 from detectron2.data import (
     MetadataCatalog,
@@ -9,17 +12,78 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer
+from detectron2.utils import comm
 
 from ..data.catalog import get_ood_role
 from ..data.mapper import ImageNamingDatasetMapper
 from ..data.resumable_sampler import ResumableTrainingSampler
+from ..errors import TrainingDivergedError
 from ..evaluation.detection import build_detection_evaluator, log_detection_results
+from ..evaluation.leaderboard import log_leaderboard_comparison
 from ..evaluation.protocol import OOD_RESULTS_FILE, evaluate_ood_protocol
 from .checkpoint import AtomicWritePathManager, RandomState
 from .launch import cpu_ddp_in_default_trainer
 
 # OOD_RESULTS_FILE: the name of the report Trainer.test writes in OUTPUT_DIR.
-__all__ = ["OOD_RESULTS_FILE", "Trainer"]
+__all__ = ["OOD_RESULTS_FILE", "Trainer", "divergence_message"]
+
+# A non-finite entry of the loss dict detectron2 puts in its FloatingPointError message
+# ("'loss_cls': nan", or "np.float64(nan)" with NumPy 2).
+_NON_FINITE_LOSS = re.compile(r"'(\w+)': (?:np\.float\d+\()?(nan|-?inf)")
+# detectron2's RPN raises this when its predictions are no longer finite.
+_NON_FINITE_PROPOSALS = "Predicted boxes or scores contain Inf/NaN"
+
+
+def divergence_message(error, iteration, last_checkpoint, cfg, last_loss=None):
+    """One line saying where training diverged, what went non-finite and what to do.
+
+    Args:
+        error (FloatingPointError): detectron2's (a non-finite loss, or RPN predictions).
+        iteration (int): the iteration that failed.
+        last_checkpoint (str): the last checkpoint written ("" = none).
+        cfg (CfgNode): the config (SOLVER.BASE_LR, WARMUP_ITERS, CHECKPOINT_PERIOD).
+        last_loss (tuple, optional): (iteration, total_loss) of the last logged finite loss.
+    """
+    message = str(error)
+    losses = _NON_FINITE_LOSS.findall(message)
+    if losses:
+        what = ", ".join(f"{name} = {value}" for name, value in losses)
+    elif _NON_FINITE_PROPOSALS in message:
+        what = "the RPN's predicted boxes or scores became Inf/NaN (the weights went non-finite)"
+    else:
+        what = message.splitlines()[0]
+    if last_loss is not None:
+        what += f"; last finite total_loss {last_loss[1]:.4g} at iteration {last_loss[0]}"
+    kept = (
+        f"the last checkpoint, {last_checkpoint}, is kept (rerun with --resume to continue from it)"
+        if last_checkpoint
+        else f"no checkpoint was written before it (SOLVER.CHECKPOINT_PERIOD {cfg.SOLVER.CHECKPOINT_PERIOD})"
+    )
+    return (
+        f"training diverged at iteration {iteration}: {what}; {kept}; try a lower SOLVER.BASE_LR "
+        f"(now {cfg.SOLVER.BASE_LR:g}) or a longer SOLVER.WARMUP_ITERS (now {cfg.SOLVER.WARMUP_ITERS})"
+    )
+
+
+class _DropDivergenceTracebacks(logging.Filter):
+    """Drops detectron2's "Exception during training" records of a divergence: its message
+    is reported once, as one line, by :func:`vos_det.cli.run_tool` (``--debug``: with the
+    traceback)."""
+
+    def filter(self, record):
+        exception = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exception, (FloatingPointError, TrainingDivergedError))
+
+
+@contextlib.contextmanager
+def _quiet_divergence_tracebacks():
+    log = logging.getLogger("detectron2.engine.train_loop")
+    quiet = _DropDivergenceTracebacks()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
 
 
 class Trainer(DefaultTrainer):
@@ -46,6 +110,28 @@ class Trainer(DefaultTrainer):
         # Checkpoints appear whole or not at all, and carry the random state for --resume.
         self.checkpointer.path_manager = AtomicWritePathManager(self.checkpointer.path_manager)
         self.checkpointer.add_checkpointable("random_state", RandomState())
+
+    def train(self):
+        """DefaultTrainer's; a divergence ends it with one :class:`TrainingDivergedError`
+        (see :meth:`run_step`), checkpoints untouched."""
+        with _quiet_divergence_tracebacks():
+            return super().train()
+
+    def run_step(self):
+        """DefaultTrainer's step; detectron2's FloatingPointError (a non-finite loss, or RPN
+        predictions) becomes a :class:`TrainingDivergedError` naming the iteration, what went
+        non-finite, the last checkpoint and what to try (:func:`divergence_message`)."""
+        try:
+            super().run_step()
+        except FloatingPointError as error:
+            last_loss = None
+            history = self.storage.histories().get("total_loss")
+            if history is not None and history.values():
+                value, iteration = history.values()[-1]
+                last_loss = (iteration, value)
+            checkpoint = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else ""
+            message = divergence_message(error, self.iter, checkpoint, self.cfg, last_loss)
+            raise TrainingDivergedError(message) from error
 
     @classmethod
     def check_datasets(cls, cfg):
@@ -140,6 +226,9 @@ class Trainer(DefaultTrainer):
         ``TEST.OOD.CALIBRATION_DATASET`` set, the OOD threshold is calibrated on it and the
         model saved as ``OUTPUT_DIR/model_calibrated.pth``. The table is logged, the report
         written to ``OUTPUT_DIR/ood_results.json`` and the plots to ``OUTPUT_DIR/ood_plots``.
+        When the config is one of the OOD leaderboard's methods, the FPR95 / AUROC of each
+        score are also logged beside the leaderboard's seed spread
+        (:func:`vos_det.evaluation.leaderboard.log_leaderboard_comparison`).
         See :func:`vos_det.evaluation.protocol.evaluate_ood_protocol`.
 
         Args:
@@ -163,4 +252,6 @@ class Trainer(DefaultTrainer):
             build_evaluator=lambda name: cls.build_evaluator(cfg, name),
         )
         log_detection_results(results, cfg.DATASETS.TEST)
+        if comm.is_main_process():
+            log_leaderboard_comparison(cfg, results)
         return results

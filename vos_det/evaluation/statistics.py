@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["MeanCI", "mean_ci", "paired_difference"]
+__all__ = ["MeanCI", "mean_ci", "paired_difference", "prediction_interval"]
 
 
 @dataclass
@@ -95,3 +95,24 @@ def paired_difference(values: Sequence[float], reference: Sequence[float], confi
     if values.shape != reference.shape:
         raise ValueError(f"paired values need the same seeds: {values.size} values vs {reference.size}")
     return mean_ci(values - reference, confidence)
+
+
+def prediction_interval(mean: float, std: float, n: int, confidence: float = 0.95):
+    """The two-sided Student-t interval in which one more draw falls with ``confidence``.
+
+    For n values with sample mean m and standard deviation s (ddof=1), a new independent draw
+    lies in m +- t_{(1 + confidence) / 2, n - 1} * s * sqrt(1 + 1 / n): wider than the mean's
+    confidence interval, which shrinks with n while single draws do not.
+
+    Args:
+        mean, std: the sample mean and standard deviation (ddof=1) of the n values.
+        n: number of values (>= 2).
+        confidence: the coverage, in (0, 1).
+
+    Returns:
+        tuple[float, float]: (low, high).
+    """
+    if n < 2:
+        raise ValueError(f"a prediction interval needs at least 2 values, got {n}")
+    half_width = float(stats.t.ppf(0.5 * (1.0 + confidence), n - 1)) * std * math.sqrt(1.0 + 1.0 / n)
+    return mean - half_width, mean + half_width

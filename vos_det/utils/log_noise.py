@@ -16,6 +16,8 @@ KNOWN_WARNINGS = (
     # fvcore / detectron2 script a few functions at import time (printed twice per process).
     (FutureWarning, r"`torch\.jit\.script` is deprecated"),
     (FutureWarning, r"`torch\.jit\.script_method` is deprecated"),
+    # tools/export_model.py traces, saves and loads TorchScript (deprecated by torch).
+    (FutureWarning, r"`torch\.jit\.(trace|trace_method|save|load)` is deprecated"),
     # detectron2's anchor generator calls torch.meshgrid without `indexing`.
     (UserWarning, r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing argument"),
     # `python -m vos_det.data.digits_det`: the package imports the module before runpy runs it.

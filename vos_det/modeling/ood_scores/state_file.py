@@ -1,13 +1,16 @@
 """The file of fitted post-hoc score states, written next to the weights they belong to."""
 import os
+import pickle
+import zipfile
 from typing import Dict
 
 import torch
 
+from ...errors import UserError
 from ...utils.file_io import atomic_open
 from .base import FIT_TOOL, PostHocScore
 
-__all__ = ["POST_HOC_STATE_FILE", "load_post_hoc_state", "save_post_hoc_state"]
+__all__ = ["POST_HOC_STATE_FILE", "load_post_hoc_state", "read_post_hoc_info", "save_post_hoc_state"]
 
 # Default file name, next to the weights (tools/fit_ood_scores.py).
 POST_HOC_STATE_FILE = "post_hoc_scores.pth"
@@ -34,6 +37,29 @@ def save_post_hoc_state(scores: Dict[str, PostHocScore], path: str, feature_dim:
         torch.save(state, f)
 
 
+def _read_state_file(path: str) -> Dict:
+    """The dict of a state file, or a UserError naming the file and MODEL.VOS.POST_HOC.STATE
+    when it is truncated, not a torch file, or a torch file of something else."""
+    problem = None
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; a cut copy lost its directory
+        problem = "truncated or not a torch file (no zip directory at its end)"
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+            # torch's message runs over several lines; its first sentence says what broke.
+            problem = f"truncated or not a torch file: {str(error).splitlines()[0].split('. ')[0]}"
+        else:
+            if not isinstance(state, dict) or state.get("format_version") != _FORMAT_VERSION:
+                problem = "a torch file, but not a post-hoc OOD score state"
+    if problem:
+        raise UserError(
+            f"MODEL.VOS.POST_HOC.STATE {path} ({os.path.getsize(path)} bytes) cannot be read: {problem}; "
+            f"write it again with {FIT_TOOL}"
+        )
+    return state
+
+
 def load_post_hoc_state(scores: Dict[str, PostHocScore], path: str, feature_dim: int, num_classes: int) -> Dict:
     """Load the states of ``path`` into the scorers (``torch.load(weights_only=True)``).
 
@@ -41,16 +67,15 @@ def load_post_hoc_state(scores: Dict[str, PostHocScore], path: str, feature_dim:
         dict: the file's ``info``.
 
     Raises:
-        FileNotFoundError / ValueError: naming the file, the key and the problem.
+        FileNotFoundError / UserError / ValueError: naming the file, the key and the problem
+            (missing; truncated or not a state file; fitted to another model shape).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"post-hoc OOD score state not found: {path} (MODEL.VOS.POST_HOC.STATE); "
             f"write it with {FIT_TOOL}"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(f"{path} is not a post-hoc OOD score state written by {FIT_TOOL}")
+    state = _read_state_file(path)
     if (state["feature_dim"], state["num_classes"]) != (feature_dim, num_classes):
         raise ValueError(
             f"{path} was fitted to a model with {state['feature_dim']}-d box features and "
@@ -63,3 +88,12 @@ def load_post_hoc_state(scores: Dict[str, PostHocScore], path: str, feature_dim:
     for name, score_state in state["scores"].items():
         scores[name].load_fitted_state(score_state)
     return state["info"]
+
+
+def read_post_hoc_info(path: str) -> Dict:
+    """The ``info`` a state file records (the weights it was fitted on, ...), nothing loaded.
+
+    Raises:
+        UserError: the file is truncated or not a state file (named).
+    """
+    return _read_state_file(path)["info"]
