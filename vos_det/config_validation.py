@@ -79,6 +79,35 @@ def each_of(choices):
     return check
 
 
+def each_number(single):
+    """A check: a non-empty list or tuple whose every item passes the number check ``single``."""
+
+    def check(value):
+        if not isinstance(value, (list, tuple)) or not value:
+            return "must be a non-empty list"
+        for item in value:
+            problem = single(item)
+            if problem:
+                return f"item {item!r} {problem}"
+        return None
+
+    return check
+
+
+def _regular_expressions(value):
+    """A check: a non-empty list of regular expressions."""
+    import re
+
+    if not isinstance(value, (list, tuple)) or not value:
+        return "must be a non-empty list of regular expressions"
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            return f"item {pattern!r} is not a regular expression ({e})"
+    return None
+
+
 def _registry_names(module, registry):
     """A callable listing the names of ``module.registry`` (imported lazily: no cycle)."""
 
@@ -123,12 +152,13 @@ RULES = {
     "MODEL.VOS.POST_HOC.KNN.CHUNK_SIZE": at_least(0, integer=True),
     "MODEL.VOS.POST_HOC.VIM.DIM": at_least(0, integer=True),
     "MODEL.VOS.POST_HOC.REACT.PERCENTILE": between(0.0, 100.0, low_open=True),
-    "MODEL.VOS.POST_HOC.SAFE.NUM_LAYERS": at_least(1, integer=True),
-    "MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON": at_least(0.0),
-    "MODEL.VOS.POST_HOC.SAFE.HIDDEN_DIM": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.LAYER_PATTERNS": _regular_expressions,
+    "MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON": between(0.0, 255.0, low_open=True),
+    "MODEL.VOS.POST_HOC.SAFE.EPSILON_CANDIDATES": each_number(between(0.0, 255.0, low_open=True)),
     "MODEL.VOS.POST_HOC.SAFE.EPOCHS": at_least(1, integer=True),
     "MODEL.VOS.POST_HOC.SAFE.LEARNING_RATE": greater_than(0.0),
-    "MODEL.VOS.POST_HOC.SAFE.BATCH_SIZE": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.IMAGES_PER_BATCH": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.MAX_IMAGES": at_least(0, integer=True),
     "MODEL.VOS.OUTLIER_TAIL": between(0.0, 1.0, high_open=True),
     "MODEL.VOS.OUTLIER_RADIUS_SCALE": greater_than(0.0),
     "MODEL.VOS.BOTTLENECK_DIM": at_least(0, integer=True),
