@@ -89,6 +89,7 @@ def extract_safe_features(
     epsilons: Sequence[float] = (),
     seed: int = 0,
     description: str = "SAFE",
+    ground_truth: bool = False,
 ) -> SAFEFitData:
     """Hooked-layer features of the boxes the detector predicts, clean and perturbed.
 
@@ -100,17 +101,21 @@ def extract_safe_features(
         epsilons: FGSM steps whose perturbed features are pooled too (none: clean only).
         seed: seed of the FGSM pass's proposal sampling (plus the batch's index).
         description: label of the progress bar.
+        ground_truth: pool the ground-truth boxes instead of the predicted ones.
 
     Returns:
-        SAFEFitData: CPU tensors; an image without predicted boxes adds no row.
+        SAFEFitData: CPU tensors; an image without boxes adds no row.
     """
     capture = LayerCapture(model, layers)
     clean, perturbed, image_index = [], {eps: [] for eps in epsilons}, []
     num_images = 0
     try:
         for batch_index, inputs in enumerate(tqdm(data_loader, desc=description, unit="batch")):
-            detections = model.inference(inputs, do_postprocess=False)
-            boxes = [d.pred_boxes.tensor for d in detections]
+            if ground_truth:
+                model.backbone(model.preprocess_image(inputs).tensor)
+                boxes = [x["instances"].gt_boxes.tensor for x in inputs]
+            else:
+                boxes = [d.pred_boxes.tensor for d in model.inference(inputs, do_postprocess=False)]
             clean.append(capture.pool(boxes).cpu())
             image_index.append(
                 torch.cat([torch.full((len(b),), num_images + i, dtype=torch.int64) for i, b in enumerate(boxes)])
@@ -159,8 +164,9 @@ def fit_safe(
 
     With ``val_id`` and ``val_ood``, an MLP is trained for every step of
     ``scorer.epsilon_candidates`` and the one with the lowest FPR95 of the ID vs OOD
-    validation images' predicted boxes (ties: higher AUROC, then nearest the release's 8) is
-    kept; otherwise ``scorer.fgsm_epsilon``. The choice is recorded in the fitted config.
+    validation images' ground-truth boxes (the objects, as k of the k-NN score is chosen;
+    ties: higher AUROC, then nearest the release's 8) is kept; otherwise
+    ``scorer.fgsm_epsilon``. The choice is recorded in the fitted config.
 
     Args:
         cfg: the model's config.
@@ -197,8 +203,10 @@ def fit_safe(
         scorer.fit(data, scorer.fgsm_epsilon, epsilon_source="MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON")
         scorer.to(model.device)
         return {}
-    id_val = extract_safe_features(model, safe_loader(cfg, val_id), layers, description=f"SAFE {val_id}").clean
-    ood_val = extract_safe_features(model, safe_loader(cfg, val_ood), layers, description=f"SAFE {val_ood}").clean
+    id_val, ood_val = (
+        extract_safe_features(model, safe_loader(cfg, name), layers, description=f"SAFE {name}", ground_truth=True).clean
+        for name in (val_id, val_ood)
+    )
     results, states = {}, {}
     for eps in epsilons:
         scorer.fit(data, eps)

@@ -34,7 +34,7 @@ Fitting (:mod:`vos_det.engine.safe_fitting`), on the ID training images:
    keeps the epoch of the lowest validation loss.
 
 ``eps`` is the release's 8 unless validation sets are given; then it is chosen from
-``EPSILON_CANDIDATES`` by the lowest FPR95 of ID vs OOD validation boxes, and recorded.
+``EPSILON_CANDIDATES`` by the lowest FPR95 of ID vs OOD validation ground-truth boxes, recorded.
 
 Score. The release ranks a box by minus the MLP's probability of "clean"
 (``SAFE/eval.py`` l. 151-165); vos_det returns minus its logit (the same order, without
