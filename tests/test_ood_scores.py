@@ -196,6 +196,26 @@ def test_react_clips_at_the_training_percentile_then_takes_the_energy():
     np.testing.assert_allclose(score(features, logits, logits_of=data.logits_of).numpy(), expected, rtol=1e-4)
     with pytest.raises(RuntimeError, match="logits_of"):
         score(features, logits)
+    assert score.fitted_config["threshold_of"] == "all activations"
+
+
+def test_react_on_sparse_features_clips_at_the_percentile_of_the_firing_units():
+    # Post-ReLU box features with 95% zeros (a vanilla ResNet-18 digits detector's have ~90%).
+    data = _fit_data(n=200)
+    g = _generator(5)
+    sparse = data.features * (torch.rand(data.features.shape, generator=g) < 0.05)
+    data = BoxFitData(features=sparse, logits=data.logits_of(sparse), labels=data.labels, num_classes=K,
+                      classifier_weight=data.classifier_weight, classifier_bias=data.classifier_bias,
+                      logits_of=data.logits_of)
+    values = sparse.numpy().ravel()
+    # The paper's rule gives c = 0: every clipped box is the zero vector, one energy for all.
+    assert np.percentile(values, 90) == 0.0
+    score = ReActScore(percentile=90).fit(data)
+    assert float(score.threshold) == pytest.approx(np.percentile(values[values > 0], 90), rel=1e-6)
+    assert score.fitted_config["threshold_of"] == "activations above their minimum"
+    features, logits, _ = _queries(data)
+    scores = score(features, logits, logits_of=data.logits_of)
+    assert len(torch.unique(scores)) == len(scores)
 
 
 # --- multi-layer Mahalanobis ------------------------------------------------------------------
