@@ -15,9 +15,9 @@ slow on CPUs and distort every timing.
 Target: whole-model ratio (VOS / plain) <= 1.02.
 
 Post-hoc OOD scores (vos_det/modeling/ood_scores/): fitted on the boxes of another synthetic
-batch (SAFE with one FGSM step), the k-NN bank then replaced by ``--knn-bank-sizes`` unit
-vectors (training features resampled with jitter), the whole VOS model forward is timed with
-no post-hoc score vs all seven, the k-NN search exact (one matrix product) and chunked
+batch (SAFE with one FGSM step, only on a backbone with residual shortcuts), the k-NN bank then
+replaced by ``--knn-bank-sizes`` unit vectors (training features resampled with jitter), the
+whole VOS model forward is timed with no post-hoc score vs all of them, the k-NN search exact (one matrix product) and chunked
 (``--knn-chunk`` bank rows at a time), at the config's score threshold; then each score
 alone on the detections of the batch (``--post-hoc-repeats`` interleaved repeats).
 
@@ -173,15 +173,26 @@ def main():
 def post_hoc_costs(args, model, batch, fit_batch, device):
     """Added inference cost of the post-hoc OOD scores, all together and one by one."""
     from vos_det.engine.post_hoc_fitting import extract_box_fit_data
-    from vos_det.modeling.ood_scores import pool_box_layers
+    from vos_det.engine.safe_fitting import extract_safe_features
+    from vos_det.modeling.ood_scores import attach_post_hoc_hooks, pool_box_layers
+    from vos_det.modeling.ood_scores.safe import matching_layers
 
     predictor = model.roi_heads.box_predictor
     scoring = predictor.post_hoc
     fitted = scoring.scores
-    data = extract_box_fit_data(model, [fit_batch], fgsm_epsilon=8.0, description="fit boxes")
-    for score in fitted.values():
-        if score.needs_fit:
+    data = extract_box_fit_data(model, [fit_batch], description="fit boxes")
+    for name, score in fitted.items():
+        if score.needs_fit and name != "safe":
             score.fit(data)
+    safe = fitted["safe"]
+    safe_layers = matching_layers(model, safe.layer_patterns)
+    if safe_layers:
+        eps = safe.fgsm_epsilon
+        safe.fit(extract_safe_features(model, [fit_batch], safe_layers, (eps,), description="SAFE fit"), eps)
+        attach_post_hoc_hooks(model)
+    else:
+        # SAFE reads residual projection shortcuts; the tiny backbone has none.
+        del fitted["safe"]
     knn = fitted["knn"]
     k = knn.fitted_config["k"] = 50
     generator = torch.Generator().manual_seed(args.seed + 2)
@@ -243,7 +254,10 @@ def post_hoc_costs(args, model, batch, fit_batch, device):
             if bank is not None:
                 knn.bank, knn.chunk_size = bank, chunk
             with torch.no_grad():
-                fitted[name](features, logits, layer_features=layers, logits_of=predictor.foreground_logits)
+                if getattr(fitted[name], "reads_module_outputs", False):
+                    fitted[name](features, logits, boxes=captured["boxes"])
+                else:
+                    fitted[name](features, logits, layer_features=layers, logits_of=predictor.foreground_logits)
         return timed
 
     score_variants = {"pool_box_layers": lambda: pool_box_layers(maps, strides, scoring.layer_names(), captured["boxes"])}

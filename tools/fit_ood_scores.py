@@ -7,18 +7,21 @@
 
 Every ground-truth box of DATASETS.TRAIN (or --dataset) is pooled through the trained
 detector, and what the scores of vos_det/modeling/ood_scores/ need is fitted: the k-NN memory
-bank, ReAct's clipping percentile, ViM's principal subspace, the multi-layer class Gaussians
-and the SAFE MLP (on FGSM-perturbed copies of the boxes). The states are written next to the
+bank, ReAct's clipping percentile, ViM's principal subspace, the multi-layer class Gaussians,
+and SAFE as released (an MLP on the residual shortcuts' features of the boxes the detector
+predicts on the training images, clean vs after one FGSM step; skipped on a backbone without
+shortcuts unless --scores names it). The states are written next to the
 weights as ``post_hoc_scores.pth`` (or --output), a file ``torch.load(weights_only=True)``
 reads. With ``MODEL.VOS.POST_HOC.STATE <file>`` every detection gets ``ood_scores_<name>``
 of each (larger = more OOD), and ``MODEL.VOS.OOD_SCORE <name>`` makes one the score behind
 ``is_ood``.
 
-k of the k-NN score is chosen on --val-id vs --val-ood boxes (lowest FPR95) when both are
-given, else MODEL.VOS.POST_HOC.KNN.K or the paper's 50. A test split (``test_split`` in its
-metadata, e.g. digits_det_test or digits_det_ood) is refused there unless --allow-test-split,
-which the state records. The state also records a hash of the weights: used with other
-weights, it is refused.
+k of the k-NN score and SAFE's FGSM step are chosen on --val-id vs --val-ood boxes (lowest
+FPR95) when both are given, else MODEL.VOS.POST_HOC.KNN.K or the paper's 50 and
+MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON (8). A test split (``test_split`` in its metadata, e.g.
+digits_det_test or digits_det_ood) is refused there unless --allow-test-split, which the
+state records. The state also records a hash of the weights: used with other weights, it is
+refused.
 ``--add-class NAME=DATASET`` adds a class to the multi-layer Gaussians from the boxes of
 another dataset alone, without retraining. (tools/fit_mahalanobis.py still fits the
 penultimate-layer Mahalanobis score.)
@@ -35,8 +38,8 @@ def argument_parser():
         add_class_help="add a class to mahalanobis_multilayer from all boxes of DATASET, without retraining",
         output_help=f"state file (default: {POST_HOC_STATE_FILE} next to the weights)",
     )
-    parser.add_argument("--val-id", help="ID validation dataset for choosing k of k-NN (e.g. digits_det_val)")
-    parser.add_argument("--val-ood", help="OOD validation dataset for choosing k of k-NN (e.g. digits_det_ood_val)")
+    parser.add_argument("--val-id", help="ID validation dataset for choosing k of k-NN and SAFE's eps (e.g. digits_det_val)")
+    parser.add_argument("--val-ood", help="OOD validation dataset for choosing k of k-NN and SAFE's eps (e.g. digits_det_ood_val)")
     parser.add_argument(
         "--allow-test-split", action="store_true",
         help="accept a test split as --val-id / --val-ood (refused otherwise; recorded in the state)",
@@ -49,7 +52,7 @@ def argument_parser():
 
 def main(args):
     if bool(args.val_id) != bool(args.val_ood):
-        raise ValueError("--val-id and --val-ood go together (k of k-NN is chosen on both)")
+        raise ValueError("--val-id and --val-ood go together (k of k-NN and SAFE's eps are chosen on both)")
     output = fit_post_hoc_scores(
         load_config(args.config_file, args.opts),
         args.weights,

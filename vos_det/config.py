@@ -124,19 +124,26 @@ def add_vos_config(cfg):
     # Multi-layer Mahalanobis: the feature maps each box is ROI-pooled from ([] = those of
     # ROI_HEADS.IN_FEATURES), and whether the penultimate box feature is appended.
     cfg.MODEL.VOS.POST_HOC.MULTILAYER = CN({"IN_FEATURES": [], "INCLUDE_BOX_FEATURES": True})
-    # SAFE (Wilson et al. 2023): the NUM_LAYERS feature maps most sensitive to an FGSM step of
-    # FGSM_EPSILON (input pixel units, 0-255) are chosen among CANDIDATE_FEATURES ([] = every
-    # backbone output); an MLP with two hidden layers of HIDDEN_DIM is trained with Adam
-    # (EPOCHS, LEARNING_RATE, BATCH_SIZE) to tell perturbed from clean training boxes.
+    # SAFE (Wilson et al. 2023), as released (vos_det/modeling/ood_scores/safe.py): an MLP
+    # tells the 1x1 ROI-aligned outputs of the backbone modules named by LAYER_PATTERNS
+    # (regular expressions; default the ResNet projection shortcuts and RegNetX's b1.bn) on
+    # the boxes predicted on training images from the same boxes after one FGSM step of eps
+    # pixels (0-255) on the detector's training loss. eps is FGSM_EPSILON, or chosen among
+    # EPSILON_CANDIDATES when the fit tool gets --val-id / --val-ood. The MLP's SGD schedule:
+    # EPOCHS, LEARNING_RATE, IMAGES_PER_BATCH (the release's 5, 1e-3, 32). MAX_IMAGES bounds
+    # the training images used (evenly spread; 0 = all).
     cfg.MODEL.VOS.POST_HOC.SAFE = CN(
         {
-            "CANDIDATE_FEATURES": [],
-            "NUM_LAYERS": 2,
+            "LAYER_PATTERNS": [
+                r"backbone\.(bottom_up\.)?res\d+\.\d+\.shortcut",
+                r"backbone\.(bottom_up\.)?s\d+\.b1\.bn",
+            ],
             "FGSM_EPSILON": 8.0,
-            "HIDDEN_DIM": 256,
-            "EPOCHS": 30,
+            "EPSILON_CANDIDATES": [2.0, 4.0, 8.0, 16.0],
+            "EPOCHS": 5,
             "LEARNING_RATE": 1e-3,
-            "BATCH_SIZE": 256,
+            "IMAGES_PER_BATCH": 32,
+            "MAX_IMAGES": 0,
         }
     )
     # Variants of VOS, all off by default (the paper's recipe); docs/vos_internals.md,

@@ -107,12 +107,41 @@ def image_sides(low):
     return check
 
 
+def each_number(single):
+    """A check: a non-empty list or tuple whose every item passes the number check ``single``."""
+
+    def check(value):
+        if not isinstance(value, (list, tuple)) or not value:
+            return "must be a non-empty list"
+        for item in value:
+            problem = single(item)
+            if problem:
+                return f"item {item!r} {problem}"
+        return None
+
+    return check
+
+
 def increasing_iterations(value):
     """A check of ``SOLVER.STEPS``: a list / tuple of strictly increasing integers >= 1."""
     if not isinstance(value, (list, tuple)) or not all(_is_number(v) and isinstance(v, int) and v >= 1 for v in value):
         return "must be a list of iterations (integers >= 1), e.g. (1000, 1150) or ()"
     if any(b <= a for a, b in zip(value, value[1:])):
         return "must be strictly increasing"
+    return None
+
+
+def _regular_expressions(value):
+    """A check: a non-empty list of regular expressions."""
+    import re
+
+    if not isinstance(value, (list, tuple)) or not value:
+        return "must be a non-empty list of regular expressions"
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            return f"item {pattern!r} is not a regular expression ({e})"
     return None
 
 
@@ -160,12 +189,13 @@ RULES = {
     "MODEL.VOS.POST_HOC.KNN.CHUNK_SIZE": at_least(0, integer=True),
     "MODEL.VOS.POST_HOC.VIM.DIM": at_least(0, integer=True),
     "MODEL.VOS.POST_HOC.REACT.PERCENTILE": between(0.0, 100.0, low_open=True),
-    "MODEL.VOS.POST_HOC.SAFE.NUM_LAYERS": at_least(1, integer=True),
-    "MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON": at_least(0.0),
-    "MODEL.VOS.POST_HOC.SAFE.HIDDEN_DIM": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.LAYER_PATTERNS": _regular_expressions,
+    "MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON": between(0.0, 255.0, low_open=True),
+    "MODEL.VOS.POST_HOC.SAFE.EPSILON_CANDIDATES": each_number(between(0.0, 255.0, low_open=True)),
     "MODEL.VOS.POST_HOC.SAFE.EPOCHS": at_least(1, integer=True),
     "MODEL.VOS.POST_HOC.SAFE.LEARNING_RATE": greater_than(0.0),
-    "MODEL.VOS.POST_HOC.SAFE.BATCH_SIZE": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.IMAGES_PER_BATCH": at_least(1, integer=True),
+    "MODEL.VOS.POST_HOC.SAFE.MAX_IMAGES": at_least(0, integer=True),
     "MODEL.VOS.OUTLIER_TAIL": between(0.0, 1.0, high_open=True),
     "MODEL.VOS.OUTLIER_RADIUS_SCALE": greater_than(0.0),
     "MODEL.VOS.BOTTLENECK_DIM": at_least(0, integer=True),

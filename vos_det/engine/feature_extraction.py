@@ -4,19 +4,28 @@ from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data import transforms as T
 from tqdm import tqdm
 
-__all__ = ["box_head_features", "build_annotated_test_loader", "ground_truth_box_features"]
+__all__ = [
+    "annotated_test_mapper",
+    "box_head_features",
+    "build_annotated_test_loader",
+    "ground_truth_box_features",
+]
 
 
-def build_annotated_test_loader(cfg, dataset_name):
-    """A loader with test-time resizing that keeps the annotations (as ``instances``)."""
-    mapper = DatasetMapper(
+def annotated_test_mapper(cfg):
+    """A DatasetMapper with test-time resizing that keeps the annotations (as ``instances``)."""
+    return DatasetMapper(
         cfg,
         is_train=True,  # keeps the annotations; the augmentations are the test ones
         augmentations=[
             T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
         ],
     )
-    return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+
+def build_annotated_test_loader(cfg, dataset_name):
+    """A loader with test-time resizing that keeps the annotations (as ``instances``)."""
+    return build_detection_test_loader(cfg, dataset_name, mapper=annotated_test_mapper(cfg))
 
 
 def box_head_features(model, feature_maps, boxes):

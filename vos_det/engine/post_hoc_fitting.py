@@ -5,12 +5,13 @@
     path = fit_mahalanobis(cfg, "output/x/model_final.pth")       # -> output/x/mahalanobis_stats.pth
 
 Every ground-truth box of the training set is pooled through the detector: its penultimate
-box feature and foreground logits, and its ROI-pooled features of every backbone output;
-for SAFE also the latter in the image perturbed by one FGSM step. Each score that needs
-fitting (:mod:`vos_det.modeling.ood_scores`) is fitted on these and the states are written
-next to the weights, with a content hash of those weights (checked when the states are used).
-k of the k-NN score is chosen on ID validation + OOD validation boxes when both are given,
-never on a test split (unless explicitly allowed, which the state records).
+box feature and foreground logits, and its ROI-pooled features of every backbone output.
+Each score that needs fitting (:mod:`vos_det.modeling.ood_scores`) is fitted on these, SAFE
+on its own data (:mod:`.safe_fitting`: the boxes the detector predicts, clean and after
+FGSM), and the states are written next to the weights, with a content hash of those weights
+(checked when the states are used). k of the k-NN score and SAFE's FGSM step are chosen on
+ID validation + OOD validation boxes when both are given, never on a test split (unless
+explicitly allowed, which the state records).
 """
 import logging
 import os
@@ -36,9 +37,11 @@ from ..modeling.ood_scores import (
     save_post_hoc_state,
 )
 from ..modeling.ood_scores.knn import kth_neighbour_distance
+from ..modeling.ood_scores.safe import matching_layers
 from .checkpoint import check_checkpoint_matches_model, check_weights_file
 from .feature_extraction import box_head_features, build_annotated_test_loader, ground_truth_box_features
 from .post_hoc_weights import WEIGHTS_HASH_KEY, weights_fingerprint
+from .safe_fitting import fit_safe
 
 __all__ = [
     "KNN_K_CANDIDATES",
@@ -66,31 +69,14 @@ def _load_trained_model(cfg, weights):
     return model.eval()
 
 
-def _fgsm_images(model, images, gt_boxes, gt_classes, epsilon: float):
-    """One FGSM step of ``epsilon`` input pixels against the class loss of the given boxes.
-
-    The loss is the cross-entropy of the box predictor's logits (background included) of
-    the ground-truth boxes against their classes: the perturbation makes the detector less
-    sure of the objects it knows.
-    """
-    inputs = images.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        features = box_head_features(model, model.backbone(inputs), gt_boxes)
-        loss = F.cross_entropy(model.roi_heads.box_predictor.cls_score(features), gt_classes)
-        (gradient,) = torch.autograd.grad(loss, inputs)
-    # The inputs are normalised by pixel_std: a step of epsilon pixels is epsilon / std here.
-    return (inputs + (epsilon / model.pixel_std) * gradient.sign()).detach()
-
-
 @torch.no_grad()
-def extract_box_fit_data(model, data_loader, fgsm_epsilon: float = 0.0, description: str = "boxes") -> BoxFitData:
+def extract_box_fit_data(model, data_loader, description: str = "boxes") -> BoxFitData:
     """Everything the post-hoc scores fit on, for the ground-truth boxes of a dataset.
 
     Args:
         model (GeneralizedRCNN): the detector, in eval mode, with a VOS box predictor.
         data_loader: yields lists of dataset dicts with ``image`` and ``instances``, e.g.
             :func:`~vos_det.engine.feature_extraction.build_annotated_test_loader`.
-        fgsm_epsilon: > 0: also pool the boxes from FGSM-perturbed images (SAFE).
         description: label of the progress bar.
 
     Returns:
@@ -99,7 +85,7 @@ def extract_box_fit_data(model, data_loader, fgsm_epsilon: float = 0.0, descript
     predictor = model.roi_heads.box_predictor
     strides = {name: shape.stride for name, shape in model.backbone.output_shape().items()}
     layer_names = sorted(strides)
-    features, labels, layers, perturbed = [], [], [], []
+    features, labels, layers = [], [], []
     for inputs in tqdm(data_loader, desc=description, unit="img"):
         images = model.preprocess_image(inputs)
         gt_boxes = [x["instances"].gt_boxes.to(images.tensor.device) for x in inputs]
@@ -109,12 +95,6 @@ def extract_box_fit_data(model, data_loader, fgsm_epsilon: float = 0.0, descript
         labels.append(gt_classes.cpu())
         box_tensors = [b.tensor for b in gt_boxes]
         layers.append({k: v.cpu() for k, v in pool_box_layers(feature_maps, strides, layer_names, box_tensors).items()})
-        if fgsm_epsilon > 0 and len(gt_classes):
-            adversarial = _fgsm_images(model, images.tensor, gt_boxes, gt_classes, fgsm_epsilon)
-            adversarial_maps = model.backbone(adversarial)
-            perturbed.append(
-                {k: v.cpu() for k, v in pool_box_layers(adversarial_maps, strides, layer_names, box_tensors).items()}
-            )
     if not features:
         raise ValueError(f"{description}: the data loader yielded no images")
     features = torch.cat(features)
@@ -132,9 +112,6 @@ def extract_box_fit_data(model, data_loader, fgsm_epsilon: float = 0.0, descript
         classifier_weight=weight[: predictor.num_classes].detach().cpu() if linear else None,
         classifier_bias=bias[: predictor.num_classes].detach().cpu() if linear and bias is not None else None,
         layer_features={name: torch.cat([part[name] for part in layers]) for name in layer_names},
-        perturbed_layer_features=(
-            {name: torch.cat([part[name] for part in perturbed]) for name in layer_names} if perturbed else None
-        ),
         logits_of=lambda x: predictor.foreground_logits(x.to(predictor.cls_score.weight.device)).cpu(),
     )
 
@@ -153,7 +130,6 @@ def _concat(parts: List[BoxFitData]) -> BoxFitData:
         classifier_weight=first.classifier_weight,
         classifier_bias=first.classifier_bias,
         layer_features=cat_layers([p.layer_features for p in parts]),
-        perturbed_layer_features=cat_layers([p.perturbed_layer_features for p in parts]),
         logits_of=first.logits_of,
     )
 
@@ -245,8 +221,9 @@ def fit_post_hoc_scores(
         output: the state file; default ``post_hoc_scores.pth`` next to the weights.
         datasets: ID datasets to fit on; default ``cfg.DATASETS.TRAIN``.
         val_id, val_ood: ID and OOD validation datasets (e.g. digits_det_val,
-            digits_det_ood_val) on which k of the k-NN score is chosen; without both, k is
-            MODEL.VOS.POST_HOC.KNN.K or the paper's 50.
+            digits_det_ood_val) on which k of the k-NN score and SAFE's FGSM step are
+            chosen; without both, k is MODEL.VOS.POST_HOC.KNN.K or the paper's 50 and the
+            step MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON.
         scores: names of the scores to fit; default all that need fitting.
         add_classes: (name, dataset) pairs: classes added to mahalanobis_multilayer from
             all boxes of the dataset, without retraining.
@@ -268,18 +245,23 @@ def fit_post_hoc_scores(
     unknown = sorted(set(names) - set(scorers))
     if unknown:
         raise ValueError(f"unknown post-hoc scores {unknown}; known: {list(scorers)}")
+    if not scores and "safe" in names and not matching_layers(model, scorers["safe"].layer_patterns):
+        logger.warning(
+            "SAFE not fitted: no module of the %s backbone matches MODEL.VOS.POST_HOC.SAFE.LAYER_PATTERNS "
+            "(it reads residual projection shortcuts)", type(model.backbone).__name__,
+        )
+        names.remove("safe")
     fit_datasets = list(datasets or cfg.DATASETS.TRAIN)
     if val_id in fit_datasets:
         raise ValueError(
             f"the k-NN validation set {val_id!r} is also fitted on (the bank): its boxes would be "
             "their own nearest neighbours; choose k on a held-out ID set"
         )
-    epsilon = cfg.MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON if "safe" in names else 0.0
 
-    def extract(name, fgsm=0.0):
-        return extract_box_fit_data(model, build_annotated_test_loader(cfg, name), fgsm, description=name)
+    def extract(name):
+        return extract_box_fit_data(model, build_annotated_test_loader(cfg, name), description=name)
 
-    data = _concat([extract(name, epsilon) for name in fit_datasets])
+    data = _concat([extract(name) for name in fit_datasets])
     logger.info("fitting %s on %d training boxes", names, len(data.labels))
     info: Dict = {
         "weights": os.path.abspath(weights),
@@ -293,6 +275,8 @@ def fit_post_hoc_scores(
             k, tried = choose_knn_k(data.features, extract(val_id).features, extract(val_ood).features)
             scorers[name].fit(data, k=k, k_source=f"lowest FPR95 on {val_id} vs {val_ood}")
             info["knn_validation"] = {str(key): value for key, value in tried.items()}
+        elif name == "safe":
+            info.update(fit_safe(cfg, model, fit_datasets, val_id, val_ood, scorers[name]))
         else:
             scorers[name].fit(data)
         logger.info("fitted %s: %s", name, scorers[name].fitted_config)

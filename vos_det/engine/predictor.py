@@ -19,6 +19,7 @@ from ..cli import check_writable_dir
 from ..config import load_config
 from ..data.image_io import IMAGE_EXTENSIONS, read_image_file
 from ..modeling import VOSOutputLayers
+from ..modeling.ood_scores import attach_post_hoc_hooks
 from ..utils.file_io import atomic_open
 from ..utils.visualization import draw_ood_detections
 from .checkpoint import check_checkpoint_matches_model, check_weights_file
@@ -56,6 +57,7 @@ class OODPredictor(DefaultPredictor):
         check_weights_file(cfg.MODEL.WEIGHTS)
         super().__init__(cfg)
         check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, self.model)
+        attach_post_hoc_hooks(self.model)
         box_predictor = getattr(getattr(self.model, "roi_heads", None), "box_predictor", None)
         if not isinstance(box_predictor, VOSOutputLayers):
             raise TypeError(

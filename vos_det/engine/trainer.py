@@ -21,6 +21,7 @@ from ..errors import TrainingDivergedError
 from ..evaluation.detection import build_detection_evaluator, log_detection_results
 from ..evaluation.leaderboard import log_leaderboard_comparison
 from ..evaluation.protocol import OOD_RESULTS_FILE, evaluate_ood_protocol
+from ..modeling.ood_scores import attach_post_hoc_hooks
 from .checkpoint import AtomicWritePathManager, RandomState
 from .launch import cpu_ddp_in_default_trainer
 
@@ -168,6 +169,11 @@ class Trainer(DefaultTrainer):
                     f"dataset {name!r} has classes {list(class_names)}, not those of the training "
                     f"set, {first_classes}"
                 )
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model, with the forward hooks its fitted post-hoc scores read (SAFE)."""
+        return attach_post_hoc_hooks(super().build_model(cfg))
 
     @classmethod
     def build_mapper(cls, cfg, is_train: bool):

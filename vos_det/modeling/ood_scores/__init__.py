@@ -14,7 +14,8 @@ Belongs here: every way of scoring a box (or image) as out-of-distribution.
   ``ood_scores_<name>`` field; paper cited in its docstring): :func:`build_post_hoc_scores`
   builds them all from a config, ``tools/fit_ood_scores.py`` fits those that need it on the ID
   training boxes, and :mod:`.scoring` runs them inside the box predictor. A new post-hoc score
-  is one file registered there and imported below.
+  is one file registered there and imported below. SAFE reads modules of the backbone
+  through forward hooks: :func:`attach_post_hoc_hooks` puts them on a built detector.
 """
 from torch import nn
 
@@ -26,7 +27,7 @@ from .mahalanobis import GaussianDiscriminant
 from .mahalanobis_multilayer import MultiLayerMahalanobisScore
 from .maxlogit import MaxLogitScore, max_logit_ood_score
 from .react import ReActScore
-from .safe import SAFEScore
+from .safe import SAFEScore, attach_post_hoc_hooks
 from .state_file import POST_HOC_STATE_FILE, load_post_hoc_state, save_post_hoc_state
 from .vim import ViMScore
 
@@ -38,6 +39,7 @@ __all__ = [
     "BoxFitData",
     "GaussianDiscriminant",
     "PostHocScore",
+    "attach_post_hoc_hooks",
     "build_post_hoc_scores",
     "load_post_hoc_state",
     "pool_box_layers",

@@ -48,7 +48,6 @@ class BoxFitData:
             the class layer is not affine.
         classifier_bias: (K,) its bias, or None.
         layer_features: feature-map name -> (N, C) the boxes ROI-pooled from that map.
-        perturbed_layer_features: the same for the images perturbed by FGSM (SAFE), or None.
         logits_of: maps (M, D) features to their (M, K) foreground logits.
     """
 
@@ -59,7 +58,6 @@ class BoxFitData:
     classifier_weight: Optional[torch.Tensor] = None
     classifier_bias: Optional[torch.Tensor] = None
     layer_features: Optional[Dict[str, torch.Tensor]] = None
-    perturbed_layer_features: Optional[Dict[str, torch.Tensor]] = None
     logits_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 

@@ -89,6 +89,11 @@ class PostHocScoring(nn.Module):
         table = {}
         for name in names:
             score = self.scores[name]
+            if getattr(score, "reads_module_outputs", False):
+                # Hooked on the detector's modules (SAFE): pools the boxes itself.
+                if boxes is not None and score.is_attached():
+                    table[name] = score(features, logits, boxes=boxes).float()
+                continue
             if score.layer_names() and layer_features is None:
                 continue
             table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of).float()
@@ -100,6 +105,12 @@ class PostHocScoring(nn.Module):
             return (
                 f"the {name!r} OOD score is not fitted: run {FIT_TOOL} for these weights and set "
                 "MODEL.VOS.POST_HOC.STATE to the file it writes"
+            )
+        score = self.scores[name] if name in self.scores else None
+        if getattr(score, "reads_module_outputs", False) and not score.is_attached():
+            return (
+                f"the {name!r} OOD score reads backbone modules through forward hooks: call "
+                "vos_det.modeling.ood_scores.attach_post_hoc_hooks(model) on the built detector"
             )
         return (
             f"the {name!r} OOD score pools the detections' boxes from the backbone's feature "
