@@ -104,8 +104,12 @@ def add_vos_config(cfg):
     # k-NN (Sun et al. 2022), used when fitting: K, the neighbour (0 = chosen on --val-id /
     # --val-ood boxes by the fit tool, else the paper's 50); MAX_BANK_SIZE, training boxes
     # kept in the bank (0 = all); at inference CHUNK_SIZE, bank rows per chunk of the exact
-    # search (0 = one matrix product).
-    cfg.MODEL.VOS.POST_HOC.KNN = CN({"K": 0, "MAX_BANK_SIZE": 0, "CHUNK_SIZE": 0})
+    # search (0 = one matrix product). SEARCH at inference: "torch" (exact), "faiss_flat" (exact)
+    # or "faiss_ivf" (approximate: NLIST k-means cells, 0 = sqrt(bank size), NPROBE of them
+    # searched per query); a faiss search falls back to "torch" when faiss is not installed.
+    cfg.MODEL.VOS.POST_HOC.KNN = CN(
+        {"K": 0, "MAX_BANK_SIZE": 0, "CHUNK_SIZE": 0, "SEARCH": "torch", "NLIST": 0, "NPROBE": 32}
+    )
     # ViM (Wang et al. 2022): DIM, the principal subspace dimension (0 = half the feature
     # dimension, between the paper's 1000 of 2048 and 512 of 768).
     cfg.MODEL.VOS.POST_HOC.VIM = CN({"DIM": 0})
