@@ -15,7 +15,11 @@ of each (larger = more OOD), and ``MODEL.VOS.OOD_SCORE <name>`` makes one the sc
 ``is_ood``.
 
 k of the k-NN score is chosen on --val-id vs --val-ood boxes (lowest FPR95) when both are
-given, else MODEL.VOS.POST_HOC.KNN.K or the paper's 50. Never pass a test split there.
+given, else MODEL.VOS.POST_HOC.KNN.K or the paper's 50. The fused score (a logit score and
+k-NN or the multi-layer Mahalanobis, scaled on the --val-id boxes and combined by max, sum or
+a logistic regression against VOS virtual outliers) is fitted only with both: its parts,
+scaling and rule are the candidate of MODEL.VOS.POST_HOC.FUSED with the lowest FPR95 there,
+recorded in the state. Never pass a test split there.
 ``--add-class NAME=DATASET`` adds a class to the multi-layer Gaussians from the boxes of
 another dataset alone, without retraining. (tools/fit_mahalanobis.py still fits the
 penultimate-layer Mahalanobis score.)
@@ -32,8 +36,8 @@ def argument_parser():
         add_class_help="add a class to mahalanobis_multilayer from all boxes of DATASET, without retraining",
         output_help=f"state file (default: {POST_HOC_STATE_FILE} next to the weights)",
     )
-    parser.add_argument("--val-id", help="ID validation dataset for choosing k of k-NN (e.g. digits_det_val)")
-    parser.add_argument("--val-ood", help="OOD validation dataset for choosing k of k-NN (e.g. digits_det_ood_val)")
+    parser.add_argument("--val-id", help="ID validation dataset for choosing k of k-NN and the fused score (e.g. digits_det_val)")
+    parser.add_argument("--val-ood", help="OOD validation dataset for choosing k of k-NN and the fused score (e.g. digits_det_ood_val)")
     parser.add_argument(
         "--scores", nargs="+", choices=POST_HOC_SCORES, help="scores to fit (default: all that need fitting)"
     )
@@ -42,7 +46,7 @@ def argument_parser():
 
 def main(args):
     if bool(args.val_id) != bool(args.val_ood):
-        raise ValueError("--val-id and --val-ood go together (k of k-NN is chosen on both)")
+        raise ValueError("--val-id and --val-ood go together (k of k-NN and the fused score are chosen on both)")
     output = fit_post_hoc_scores(
         load_config(args.config_file, args.opts),
         args.weights,

@@ -134,6 +134,20 @@ def add_vos_config(cfg):
             "BATCH_SIZE": 256,
         }
     )
+    # Fused (issue 25): a logit part (LOGIT_PARTS) and a feature part (FEATURE_PARTS), each
+    # scaled by its ID validation boxes (SCALINGS: "zscore", "percentile"), combined by a rule
+    # (RULES: "max", "sum", "logistic" on ID validation boxes against OUTLIERS_PER_CLASS VOS
+    # virtual outliers per class); tools/fit_ood_scores.py picks the candidate of lowest FPR95
+    # on --val-id vs --val-ood.
+    cfg.MODEL.VOS.POST_HOC.FUSED = CN(
+        {
+            "LOGIT_PARTS": ["energy", "gen"],
+            "FEATURE_PARTS": ["knn", "mahalanobis_multilayer"],
+            "SCALINGS": ["zscore", "percentile"],
+            "RULES": ["max", "sum", "logistic"],
+            "OUTLIERS_PER_CLASS": 200,
+        }
+    )
     # Variants of VOS (issue 13; all off by default = the paper's recipe). See README,
     # "Making virtual outliers useful".
     # Class-balanced uncertainty loss: ID samples and outliers weigh one half each.

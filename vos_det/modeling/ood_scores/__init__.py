@@ -14,12 +14,14 @@ Belongs here: every way of scoring a box (or image) as out-of-distribution.
   ``ood_scores_<name>`` field; paper cited in its docstring): :func:`build_post_hoc_scores`
   builds them all from a config, ``tools/fit_ood_scores.py`` fits those that need it on the ID
   training boxes, and :mod:`.scoring` runs them inside the box predictor. A new post-hoc score
-  is one file registered there and imported below.
+  is one file registered there and imported below. A score that combines others (``fused``)
+  names them in :meth:`~.base.PostHocScore.part_names` and gets their values.
 """
 from torch import nn
 
 from .base import FIT_TOOL, OOD_SCORE_REGISTRY, BoxFitData, PostHocScore
 from .box_pooling import pool_box_layers
+from .fused import FusedScore
 from .gen import GENScore, generalized_entropy
 from .knn import KNNScore, kth_neighbour_distance
 from .mahalanobis import GaussianDiscriminant
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 # The post-hoc scores, in the order of reports.
-POST_HOC_SCORES = ("maxlogit", "gen", "knn", "vim", "react", "mahalanobis_multilayer", "safe")
+POST_HOC_SCORES = ("maxlogit", "gen", "knn", "vim", "react", "mahalanobis_multilayer", "safe", "fused")
 
 
 def build_post_hoc_scores(cfg=None) -> nn.ModuleDict:

@@ -87,11 +87,16 @@ class PostHocScoring(nn.Module):
         if layers and boxes is not None and self._maps is not None:
             layer_features = pool_box_layers(*self._maps, layers, boxes)
         table = {}
-        for name in names:
+        # The scores that combine others (part_names) come after them.
+        for name in sorted(names, key=lambda n: bool(self.scores[n].part_names())):
             score = self.scores[name]
             if score.layer_names() and layer_features is None:
                 continue
-            table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of).float()
+            parts = score.part_names()
+            if any(part not in table for part in parts):
+                continue
+            extra = {"part_scores": {part: table[part] for part in parts}} if parts else {}
+            table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of, **extra).float()
         return table
 
     def missing_reason(self, name: str) -> str:
@@ -100,6 +105,13 @@ class PostHocScoring(nn.Module):
             return (
                 f"the {name!r} OOD score is not fitted: run {FIT_TOOL} for these weights and set "
                 "MODEL.VOS.POST_HOC.STATE to the file it writes"
+            )
+        parts = self.scores[name].part_names() if name in self.scores else ()
+        missing = [part for part in parts if part not in self.available()]
+        if missing:
+            return (
+                f"the {name!r} OOD score combines the scores {missing}, which are not fitted: run "
+                f"{FIT_TOOL} for these weights"
             )
         return (
             f"the {name!r} OOD score pools the detections' boxes from the backbone's feature "
