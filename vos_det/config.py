@@ -94,7 +94,7 @@ def add_vos_config(cfg):
     cfg.MODEL.VOS.MAHALANOBIS_STATS = ""
     # Post-hoc OOD scores (vos_det/modeling/ood_scores/; issue 12): every detection gets
     # ood_scores_maxlogit and ood_scores_gen, plus ood_scores_<name> of every score fitted in
-    # STATE (knn, vim, react, mahalanobis_multilayer, safe). Any of them can be OOD_SCORE.
+    # STATE (knn, vim, react, mahalanobis_multilayer, safe, fused). Any of them can be OOD_SCORE.
     cfg.MODEL.VOS.POST_HOC = CN()
     # File written by tools/fit_ood_scores.py next to the weights ("" = none fitted).
     cfg.MODEL.VOS.POST_HOC.STATE = ""
