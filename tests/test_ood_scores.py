@@ -268,12 +268,15 @@ def test_every_score_is_registered_and_its_state_round_trips_with_weights_only(t
     scores["mahalanobis_multilayer"].in_features = tuple(LAYERS)
     # SAFE fits on its own data and reads hooked modules (tests/test_safe.py).
     del scores["safe"]
-    for score in scores.values():
+    for name, score in scores.items():
         if score.needs_fit:
             assert not score.is_fitted()
             with pytest.raises(RuntimeError, match="tools/fit_ood_scores.py"):
                 score(data.features, data.logits, layer_features=data.layer_features, logits_of=data.logits_of)
-            score.fit(data)
+            if name != "fused":  # fitted on validation boxes (tests/test_fused_score.py)
+                score.fit(data)
+    validation = {"energy": -torch.logsumexp(data.logits, dim=1), "knn": scores["knn"](data.features, data.logits)}
+    scores["fused"].fit(id_parts=validation, logit_part="energy", feature_part="knn", scaling="zscore", rule="sum")
     path = str(tmp_path / "post_hoc_scores.pth")
     save_post_hoc_state(dict(scores.items()), path, D, K, weights="w.pth")
     raw = torch.load(path, weights_only=True)
@@ -283,6 +286,8 @@ def test_every_score_is_registered_and_its_state_round_trips_with_weights_only(t
     features, logits, layer_features = _queries(data)
     for name in scores:
         kwargs = {"layer_features": layer_features, "logits_of": data.logits_of}
+        if loaded[name].part_names():
+            kwargs["part_scores"] = {part: scores[part](features, logits, **kwargs) for part in loaded[name].part_names()}
         torch.testing.assert_close(loaded[name](features, logits, **kwargs), scores[name](features, logits, **kwargs))
     with pytest.raises(ValueError, match="run tools/fit_ood_scores.py"):
         load_post_hoc_state(dict(build_post_hoc_scores().items()), path, D + 1, K)
@@ -361,7 +366,7 @@ def test_fitted_state_is_next_to_the_weights_and_loads_with_weights_only(fitted_
     assert state == weights.replace("model.pth", "post_hoc_scores.pth")
     raw = torch.load(state, weights_only=True)
     # SAFE reads residual shortcuts, which the tiny backbone has none of: left out, not failed.
-    assert set(raw["scores"]) == {"knn", "vim", "react", "mahalanobis_multilayer"}
+    assert set(raw["scores"]) == {"knn", "vim", "react", "mahalanobis_multilayer", "fused"}
     assert raw["scores"]["knn"]["config"]["k_source"] == "lowest FPR95 on digits_det_val vs digits_det_ood_val"
     assert set(raw["info"]["knn_validation"]) <= {"1", "5", "10", "20", "50", "100", "200"}
     assert raw["scores"]["mahalanobis_multilayer"]["config"]["in_features"] == ["p2", "p3", "p4", "p5"]
@@ -396,6 +401,46 @@ def test_every_detection_gets_every_post_hoc_score_and_any_can_back_is_ood(fitte
     knn = predictor.post_hoc.scores["knn"]
     expected = kth_neighbour_distance(F.normalize(captured["features"], dim=1), knn.bank, knn.fitted_config["k"])
     torch.testing.assert_close(torch.cat([o["instances"].ood_scores_knn for o in outputs]), expected)
+
+
+def test_fused_is_chosen_on_validation_and_recomputes_from_the_detections_fields(fitted_tiny_detector):
+    cfg, weights, state = fitted_tiny_detector
+    raw = torch.load(state, weights_only=True)
+    report = raw["info"]["fused_validation"]
+    config = raw["scores"]["fused"]["config"]
+    chosen = {key: config[key] for key in ("logit_part", "feature_part", "scaling", "rule")}
+    assert report["chosen"] == chosen
+    assert config["choice"]["source"] == "lowest FPR95 on digits_det_val vs digits_det_ood_val"
+    # Every configured candidate was tried (the logistic rule with k-NN only: a virtual outlier
+    # has no multi-layer feature maps), and the one kept has the lowest FPR95.
+    assert len(report["candidates"]) == 2 * (2 * 3 + 2 * 2)
+    best = min(c["fpr95"] for c in report["candidates"])
+    assert [c["fpr95"] for c in report["candidates"] if all(c[k] == v for k, v in chosen.items())] == [best]
+    assert report["num_virtual_outliers"] == 200 * cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+    model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state, "MODEL.VOS.OOD_SCORE", "fused")
+    with torch.no_grad():
+        outputs = model(_test_batch(cfg))
+    instances = [o["instances"] for o in outputs]
+    fused = torch.cat([i.ood_scores_fused for i in instances]).double().numpy()
+    assert all(torch.equal(i.ood_scores, i.ood_scores_fused) for i in instances)
+    logit_field = {"energy": "ood_scores_energy", "gen": "ood_scores_gen"}[chosen["logit_part"]]
+    parts = np.stack([
+        torch.cat([i.get(logit_field) for i in instances]).double().numpy(),
+        torch.cat([i.get(f"ood_scores_{chosen['feature_part']}") for i in instances]).double().numpy(),
+    ], axis=1)
+    buffers = raw["scores"]["fused"]["buffers"]
+    if chosen["scaling"] == "zscore":
+        scaled = (parts - buffers["mean"].numpy()) / buffers["std"].numpy()
+    else:
+        scaled = np.stack([
+            [(np.sum(ref < v) + np.sum(ref <= v)) / (2 * len(ref)) for v in column]
+            for column, ref in zip(parts.T, buffers["reference"].numpy())
+        ], axis=1)
+    weights_ = buffers["weights"].numpy()
+    expected = {"max": scaled.max(axis=1), "sum": scaled.sum(axis=1), "logistic": scaled @ weights_[:2] + weights_[2]}
+    # The fields are float32: the percentile of a recomputed part can move by one rank.
+    np.testing.assert_allclose(fused, expected[chosen["rule"]], rtol=1e-4, atol=2.0 / buffers["reference"].shape[1])
 
 
 def test_post_hoc_state_stays_out_of_checkpoints(fitted_tiny_detector):

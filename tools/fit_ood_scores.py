@@ -18,10 +18,13 @@ of each (larger = more OOD), and ``MODEL.VOS.OOD_SCORE <name>`` makes one the sc
 
 k of the k-NN score and SAFE's FGSM step are chosen on --val-id vs --val-ood boxes (lowest
 FPR95) when both are given, else MODEL.VOS.POST_HOC.KNN.K or the paper's 50 and
-MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON (8). A test split (``test_split`` in its metadata, e.g.
-digits_det_test or digits_det_ood) is refused there unless --allow-test-split, which the
-state records. The state also records a hash of the weights: used with other weights, it is
-refused.
+MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON (8). The fused score (a logit score and k-NN or the
+multi-layer Mahalanobis, scaled on the --val-id boxes and combined by max, sum or a logistic
+regression against VOS virtual outliers) is fitted only with both: its parts, scaling and
+rule are the candidate of MODEL.VOS.POST_HOC.FUSED with the lowest FPR95 there, recorded in
+the state. A test split (``test_split`` in its metadata, e.g. digits_det_test or
+digits_det_ood) is refused there unless --allow-test-split, which the state records. The
+state also records a hash of the weights: used with other weights, it is refused.
 ``--add-class NAME=DATASET`` adds a class to the multi-layer Gaussians from the boxes of
 another dataset alone, without retraining. (tools/fit_mahalanobis.py still fits the
 penultimate-layer Mahalanobis score.)
@@ -38,8 +41,13 @@ def argument_parser():
         add_class_help="add a class to mahalanobis_multilayer from all boxes of DATASET, without retraining",
         output_help=f"state file (default: {POST_HOC_STATE_FILE} next to the weights)",
     )
-    parser.add_argument("--val-id", help="ID validation dataset for choosing k of k-NN and SAFE's eps (e.g. digits_det_val)")
-    parser.add_argument("--val-ood", help="OOD validation dataset for choosing k of k-NN and SAFE's eps (e.g. digits_det_ood_val)")
+    parser.add_argument(
+        "--val-id", help="ID validation dataset for choosing k of k-NN, SAFE's eps and the fused score (e.g. digits_det_val)"
+    )
+    parser.add_argument(
+        "--val-ood",
+        help="OOD validation dataset for choosing k of k-NN, SAFE's eps and the fused score (e.g. digits_det_ood_val)",
+    )
     parser.add_argument(
         "--allow-test-split", action="store_true",
         help="accept a test split as --val-id / --val-ood (refused otherwise; recorded in the state)",
@@ -52,7 +60,9 @@ def argument_parser():
 
 def main(args):
     if bool(args.val_id) != bool(args.val_ood):
-        raise ValueError("--val-id and --val-ood go together (k of k-NN and SAFE's eps are chosen on both)")
+        raise ValueError(
+            "--val-id and --val-ood go together (k of k-NN, SAFE's eps and the fused score are chosen on both)"
+        )
     output = fit_post_hoc_scores(
         load_config(args.config_file, args.opts),
         args.weights,

@@ -103,7 +103,7 @@ def add_vos_config(cfg):
     cfg.MODEL.VOS.MAHALANOBIS_STATS = ""
     # Post-hoc OOD scores (vos_det/modeling/ood_scores/): every detection gets
     # ood_scores_maxlogit and ood_scores_gen, plus ood_scores_<name> of every score fitted in
-    # STATE (knn, vim, react, mahalanobis_multilayer, safe). Any of them can be OOD_SCORE.
+    # STATE (knn, vim, react, mahalanobis_multilayer, safe, fused). Any of them can be OOD_SCORE.
     cfg.MODEL.VOS.POST_HOC = CN()
     # File written by tools/fit_ood_scores.py next to the weights ("" = none fitted).
     cfg.MODEL.VOS.POST_HOC.STATE = ""
@@ -113,8 +113,12 @@ def add_vos_config(cfg):
     # k-NN (Sun et al. 2022), used when fitting: K, the neighbour (0 = chosen on --val-id /
     # --val-ood boxes by the fit tool, else the paper's 50); MAX_BANK_SIZE, training boxes
     # kept in the bank (0 = all); at inference CHUNK_SIZE, bank rows per chunk of the exact
-    # search (0 = one matrix product).
-    cfg.MODEL.VOS.POST_HOC.KNN = CN({"K": 0, "MAX_BANK_SIZE": 0, "CHUNK_SIZE": 0})
+    # search (0 = one matrix product). SEARCH at inference: "torch" (exact), "faiss_flat" (exact)
+    # or "faiss_ivf" (approximate: NLIST k-means cells, 0 = sqrt(bank size), NPROBE of them
+    # searched per query); a faiss search falls back to "torch" when faiss is not installed.
+    cfg.MODEL.VOS.POST_HOC.KNN = CN(
+        {"K": 0, "MAX_BANK_SIZE": 0, "CHUNK_SIZE": 0, "SEARCH": "torch", "NLIST": 0, "NPROBE": 32}
+    )
     # ViM (Wang et al. 2022): DIM, the principal subspace dimension (0 = half the feature
     # dimension, between the paper's 1000 of 2048 and 512 of 768).
     cfg.MODEL.VOS.POST_HOC.VIM = CN({"DIM": 0})
@@ -144,6 +148,20 @@ def add_vos_config(cfg):
             "LEARNING_RATE": 1e-3,
             "IMAGES_PER_BATCH": 32,
             "MAX_IMAGES": 0,
+        }
+    )
+    # Fused: a logit part (LOGIT_PARTS) and a feature part (FEATURE_PARTS), each
+    # scaled by its ID validation boxes (SCALINGS: "zscore", "percentile"), combined by a rule
+    # (RULES: "max", "sum", "logistic" on ID validation boxes against OUTLIERS_PER_CLASS VOS
+    # virtual outliers per class); tools/fit_ood_scores.py picks the candidate of lowest FPR95
+    # on --val-id vs --val-ood.
+    cfg.MODEL.VOS.POST_HOC.FUSED = CN(
+        {
+            "LOGIT_PARTS": ["energy", "gen"],
+            "FEATURE_PARTS": ["knn", "mahalanobis_multilayer"],
+            "SCALINGS": ["zscore", "percentile"],
+            "RULES": ["max", "sum", "logistic"],
+            "OUTLIERS_PER_CLASS": 200,
         }
     )
     # Variants of VOS, all off by default (the paper's recipe); docs/vos_internals.md,

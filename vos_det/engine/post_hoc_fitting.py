@@ -9,9 +9,10 @@ box feature and foreground logits, and its ROI-pooled features of every backbone
 Each score that needs fitting (:mod:`vos_det.modeling.ood_scores`) is fitted on these, SAFE
 on its own data (:mod:`.safe_fitting`: the boxes the detector predicts, clean and after
 FGSM), and the states are written next to the weights, with a content hash of those weights
-(checked when the states are used). k of the k-NN score and SAFE's FGSM step are chosen on
-ID validation + OOD validation boxes when both are given, never on a test split (unless
-explicitly allowed, which the state records).
+(checked when the states are used). k of the k-NN score, SAFE's FGSM step and the parts,
+scaling and rule of the fused score (:mod:`.fused_fitting`) are chosen on ID validation +
+OOD validation boxes when both are given, never on a test split (unless explicitly allowed,
+which the state records; without them the fused score is not fitted).
 """
 import logging
 import os
@@ -42,6 +43,7 @@ from .checkpoint import check_checkpoint_matches_model, check_weights_file
 from .feature_extraction import box_head_features, build_annotated_test_loader, ground_truth_box_features
 from .post_hoc_weights import WEIGHTS_HASH_KEY, weights_fingerprint
 from .safe_fitting import fit_safe
+from .fused_fitting import fit_fused_score
 
 __all__ = [
     "KNN_K_CANDIDATES",
@@ -221,9 +223,10 @@ def fit_post_hoc_scores(
         output: the state file; default ``post_hoc_scores.pth`` next to the weights.
         datasets: ID datasets to fit on; default ``cfg.DATASETS.TRAIN``.
         val_id, val_ood: ID and OOD validation datasets (e.g. digits_det_val,
-            digits_det_ood_val) on which k of the k-NN score and SAFE's FGSM step are
-            chosen; without both, k is MODEL.VOS.POST_HOC.KNN.K or the paper's 50 and the
-            step MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON.
+            digits_det_ood_val) on which k of the k-NN score, SAFE's FGSM step and the fused
+            score's candidate are chosen; without both, k is MODEL.VOS.POST_HOC.KNN.K or the
+            paper's 50, the step MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON, and the fused score is
+            not fitted (an error if ``scores`` names it).
         scores: names of the scores to fit; default all that need fitting.
         add_classes: (name, dataset) pairs: classes added to mahalanobis_multilayer from
             all boxes of the dataset, without retraining.
@@ -258,8 +261,14 @@ def fit_post_hoc_scores(
             "their own nearest neighbours; choose k on a held-out ID set"
         )
 
+    extracted = {}
+
     def extract(name):
-        return extract_box_fit_data(model, build_annotated_test_loader(cfg, name), description=name)
+        # The validation sets serve k-NN and fused alike: pooled once.
+        if name not in extracted:
+            loader = build_annotated_test_loader(cfg, name)
+            extracted[name] = extract_box_fit_data(model, loader, description=name)
+        return extracted[name]
 
     data = _concat([extract(name) for name in fit_datasets])
     logger.info("fitting %s on %d training boxes", names, len(data.labels))
@@ -271,6 +280,8 @@ def fit_post_hoc_scores(
     if test_splits:
         info["test_splits_allowed"] = test_splits
     for name in names:
+        if name == "fused":
+            continue  # fitted last, on the outputs of its fitted parts
         if name == "knn" and val_id and val_ood:
             k, tried = choose_knn_k(data.features, extract(val_id).features, extract(val_ood).features)
             scorers[name].fit(data, k=k, k_source=f"lowest FPR95 on {val_id} vs {val_ood}")
@@ -280,6 +291,15 @@ def fit_post_hoc_scores(
         else:
             scorers[name].fit(data)
         logger.info("fitted %s: %s", name, scorers[name].fitted_config)
+    if "fused" in names:
+        if val_id and val_ood:
+            info["fused_validation"] = fit_fused_score(
+                cfg, scorers, data, extract(val_id), extract(val_ood), f"{val_id} vs {val_ood}"
+            )
+        elif scores:
+            raise ValueError("the fused score is chosen on ID and OOD validation boxes: give val_id and val_ood")
+        else:
+            logger.warning("fused OOD score not fitted: it needs ID and OOD validation sets (--val-id, --val-ood)")
     for class_name, dataset in add_classes:
         new = extract(dataset)
         index = scorers["mahalanobis_multilayer"].add_class(new.features, new.layer_features)

@@ -15,12 +15,15 @@ Belongs here: every way of scoring a box (or image) as out-of-distribution.
   builds them all from a config, ``tools/fit_ood_scores.py`` fits those that need it on the ID
   training boxes, and :mod:`.scoring` runs them inside the box predictor. A new post-hoc score
   is one file registered there and imported below. SAFE reads modules of the backbone
-  through forward hooks: :func:`attach_post_hoc_hooks` puts them on a built detector.
+  through forward hooks: :func:`attach_post_hoc_hooks` puts them on a built detector. A
+  score that combines others (``fused``) names them in :meth:`~.base.PostHocScore.part_names`
+  and gets their values.
 """
 from torch import nn
 
 from .base import FIT_TOOL, OOD_SCORE_REGISTRY, BoxFitData, PostHocScore
 from .box_pooling import pool_box_layers
+from .fused import FusedScore
 from .gen import GENScore, generalized_entropy
 from .knn import KNNScore, kth_neighbour_distance
 from .mahalanobis import GaussianDiscriminant
@@ -47,7 +50,7 @@ __all__ = [
 ]
 
 # The post-hoc scores, in the order of reports.
-POST_HOC_SCORES = ("maxlogit", "gen", "knn", "vim", "react", "mahalanobis_multilayer", "safe")
+POST_HOC_SCORES = ("maxlogit", "gen", "knn", "vim", "react", "mahalanobis_multilayer", "safe", "fused")
 
 
 def build_post_hoc_scores(cfg=None) -> nn.ModuleDict:

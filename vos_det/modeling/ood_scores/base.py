@@ -131,6 +131,11 @@ class PostHocScore(nn.Module):
         """The feature maps whose ROI-pooled box features :meth:`forward` needs."""
         return ()
 
+    def part_names(self) -> Tuple[str, ...]:
+        """The other post-hoc scores whose values :meth:`forward` combines; they are computed
+        first and passed to it as ``part_scores`` (name -> (N,) scores); optional."""
+        return ()
+
     def forward(self, features, logits, layer_features=None, logits_of=None):
         """OOD scores of N boxes, larger = more OOD.
 

@@ -10,7 +10,9 @@ nearest neighbour in the bank,
 For unit vectors ||z - z_i||^2 = 2 - 2 z.z_i, so the k-th nearest neighbour is the k-th
 largest dot product. The search is exact either way: in one (N, M) matrix product, or, with
 ``chunk_size`` > 0, over chunks of the bank with a running top-k (memory O(N x (chunk + k))
-instead of O(N x M)).
+instead of O(N x M)). ``search`` puts faiss behind the same score (:mod:`.knn_search`): its
+exact flat index or its approximate IVF index, the torch search being the fallback when
+faiss is not installed.
 
 k: the paper's default is k = 50 for CIFAR-10 (with the full training set); the fit tool
 chooses k on ID validation + OOD validation boxes when given them
@@ -22,6 +24,7 @@ from torch.nn import functional as F
 
 from ..config_options import options_from_config
 from .base import OOD_SCORE_REGISTRY, PostHocScore
+from .knn_search import build_knn_search
 
 __all__ = ["KNNScore", "kth_neighbour_distance"]
 
@@ -61,24 +64,53 @@ class KNNScore(PostHocScore):
 
     name = "knn"
 
-    def __init__(self, k: int = 0, chunk_size: int = 0, max_bank_size: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        k: int = 0,
+        chunk_size: int = 0,
+        max_bank_size: int = 0,
+        seed: int = 0,
+        search: str = "torch",
+        nlist: int = 0,
+        nprobe: int = 32,
+    ):
         """
         Args:
             k: neighbour rank; 0 = chosen at fit time (see the module docstring).
             chunk_size: bank rows per chunk at inference (0 = one matrix product).
             max_bank_size: keep at most this many training boxes, drawn uniformly without
                 replacement with ``seed`` (the paper subsamples ImageNet); 0 = all.
+            search: the search at inference, one of
+                :data:`~vos_det.modeling.ood_scores.knn_search.KNN_SEARCHES`.
+            nlist, nprobe: cells of the "faiss_ivf" index and cells searched per query
+                (nlist 0 = sqrt(bank size)).
         """
         super().__init__()
         self.k = k
         self.chunk_size = chunk_size
         self.max_bank_size = max_bank_size
         self.seed = seed
+        self.search = search
+        self.nlist = nlist
+        self.nprobe = nprobe
+        # The search over the bank, built when first needed: (bank it was built on, search).
+        self._search = None
 
     @classmethod
     def from_config(cls, cfg):
-        options = options_from_config(cfg.MODEL.VOS.POST_HOC.KNN, "k", "chunk_size", "max_bank_size")
+        options = options_from_config(
+            cfg.MODEL.VOS.POST_HOC.KNN, "k", "chunk_size", "max_bank_size", "search", "nlist", "nprobe"
+        )
         return cls(seed=max(cfg.SEED, 0), **options)
+
+    def bank_search(self):
+        """The search of ``search`` over the fitted bank, built once per bank (a new bank,
+        e.g. after ``.to()`` or a refit, gets a new one)."""
+        self.require_fitted()
+        if self._search is None or self._search[0] is not self.bank:
+            search = build_knn_search(self.bank, self.search, self.chunk_size, self.nlist, self.nprobe, self.seed)
+            self._search = (self.bank, search)
+        return self._search[1]
 
     def fit(self, data, k: int = 0, k_source: str = ""):
         """Store the normalised features of the training boxes.
@@ -103,6 +135,5 @@ class KNNScore(PostHocScore):
         return self
 
     def forward(self, features, logits, layer_features=None, logits_of=None):
-        self.require_fitted()
         queries = F.normalize(features.float(), dim=1)
-        return kth_neighbour_distance(queries, self.bank, self.fitted_config["k"], self.chunk_size)
+        return self.bank_search().kth_distance(queries, self.fitted_config["k"])

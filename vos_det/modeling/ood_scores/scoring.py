@@ -87,7 +87,8 @@ class PostHocScoring(nn.Module):
         if layers and boxes is not None and self._maps is not None:
             layer_features = pool_box_layers(*self._maps, layers, boxes)
         table = {}
-        for name in names:
+        # The scores that combine others (part_names) come after them.
+        for name in sorted(names, key=lambda n: bool(self.scores[n].part_names())):
             score = self.scores[name]
             if getattr(score, "reads_module_outputs", False):
                 # Hooked on the detector's modules (SAFE): pools the boxes itself.
@@ -96,7 +97,11 @@ class PostHocScoring(nn.Module):
                 continue
             if score.layer_names() and layer_features is None:
                 continue
-            table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of).float()
+            parts = score.part_names()
+            if any(part not in table for part in parts):
+                continue
+            extra = {"part_scores": {part: table[part] for part in parts}} if parts else {}
+            table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of, **extra).float()
         return table
 
     def missing_reason(self, name: str) -> str:
@@ -111,6 +116,13 @@ class PostHocScoring(nn.Module):
             return (
                 f"the {name!r} OOD score reads backbone modules through forward hooks: call "
                 "vos_det.modeling.ood_scores.attach_post_hoc_hooks(model) on the built detector"
+            )
+        parts = score.part_names() if score is not None else ()
+        missing = [part for part in parts if part not in self.available()]
+        if missing:
+            return (
+                f"the {name!r} OOD score combines the scores {missing}, which are not fitted: run "
+                f"{FIT_TOOL} for these weights"
             )
         return (
             f"the {name!r} OOD score pools the detections' boxes from the backbone's feature "
