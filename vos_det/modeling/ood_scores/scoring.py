@@ -5,6 +5,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from ...utils.precision import full_precision
 from .base import FIT_TOOL
 from .box_pooling import pool_box_layers
 from .state_file import load_post_hoc_state
@@ -77,7 +78,8 @@ class PostHocScoring(nn.Module):
             logits_of: (M, D) features -> (M, K) foreground logits.
 
         Returns:
-            dict[str, Tensor]: name -> (N,) float32, larger = more OOD.
+            dict[str, Tensor]: name -> (N,) float32, larger = more OOD; computed with
+            autocast off.
         """
         names = self.available()
         if features is None:
@@ -87,11 +89,14 @@ class PostHocScoring(nn.Module):
         if layers and boxes is not None and self._maps is not None:
             layer_features = pool_box_layers(*self._maps, layers, boxes)
         table = {}
-        for name in names:
-            score = self.scores[name]
-            if score.layer_names() and layer_features is None:
-                continue
-            table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of).float()
+        # Autocast off: each score computes in the precision its maths needs (float32, or
+        # float64 for the Mahalanobis and ViM projections), whatever the model's AMP.
+        with full_precision(logits.device):
+            for name in names:
+                score = self.scores[name]
+                if score.layer_names() and layer_features is None:
+                    continue
+                table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of).float()
         return table
 
     def missing_reason(self, name: str) -> str:
