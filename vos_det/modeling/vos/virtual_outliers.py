@@ -370,9 +370,9 @@ class VirtualOutlierMixin:
         """How far out the outliers lie, relative to the ID features.
 
         ``vos/outlier_radius_ratio`` and ``vos/id_radius_ratio``: the mean Mahalanobis
-        radius (to the nearest class mean, :func:`mahalanobis_radius_ratio`) over sqrt(D)
-        of the outliers and of (up to 512 evenly spaced) queued ID features, under the
-        Gaussians of the last synthesis step; nothing if there is none.
+        radius (to the nearest class mean, :func:`mahalanobis_radius_ratio`, float32) over
+        sqrt(D) of the outliers and of (up to 512 evenly spaced) queued ID features, under
+        the Gaussians of the last synthesis step; nothing if there is none.
 
         Args:
             outliers (Tensor): (M, D) the outliers of the step.
@@ -386,9 +386,10 @@ class VirtualOutlierMixin:
         queued = self.feature_queues.features.flatten(0, 1)
         stride = max(1, queued.shape[0] // _MAX_RADIUS_DIAGNOSTIC_ROWS)
         with full_precision(outliers.device):
+            # float32 solves: a diagnostic, at every step (see mahalanobis_radius_ratio).
             return {
-                "vos/outlier_radius_ratio": mahalanobis_radius_ratio(outliers, means, scale).mean(),
-                "vos/id_radius_ratio": mahalanobis_radius_ratio(queued[::stride], means, scale).mean(),
+                "vos/outlier_radius_ratio": mahalanobis_radius_ratio(outliers, means, scale, torch.float32).mean(),
+                "vos/id_radius_ratio": mahalanobis_radius_ratio(queued[::stride], means, scale, torch.float32).mean(),
             }
 
     def synthesis_seed_at(self, iteration: int) -> int:
