@@ -46,7 +46,7 @@ def argument_parser():
     parser.add_argument("--output", required=True, metavar="DIR", help=f"folder for the runs and {REPORT_FILE}")
     parser.add_argument("--device", default="cuda", help="cuda (default), or cpu with --tiny")
     parser.add_argument("--tiny", action="store_true", help="the tiny digits recipe, a few iterations (plumbing)")
-    parser.add_argument("--iterations", type=int, default=None, help="training iterations (default 300, --tiny 6)")
+    parser.add_argument("--iterations", type=int, default=None, help="training iterations (default 300, --tiny 8)")
     parser.add_argument("--skip-benchmarks", action="store_true", help="leave out benchmarks/run_all.py")
     return parser
 

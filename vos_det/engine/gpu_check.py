@@ -36,6 +36,7 @@ from statistics import median
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase
+from detectron2.utils.env import seed_all_rng
 
 from ..config import load_config
 from ..data import generate_digits_det
@@ -75,9 +76,9 @@ _FULL = {
 _TINY = {
     "config": "Digits-Detection/digits_vos_tiny.yaml",
     "data": dict(num_train=16, num_val=4, num_test=4, num_ood=4),
-    "iterations": 6,
+    "iterations": 8,
     "opts": [
-        "SOLVER.IMS_PER_BATCH", "2", "MODEL.VOS.SAMPLE_NUMBER", "4", "MODEL.VOS.SAMPLE_FROM", "200",
+        "SOLVER.IMS_PER_BATCH", "4", "MODEL.VOS.SAMPLE_NUMBER", "2", "MODEL.VOS.SAMPLE_FROM", "200",
         "DATALOADER.NUM_WORKERS", "0", "TEST.OOD.SCORE_THRESHOLD", "0.0", "TEST.OOD.BOX_SELECTION", "fixed",
         "MODEL.VOS.POST_HOC.SAFE.EPOCHS", "1",
     ],
@@ -165,21 +166,22 @@ def _config(setup, output_dir, device, iterations, opts, weights=""):
     )
 
 
-def _iteration_times(trainer):
-    """(seconds, synthesis active) of each iteration the trainer ran, from its storage
-    (detectron2's IterationTimer and the VOS loss log both per iteration)."""
+def _iteration_log(trainer):
+    """Per iteration the trainer ran: its seconds (detectron2's IterationTimer, which leaves
+    out the first iterations of a run) and whether outlier synthesis was active."""
     history = trainer.storage.histories()
     times = {int(i): t for t, i in history["time"].values()} if "time" in history else {}
     active = {}
     if "vos/synthesis_active" in history:
         active = {int(i): bool(v) for v, i in history["vos/synthesis_active"].values()}
-    return [(times[i], active.get(i, False)) for i in sorted(times)]
+    return times, active
 
 
 def _train(cfg, resume, stop_after=None):
     """Train (or resume) with vos_det's Trainer; its iteration times and the facts (the
     iterations per second from detectron2's IterationTimer, which leaves out the first
     iterations of a run)."""
+    seed_all_rng(cfg.SEED)  # the initial weights (a resumed run then loads its states)
     trainer = Trainer(cfg)
     if stop_after is not None:
         trainer.register_hooks([_StopAfter(stop_after)])
@@ -191,9 +193,9 @@ def _train(cfg, resume, stop_after=None):
         last = trainer.iter - 1  # the loop leaves iter one past the last iteration
     except _Interrupted:
         last = trainer.iter
-    times = _iteration_times(trainer)
-    seconds = sum(t for t, _ in times)
-    return times, {
+    times, active = _iteration_log(trainer)
+    seconds = sum(times.values())
+    return (times, active), {
         "start_iteration": trainer.start_iter,
         "iterations": last - trainer.start_iter + 1,
         "iterations_per_second": round(len(times) / seconds, 3) if seconds > 0 else None,
@@ -201,11 +203,11 @@ def _train(cfg, resume, stop_after=None):
     }
 
 
-def _vos_overhead_ratio(times, skip):
-    """Median iteration time with synthesis active over the median before it started, the
-    first ``skip`` iterations (start-up) left out; None without both kinds."""
-    before = [t for t, active in times[skip:] if not active]
-    during = [t for t, active in times[skip:] if active]
+def _vos_overhead_ratio(times, active):
+    """Median iteration time with synthesis active over the median before it started;
+    None without timed iterations of both kinds."""
+    before = [t for i, t in times.items() if not active.get(i, False)]
+    during = [t for i, t in times.items() if active.get(i, False)]
     if not before or not during:
         return None
     return round(median(during) / median(before), 3)
@@ -230,7 +232,7 @@ def run_gpu_check(output_dir, *, device="cuda", tiny=False, iterations=None, opt
         output_dir (str): where the data, the runs and the report go.
         device (str): "cuda" (the check) or "cpu" (with ``tiny``, the plumbing).
         tiny (bool): the tiny digits recipe for a few iterations instead of R-50-FPN.
-        iterations (int, optional): training iterations (default 300, tiny 6); the run is
+        iterations (int, optional): training iterations (default 300, tiny 8); the run is
             interrupted half-way and resumed.
         opts (list[str]): config overrides (KEY VALUE ...) applied last.
         benchmark_command (list[str], optional): the benchmark step's command; default
@@ -261,7 +263,7 @@ def run_gpu_check(output_dir, *, device="cuda", tiny=False, iterations=None, opt
     half = iterations // 2
     cfg = _config(setup, output_dir, device, iterations, opts)
     weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    times = []
+    times, active = {}, {}
 
     def data():
         root = os.path.join(output_dir, "datasets")
@@ -273,7 +275,8 @@ def run_gpu_check(output_dir, *, device="cuda", tiny=False, iterations=None, opt
         part, facts = _train(cfg, resume=False, stop_after=half - 1)
         if facts["iterations"] != half:
             raise RuntimeError(f"trained {facts['iterations']} iterations before the interruption, not {half}")
-        times.extend(part)
+        times.update(part[0])
+        active.update(part[1])
         return {**facts, "amp": cfg.SOLVER.AMP.ENABLED}
 
     def resume():
@@ -283,13 +286,14 @@ def run_gpu_check(output_dir, *, device="cuda", tiny=False, iterations=None, opt
                 f"resumed at iteration {facts['start_iteration']} for {facts['iterations']} iterations, "
                 f"not at {half} for {iterations - half}"
             )
-        times.extend(part)
-        if not any(active for _, active in times):
+        times.update(part[0])
+        active.update(part[1])
+        if not any(active.values()):
             raise RuntimeError("outlier synthesis never ran")
         report["iterations_per_second"] = facts["iterations_per_second"]
         report["peak_gpu_memory_bytes"] = facts["peak_gpu_memory_bytes"]
-        report["vos_overhead_ratio"] = _vos_overhead_ratio(times, skip=min(5, len(times) // 4))
-        return {**facts, "synthesis_active_iterations": sum(active for _, active in times)}
+        report["vos_overhead_ratio"] = _vos_overhead_ratio(times, active)
+        return {**facts, "synthesis_active_iterations": sum(active.values())}
 
     def ood_eval():
         eval_cfg = _config(setup, output_dir, device, iterations, opts, weights=weights)
