@@ -46,24 +46,30 @@ def reference_synthesis(queue_features, eps, sample_from, select, timings):
     Appends to ``timings`` the seconds spent in the statistics, the K constructions and the
     K sample + log_prob + topk parts. Returns (K * select, D) outliers.
     """
+    # Each part is timed between device synchronisations: on a GPU, kernels run after the
+    # Python call returns, so an unsynchronised clock would bill one part's work to the next.
+    device = queue_features.device
+    C.synchronize(device)
     start = time.perf_counter()
     num_classes, _, dim = queue_features.shape
     means = queue_features.mean(dim=1)
     centered = (queue_features - means[:, None, :]).reshape(-1, dim)
     covariance = centered.T @ centered / centered.shape[0]
     covariance = covariance + eps * torch.eye(dim, device=covariance.device, dtype=covariance.dtype)
+    C.synchronize(device)
     statistics_done = time.perf_counter()
     construct, sample = 0.0, 0.0
     outliers = []
     for k in range(num_classes):
         t0 = time.perf_counter()
         distribution = torch.distributions.MultivariateNormal(means[k], covariance_matrix=covariance)
+        C.synchronize(device)
         t1 = time.perf_counter()
         draws = distribution.rsample((sample_from,))
         log_likelihood = distribution.log_prob(draws)
         lowest = torch.topk(-log_likelihood, select).indices
         outliers.append(draws[lowest])
-        C.synchronize(queue_features.device)
+        C.synchronize(device)
         t2 = time.perf_counter()
         construct += t1 - t0
         sample += t2 - t1

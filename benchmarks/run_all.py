@@ -20,8 +20,9 @@ BENCHMARKS = ["bench_enqueue", "bench_synthesis", "bench_train_step", "bench_inf
               "bench_scaling"]
 
 
-def target_line(name, payload):
-    """One line per benchmark: the headline number and whether its target was met."""
+def target_line(name, payload, device="cpu"):
+    """One line per benchmark: the headline number and whether its target was met (memory:
+    GPU memory with ``device`` "cuda", the host's RSS otherwise)."""
     if name == "bench_enqueue":
         return f"plain enqueue speedup {payload['speedup_vs_reference']['ours_plain']:.1f}x (target >= 50x)"
     if name == "bench_synthesis":
@@ -32,8 +33,12 @@ def target_line(name, payload):
         worst = max(r["model_ratio"] for r in payload["results_by_threshold"].values())
         return f"whole-model inference ratio {worst:.3f} (target <= 1.02)"
     if name == "bench_memory":
+        state = f"VOS state {payload['vos_buffers_total_bytes'] / 1e6:.1f} MB"
+        if device == "cuda":
+            steady = payload["summary"]["cuda_peak_steady_bytes"]["difference_MB"]
+            return f"{state}; steady peak GPU memory (max_memory_allocated) +{steady:.1f} MB"
         steady = payload["summary"]["rss_peak_steady_kb"]["difference_MB"]
-        return f"VOS state {payload['vos_buffers_total_bytes'] / 1e6:.1f} MB; steady peak RSS +{steady:.1f} MB"
+        return f"{state}; steady peak RSS +{steady:.1f} MB"
     if name == "bench_scaling":
         stress = payload.get("stress") or {}
         return f"stress K={stress.get('classes')} SAMPLE_FROM={stress.get('sample_from')}: " \
@@ -66,7 +71,7 @@ def main():
         payload = json.loads(output.read_text())
         met = payload.get("target_met")
         verdict = "" if met is None else (" -> MET" if met else " -> NOT MET")
-        summary.append(f"{name}: {target_line(name, payload)}{verdict} [{elapsed:.0f} s]")
+        summary.append(f"{name}: {target_line(name, payload, args.device)}{verdict} [{elapsed:.0f} s]")
     print("\n## Summary")
     for line in summary:
         print(line)

@@ -85,6 +85,8 @@ PARSE_ONLY = [
     (r"benchmarks/digits_cls_seeds\.py", "trains 3 classifiers for 5 seeds on the full digits-cls (~35 min on 2 cores); "
      "tests/test_digits_cls_seeds.py tests its tables and statistics"),
     (r"benchmarks/run_all\.py", "every speed benchmark at the paper's sizes (minutes); benchmarks/ has its own smoke runs"),
+    (r"tools/check_gpu\.py", "needs a GPU (or runs every step of --tiny for minutes); tests/test_gpu_check.py runs "
+     "its library call with --device cpu --tiny"),
     (r"/data/|my_ood=", "an example path of the user's own data"),
     (r"tools/make_docs\.py", "rewrites the generated pages of docs/; tests/test_docs.py checks they are current"),
     (r"benchmarks/leaderboard_plots\.py", "redraws the committed forest plot; tests/test_docs_pictures.py draws one"),

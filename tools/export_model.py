@@ -32,7 +32,7 @@ from detectron2.utils.logger import setup_logger
 
 from vos_det.data.mapper import ImageNamingDatasetMapper
 from vos_det.engine.checkpoint import check_checkpoint_matches_model, check_weights_file
-from vos_det.export import compare_detections, export_torchscript, ood_detections
+from vos_det.export import compare_detections, export_torchscript, load_exported, ood_detections
 
 logger = logging.getLogger("vos_det.export")
 
@@ -117,7 +117,7 @@ def main(args):
         raise UserError(f"{args.config_file}: {e}") from e
     logger.info("Exported to %s (OOD score %r, threshold %.6g)", path, metadata["ood_score"], metadata["ood_threshold"])
 
-    exported = torch.jit.load(path, map_location=args.device)
+    exported = load_exported(path, args.device)
     checks = []
     for image in images:
         with torch.no_grad():

@@ -23,7 +23,7 @@ from detectron2.modeling import StandardROIHeads
 from detectron2.utils import comm
 
 from .config import default_config, resolve_config_file
-from .engine.checkpoint import AtomicWritePathManager, RandomState
+from .engine.checkpoint import AtomicWritePathManager, CaptureRandomStates, RandomState
 from .engine.launch import create_ddp_model
 from .evaluation import evaluate_ood_protocol
 from .evaluation.detection import log_detection_results
@@ -33,6 +33,7 @@ from .modeling.vos.virtual_outliers import vos_kwargs_from_config
 __all__ = [
     "add_vos",
     "build_checkpointer",
+    "capture_random_states_hook",
     "evaluate_lazy_checkpoint",
     "evaluate_lazy_model",
     "load_lazy_config",
@@ -148,6 +149,13 @@ def build_checkpointer(model, save_dir: str = "", **checkpointables):
     return checkpointer
 
 
+def capture_random_states_hook(checkpointer, period: int):
+    """The hook that gathers every rank's random state for :func:`build_checkpointer`'s
+    ``checkpointer`` before it saves every ``period`` iterations: register it on every
+    rank, before the ``PeriodicCheckpointer``."""
+    return CaptureRandomStates(checkpointer.checkpointables["random_state"], period)
+
+
 def load_lazy_config(config_file, overrides=()):
     """The LazyConfig of ``config_file`` (a path or a name under configs/) with
     ``path.key=value`` overrides."""
@@ -210,6 +218,7 @@ def train_lazy_config(cfg, resume=False):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            capture_random_states_hook(checkpointer, cfg.train.checkpointer.period),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: evaluate_lazy_model(cfg, model)),
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)

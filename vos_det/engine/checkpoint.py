@@ -1,5 +1,6 @@
 """Checkpointing that never leaves a half-written file and restores the random state."""
 import errno
+import logging
 import os
 import pickle
 import random
@@ -11,14 +12,18 @@ import math
 import numpy as np
 import torch
 from detectron2.engine import HookBase
+from detectron2.utils import comm
 
 from ..errors import UserError
 from ..evaluation.calibration import find_ood_head
 from ..utils.file_io import atomic_open
 from .post_hoc_weights import check_post_hoc_states
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "AtomicWritePathManager",
+    "CaptureRandomStates",
     "RandomState",
     "SaveCalibratedFinalModel",
     "check_checkpoint_matches_model",
@@ -107,54 +112,119 @@ class AtomicWritePathManager:
         return self._path_manager.open(path, mode, **kwargs)
 
 
+def _local_random_state():
+    """This process's global random states: torch CPU, its current CUDA device, numpy, Python.
+
+    Tensors, lists and plain values only, so that a checkpoint holding them loads with
+    ``torch.load(weights_only=True)``.
+    """
+    version, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    python_version, python_internal, python_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {
+            "version": int(python_version),
+            "internal": list(python_internal),
+            "gauss": python_gauss,
+        },
+    }
+    if torch.cuda.is_available():
+        # The stream of this rank's own device (each rank of detectron2's launch uses one).
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _restore_local_random_state(state):
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss"]))
+    cuda_state = state.get("cuda")
+    if cuda_state is not None and torch.cuda.is_available():
+        if isinstance(cuda_state, (list, tuple)):
+            # Checkpoints written before per-rank states held every visible device's stream.
+            device = torch.cuda.current_device()
+            if device >= len(cuda_state):
+                return
+            cuda_state = cuda_state[device]
+        torch.cuda.set_rng_state(cuda_state)
+
+
 class RandomState:
-    """A checkpointable holding the global random states (torch CPU/CUDA, numpy, Python).
+    """A checkpointable holding the global random states of every rank (torch CPU / CUDA,
+    numpy, Python).
 
     Added to the trainer's checkpointer, it makes a resumed run draw the random numbers
     the uninterrupted run would have drawn (proposal sampling, augmentations in the main
-    process). Everything is stored as tensors, lists and ints, so the checkpoint loads with
-    ``torch.load(weights_only=True)``.
+    process), on every rank: only rank 0 saves checkpoints, so the states of all ranks
+    are all-gathered first, at the same iteration on every rank, by :meth:`capture`
+    (:class:`CaptureRandomStates` calls it just before the checkpointer saves). On
+    resume, rank r restores the state saved for rank r; a rank the checkpoint has no
+    state for (a run resumed on more processes) keeps its own, with a warning. Each
+    CUDA state is that of the rank's own device, so a run resumes on any number of
+    visible GPUs.
     """
 
+    def __init__(self):
+        self._states = None
+
+    def capture(self):
+        """All-gather every rank's random state; collective: call it on every rank."""
+        self._states = comm.all_gather(_local_random_state())
+
     def state_dict(self):
-        version, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-        python_version, python_internal, python_gauss = random.getstate()
-        state = {
-            "torch": torch.get_rng_state(),
-            "numpy": {
-                "keys": torch.from_numpy(keys.astype(np.int64)),
-                "position": int(position),
-                "has_gauss": int(has_gauss),
-                "cached_gaussian": float(cached_gaussian),
-            },
-            "python": {
-                "version": int(python_version),
-                "internal": list(python_internal),
-                "gauss": python_gauss,
-            },
-        }
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        """``{"ranks": [state of rank 0, rank 1, ...]}``; just this process's state when
+        :meth:`capture` was never called (a save outside the training loop)."""
+        return {"ranks": list(self._states) if self._states is not None else [_local_random_state()]}
 
     def load_state_dict(self, state):
-        torch.set_rng_state(state["torch"])
-        numpy_state = state["numpy"]
-        np.random.set_state(
-            (
-                "MT19937",
-                numpy_state["keys"].numpy().astype(np.uint32),
-                numpy_state["position"],
-                numpy_state["has_gauss"],
-                numpy_state["cached_gaussian"],
+        # Checkpoints written before per-rank states hold one (rank 0's) state.
+        states = state["ranks"] if "ranks" in state else [state]
+        rank = comm.get_rank()
+        if rank >= len(states):
+            logger.warning(
+                "The checkpoint holds the random states of %d rank(s); rank %d keeps its own "
+                "(a resumed run with more processes draws other random numbers)",
+                len(states), rank,
             )
-        )
-        python_state = state["python"]
-        random.setstate(
-            (python_state["version"], tuple(python_state["internal"]), python_state["gauss"])
-        )
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+            return
+        _restore_local_random_state(states[rank])
+
+
+class CaptureRandomStates(HookBase):
+    """Gathers every rank's random state (:meth:`RandomState.capture`) at the iterations at
+    which detectron2's ``PeriodicCheckpointer`` saves: register it on every rank, before
+    that hook (which only rank 0 has).
+    """
+
+    def __init__(self, random_state: RandomState, period: int):
+        """
+        Args:
+            random_state: the checkpointer's :class:`RandomState`.
+            period: the checkpointer's period (``SOLVER.CHECKPOINT_PERIOD``).
+        """
+        self._random_state = random_state
+        self._period = period
+
+    def after_step(self):
+        iteration = self.trainer.iter
+        if (iteration + 1) % self._period == 0 or iteration >= self.trainer.max_iter - 1:
+            self._random_state.capture()
 
 
 class SaveCalibratedFinalModel(HookBase):

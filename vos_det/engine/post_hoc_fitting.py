@@ -37,7 +37,7 @@ from ..modeling.ood_scores import (
     pool_box_layers,
     save_post_hoc_state,
 )
-from ..modeling.ood_scores.knn import kth_neighbour_distance
+from ..modeling.ood_scores.knn import nearest_similarities, similarity_to_distance
 from ..modeling.ood_scores.safe import matching_layers
 from .checkpoint import check_checkpoint_matches_model, check_weights_file
 from .feature_extraction import box_head_features, build_annotated_test_loader, ground_truth_box_features
@@ -149,17 +149,22 @@ def choose_knn_k(train_features, id_features, ood_features, candidates: Sequence
         tuple[int, dict]: k, and per k tried {"fpr95", "auroc"}.
     """
     bank = F.normalize(train_features.float(), dim=1)
-    id_queries = F.normalize(id_features.float(), dim=1)
-    ood_queries = F.normalize(ood_features.float(), dim=1)
-    results = {}
-    for k in candidates:
-        if k > bank.shape[0]:
-            continue
-        id_scores = kth_neighbour_distance(id_queries, bank, k).numpy()
-        ood_scores = kth_neighbour_distance(ood_queries, bank, k).numpy()
-        results[k] = {"fpr95": fpr_at_tpr(id_scores, ood_scores), "auroc": auroc(id_scores, ood_scores)}
-    if not results:
+    tried = [k for k in candidates if k <= bank.shape[0]]
+    if not tried:
         raise ValueError(f"no k of {list(candidates)} fits a bank of {bank.shape[0]} training boxes")
+    # The similarities to the bank once, with the largest k: column k - 1 of its sorted
+    # top-k is the k-th neighbour's for every smaller k.
+    columns = [k - 1 for k in tried]
+    distances = [
+        similarity_to_distance(nearest_similarities(F.normalize(queries.float(), dim=1), bank, max(tried))[:, columns])
+        .cpu()
+        .numpy()
+        for queries in (id_features, ood_features)
+    ]
+    results = {}
+    for i, k in enumerate(tried):
+        id_scores, ood_scores = distances[0][:, i], distances[1][:, i]
+        results[k] = {"fpr95": fpr_at_tpr(id_scores, ood_scores), "auroc": auroc(id_scores, ood_scores)}
     best = min(results, key=lambda k: (results[k]["fpr95"], -results[k]["auroc"], k))
     return best, results
 

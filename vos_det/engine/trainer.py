@@ -11,7 +11,7 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.utils import comm
 
 from ..data.catalog import get_ood_role
@@ -22,7 +22,7 @@ from ..evaluation.detection import build_detection_evaluator, log_detection_resu
 from ..evaluation.leaderboard import log_leaderboard_comparison
 from ..evaluation.protocol import OOD_RESULTS_FILE, evaluate_ood_protocol
 from ..modeling.ood_scores import attach_post_hoc_hooks
-from .checkpoint import AtomicWritePathManager, RandomState
+from .checkpoint import AtomicWritePathManager, CaptureRandomStates, RandomState
 from .launch import cpu_ddp_in_default_trainer
 
 # OOD_RESULTS_FILE: the name of the report Trainer.test writes in OUTPUT_DIR.
@@ -105,12 +105,25 @@ class Trainer(DefaultTrainer):
     FILTER_EMPTY_IMAGES = True
 
     def __init__(self, cfg):
+        # Every rank's random state, saved with the checkpoints (build_hooks gathers them).
+        self.random_state = RandomState()
         # DefaultTrainer's DDP wrap passes device_ids, which DDP refuses for a CPU model.
         with cpu_ddp_in_default_trainer():
             super().__init__(cfg)
-        # Checkpoints appear whole or not at all, and carry the random state for --resume.
+        # Checkpoints appear whole or not at all, and carry the random states for --resume.
         self.checkpointer.path_manager = AtomicWritePathManager(self.checkpointer.path_manager)
-        self.checkpointer.add_checkpointable("random_state", RandomState())
+        self.checkpointer.add_checkpointable("random_state", self.random_state)
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks, with :class:`CaptureRandomStates` on every rank just
+        before the periodic checkpointer (rank 0's) and the evaluation."""
+        hook_list = super().build_hooks()
+        position = next(
+            (i for i, hook in enumerate(hook_list) if isinstance(hook, (hooks.PeriodicCheckpointer, hooks.EvalHook))),
+            len(hook_list),
+        )
+        hook_list.insert(position, CaptureRandomStates(self.random_state, self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        return hook_list
 
     def train(self):
         """DefaultTrainer's; a divergence ends it with one :class:`TrainingDivergedError`

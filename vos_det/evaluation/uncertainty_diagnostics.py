@@ -6,6 +6,8 @@ synthesis rule (the paper's Figure 1 view), the uncertainty classifier's accurac
 and the random-energy-weights control: the AUROC (ID vs OOD boxes) of the weighted energy
 with the trained weights against its distribution over weights drawn as at initialisation.
 """
+import copy
+
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -153,7 +155,7 @@ def synthesis_rule_energies(predictor, num_outliers: int = 1000, seed: int = 0):
     for name, points in [("queued ID features", queued)] + [
         (name, npos_outliers(queued, num_outliers, k=predictor.npos_k, num_boundary=predictor.npos_boundary,
                              num_candidates=10 * num_outliers, noise_scale=rule["npos"],
-                             generator=torch.Generator().manual_seed(seed))
+                             generator=torch.Generator(device=queued.device).manual_seed(seed))
          if "npos" in rule else
          sample_virtual_outliers(means, scale, 10000, max(1, num_outliers // predictor.num_classes), seed=seed,
                                  **rule)[0])
@@ -191,7 +193,9 @@ def uncertainty_report(predictor, logits_by_set, *, id_set, ood_set, num_draws: 
         beat; the energy weights.
     """
     weights = predictor.energy_class_weights().detach().float().cpu()
-    classifier = predictor.uncertainty_classifier.cpu()
+    # A CPU copy: the live model's head stays on its device.
+    classifier = copy.deepcopy(predictor.uncertainty_classifier).cpu()
+    logits_by_set = {name: logits.detach().cpu() for name, logits in logits_by_set.items()}
     sets = {}
     energies = {}
     for name, logits in logits_by_set.items():

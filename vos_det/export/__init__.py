@@ -4,6 +4,7 @@ from .torchscript import (
     OUTPUT_NAMES,
     compare_detections,
     export_torchscript,
+    load_exported,
     load_metadata,
     ood_detections,
     trace_ood_detector,

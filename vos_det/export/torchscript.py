@@ -5,6 +5,11 @@ The detector is traced (detectron2's :class:`TracingAdapter`) through
 contains everything from the normalisation of the image to ``is_ood``, with the OOD
 threshold of the model (calibrated, else ``MODEL.VOS.OOD_THRESHOLD``) as a constant, so
 the exported file runs with ``torch.jit.load`` alone: no detectron2, no vos_det.
+
+A trace records the device it ran on (tensors it creates are made there), so the file runs
+on that device only: the metadata records it (``"device"``, also in the tool's
+``export_info.json``), and :func:`load_exported` refuses another device with an error that
+says so. Export on each device the model is to run on.
 """
 import json
 import warnings
@@ -22,6 +27,7 @@ __all__ = [
     "OUTPUT_NAMES",
     "compare_detections",
     "export_torchscript",
+    "load_exported",
     "load_metadata",
     "ood_detections",
     "trace_ood_detector",
@@ -109,8 +115,8 @@ def export_torchscript(model, image, path, metadata=None):
         image (Tensor): (3, H, W) sample image, as for :func:`ood_detections`.
         path (str): the ``.ts`` file to write.
         metadata (dict, optional): JSON-serialisable facts stored in the file as
-            :data:`METADATA_FILE` (read back with :func:`load_metadata`); the output names,
-            the OOD score and threshold are added.
+            :data:`METADATA_FILE` (read back with :func:`load_metadata`); the device traced
+            on, the output names, the OOD score and threshold are added.
 
     Returns:
         dict: the metadata written.
@@ -120,6 +126,7 @@ def export_torchscript(model, image, path, metadata=None):
     metadata = dict(metadata or {})
     metadata.update(
         {
+            "device": str(_canonical_device(next(model.parameters()).device)),
             "outputs": list(OUTPUT_NAMES),
             "ood_score": box_predictor.ood_score,
             "ood_threshold": box_predictor.current_ood_threshold(),
@@ -127,6 +134,41 @@ def export_torchscript(model, image, path, metadata=None):
     )
     traced.save(path, _extra_files={METADATA_FILE: json.dumps(metadata, indent=2)})
     return metadata
+
+
+def _canonical_device(device) -> torch.device:
+    """``device`` with its index made explicit where the kind has one ("cuda" -> "cuda:0")."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", 0)
+    return device
+
+
+def load_exported(path, device=None):
+    """``torch.jit.load`` of an exported file, on the device it was traced on.
+
+    Args:
+        path (str): the ``.ts`` file written by :func:`export_torchscript`.
+        device (str or torch.device, optional): where it is to run; None = the recorded
+            device.
+
+    Returns:
+        torch.jit.ScriptModule: the exported detector.
+
+    Raises:
+        ValueError: ``device`` is not the device the file was traced on (named, with the
+            way out).
+    """
+    recorded = load_metadata(path).get("device")
+    if recorded is None:
+        raise ValueError(f"{path} records no device: export it again with this version of vos_det")
+    wanted = _canonical_device(device if device is not None else recorded)
+    if wanted != torch.device(recorded):
+        raise ValueError(
+            f"{path} was traced on {recorded} and runs only there (a trace bakes in the device it "
+            f"ran on), not on {wanted}: export it again on {wanted} (tools/export_model.py --device {wanted})"
+        )
+    return torch.jit.load(path, map_location=wanted)
 
 
 def load_metadata(path) -> dict:

@@ -8,6 +8,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_r
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.registry import Registry
 
+from ..utils.precision import full_precision
 from .ood_scores import build_post_hoc_scores
 from .ood_scores.mahalanobis import GaussianDiscriminant
 from .ood_scores.scoring import PostHocScoring
@@ -179,11 +180,14 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         if self.vos_enabled or len(self.embedding_losses):
             foreground = (gt_classes >= 0) & (gt_classes < self.num_classes)
             foreground = self.finite_rows(scores, features, foreground, "boxes")
+            # One read of the number of rows back to the host, for the three selections.
+            rows = foreground.nonzero().squeeze(1)
+            foreground_features, foreground_classes = features[rows], gt_classes[rows]
             for embedding_loss in self.embedding_losses:
-                losses.update(embedding_loss(features[foreground], gt_classes[foreground]))
+                losses.update(embedding_loss(foreground_features, foreground_classes))
             if self.vos_enabled:
                 losses["loss_vos"] = self.vos_loss_weight * self.uncertainty_loss(
-                    scores[foreground, : self.num_classes], features[foreground], gt_classes[foreground]
+                    scores[rows, : self.num_classes], foreground_features, foreground_classes
                 )
         return losses
 
@@ -256,7 +260,8 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         """
         table, id_scores = super().ood_score_table(logits)
         if features is not None and self.mahalanobis.num_classes > 0:
-            table["mahalanobis"] = self.mahalanobis.ood_scores(features).float()
+            with full_precision(features.device):
+                table["mahalanobis"] = self.mahalanobis.ood_scores(features).float()
         table.update(self.post_hoc.table(features, logits, boxes, self.foreground_logits))
         return table, id_scores
 

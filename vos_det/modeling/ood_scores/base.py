@@ -76,13 +76,22 @@ class PostHocScore(nn.Module):
         super().__init__()
         self.fitted_config: Dict = {}
         self._fitted_names: Tuple[str, ...] = ()
+        # Empty; it only follows .to() so that state fitted or loaded later (on whatever
+        # device its data was) lands on the device of the model holding this scorer.
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
     # --- fitted state ---------------------------------------------------------------------
 
+    @property
+    def device(self) -> torch.device:
+        """The device this scorer was moved to (that of the model holding it)."""
+        return self._device_anchor.device
+
     def set_fitted(self, **tensors: torch.Tensor) -> None:
-        """Store fitted tensors as non-persistent buffers (they follow ``.to()``)."""
+        """Store fitted tensors as non-persistent buffers on :attr:`device` (they follow
+        ``.to()``), whatever the device of the data they were fitted on."""
         for name, value in tensors.items():
-            self.register_buffer(name, value.detach().clone(), persistent=False)
+            self.register_buffer(name, value.detach().to(self.device, copy=True), persistent=False)
         self._fitted_names = tuple(sorted(set(self._fitted_names) | set(tensors)))
 
     def is_fitted(self) -> bool:
@@ -106,13 +115,16 @@ class PostHocScore(nn.Module):
         """Restore a state returned by :meth:`fitted_state`."""
         self.fitted_config = dict(state["config"])
         self.set_fitted(**state["buffers"])
-        self.after_load()
+        # The submodules after_load builds are created on this scorer's device.
+        with torch.device(self.device):
+            self.after_load()
         self.load_state_dict(state["modules"])
         return self
 
     def after_load(self) -> None:
         """Build the submodules whose shapes the fitted config gives (before their weights
-        are loaded); optional."""
+        are loaded; :meth:`load_fitted_state` calls it with :attr:`device` as the default
+        device of new tensors); optional."""
 
     def require_fitted(self) -> None:
         if not self.is_fitted():

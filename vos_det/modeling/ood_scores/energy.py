@@ -30,14 +30,19 @@ def weighted_logsumexp(logits, weights):
         Tensor: (N,) values.
     """
     positive = weights > 0
-    if not bool(positive.any()):
-        # weights * 0 keeps them in the graph, with the zero gradient they have here.
-        return torch.logsumexp(logits, dim=1) + _LOG_WEIGHT_FLOOR + weights.sum() * 0.0
+    # Both cases are computed and one is selected on the device (a Python branch on
+    # "any weight positive" would read it back to the host at every call).
+    any_positive = positive.any()
     # Shift by the largest logit among the classes that count; the sum is then >= the
-    # (positive) weight of that class, so its log is finite.
+    # (positive) weight of that class, so its log is finite. (With no positive weight the
+    # shift is any finite value, and the log's argument 1: the result is not used.)
     shift = logits.detach().masked_fill(~positive, float("-inf")).amax(dim=1, keepdim=True)
+    shift = torch.where(any_positive, shift, 0.0)
     terms = weights * torch.exp((logits - shift).masked_fill(~positive, float("-inf")))
-    return shift.squeeze(1) + torch.log(terms.sum(dim=1))
+    weighted = shift.squeeze(1) + torch.log(torch.where(any_positive, terms.sum(dim=1), 1.0))
+    # weights * 0 keeps them in the graph, with the zero gradient they have in this case.
+    floor = torch.logsumexp(logits, dim=1) + _LOG_WEIGHT_FLOOR + weights.sum() * 0.0
+    return torch.where(any_positive, weighted, floor)
 
 
 def energy(logits):

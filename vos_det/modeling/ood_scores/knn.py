@@ -26,10 +26,40 @@ from ..config_options import options_from_config
 from .base import OOD_SCORE_REGISTRY, PostHocScore
 from .knn_search import build_knn_search
 
-__all__ = ["KNNScore", "kth_neighbour_distance"]
+__all__ = ["KNNScore", "kth_neighbour_distance", "nearest_similarities", "similarity_to_distance"]
 
 # The paper's k for CIFAR-10 (Sun et al. 2022, sec. 4.1).
 PAPER_K = 50
+
+
+def nearest_similarities(queries, bank, k: int, chunk_size: int = 0):
+    """The k largest dot products of each query with the bank rows, in decreasing order.
+
+    Args:
+        queries (Tensor): (N, D) unit vectors.
+        bank (Tensor): (M, D) unit vectors, M >= k.
+        k: how many neighbours.
+        chunk_size: bank rows per chunk; 0 = the whole bank at once.
+
+    Returns:
+        Tensor: (N, k), in the dtype of ``queries``.
+    """
+    if not 1 <= k <= bank.shape[0]:
+        raise ValueError(f"k must lie in [1, {bank.shape[0]}] (the bank size), got {k}")
+    bank = bank.to(queries.dtype)
+    if chunk_size <= 0 or chunk_size >= bank.shape[0]:
+        return (queries @ bank.T).topk(k, dim=1).values
+    similarities = queries.new_empty(queries.shape[0], 0)
+    for start in range(0, bank.shape[0], chunk_size):
+        chunk = queries @ bank[start : start + chunk_size].T
+        merged = torch.cat([similarities, chunk], dim=1)
+        similarities = merged.topk(min(k, merged.shape[1]), dim=1).values
+    return similarities
+
+
+def similarity_to_distance(similarities):
+    """||a - b|| of unit vectors from their dot product: sqrt(2 - 2 a.b)."""
+    return (2.0 - 2.0 * similarities).clamp_min(0.0).sqrt()
 
 
 def kth_neighbour_distance(queries, bank, k: int, chunk_size: int = 0):
@@ -44,18 +74,7 @@ def kth_neighbour_distance(queries, bank, k: int, chunk_size: int = 0):
     Returns:
         Tensor: (N,) distances, in the dtype of ``queries``.
     """
-    if not 1 <= k <= bank.shape[0]:
-        raise ValueError(f"k must lie in [1, {bank.shape[0]}] (the bank size), got {k}")
-    bank = bank.to(queries.dtype)
-    if chunk_size <= 0 or chunk_size >= bank.shape[0]:
-        similarities = (queries @ bank.T).topk(k, dim=1).values
-    else:
-        similarities = queries.new_empty(queries.shape[0], 0)
-        for start in range(0, bank.shape[0], chunk_size):
-            chunk = queries @ bank[start : start + chunk_size].T
-            merged = torch.cat([similarities, chunk], dim=1)
-            similarities = merged.topk(min(k, merged.shape[1]), dim=1).values
-    return (2.0 - 2.0 * similarities[:, k - 1]).clamp_min(0.0).sqrt()
+    return similarity_to_distance(nearest_similarities(queries, bank, k, chunk_size)[:, k - 1])
 
 
 @OOD_SCORE_REGISTRY.register()

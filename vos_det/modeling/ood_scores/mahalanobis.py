@@ -57,11 +57,12 @@ class GaussianDiscriminant(nn.Module):
             # Statistics named by MODEL.VOS.MAHALANOBIS_STATS win over those a checkpoint
             # carries (typically none: a model trained before they were fitted).
             return
-        # The number of classes is data: take the shapes of the checkpoint's buffers.
+        # The number of classes is data: take the shapes of the checkpoint's buffers, on this
+        # module's device (checkpoints are loaded onto the CPU; the model may be on a GPU).
         for name in ("counts", "means"):
             key = prefix + name
             if key in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[key]))
+                setattr(self, name, torch.empty_like(state_dict[key], device=self.scatter.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def save_statistics(self, path: str):

@@ -66,7 +66,7 @@ class MultiLayerMahalanobisScore(PostHocScore):
         return self
 
     def after_load(self):
-        self.gaussians = GaussianDiscriminant(self.fitted_config["feature_dim"], self.eps)
+        self.gaussians = GaussianDiscriminant(self.fitted_config["feature_dim"], self.eps).to(self.device)
 
     def add_class(self, features, layer_features) -> int:
         """Add a class from the (n, D) box features and pooled maps of its boxes; its index."""

@@ -86,5 +86,6 @@ class ReActScore(PostHocScore):
         self.require_fitted()
         if logits_of is None:
             raise RuntimeError("the 'react' OOD score needs the class layer (logits_of)")
-        clipped = features.float().clamp(max=float(self.threshold))
+        # A tensor bound: no device-to-host read of the threshold per call.
+        clipped = features.float().clamp(max=self.threshold)
         return energy(logits_of(clipped).float())

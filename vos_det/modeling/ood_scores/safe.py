@@ -422,7 +422,7 @@ class SAFEScore(PostHocScore):
             **record,
         }
         self.set_fitted(mean=mean)
-        self.mlp = mlp
+        self.mlp = mlp.to(self.device)
         return self
 
     def load_fitted_state(self, state):

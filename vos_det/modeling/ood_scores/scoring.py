@@ -5,6 +5,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from ...utils.precision import full_precision
 from .base import FIT_TOOL
 from .box_pooling import pool_box_layers
 from .state_file import load_post_hoc_state
@@ -77,7 +78,8 @@ class PostHocScoring(nn.Module):
             logits_of: (M, D) features -> (M, K) foreground logits.
 
         Returns:
-            dict[str, Tensor]: name -> (N,) float32, larger = more OOD.
+            dict[str, Tensor]: name -> (N,) float32, larger = more OOD; computed with
+            autocast off.
         """
         names = self.available()
         if features is None:
@@ -87,21 +89,24 @@ class PostHocScoring(nn.Module):
         if layers and boxes is not None and self._maps is not None:
             layer_features = pool_box_layers(*self._maps, layers, boxes)
         table = {}
-        # The scores that combine others (part_names) come after them.
-        for name in sorted(names, key=lambda n: bool(self.scores[n].part_names())):
-            score = self.scores[name]
-            if getattr(score, "reads_module_outputs", False):
-                # Hooked on the detector's modules (SAFE): pools the boxes itself.
-                if boxes is not None and score.is_attached():
-                    table[name] = score(features, logits, boxes=boxes).float()
-                continue
-            if score.layer_names() and layer_features is None:
-                continue
-            parts = score.part_names()
-            if any(part not in table for part in parts):
-                continue
-            extra = {"part_scores": {part: table[part] for part in parts}} if parts else {}
-            table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of, **extra).float()
+        # Autocast off: each score computes in the precision its maths needs (float32, or
+        # float64 for the Mahalanobis and ViM projections), whatever the model's AMP.
+        with full_precision(logits.device):
+            # The scores that combine others (part_names) come after them.
+            for name in sorted(names, key=lambda n: bool(self.scores[n].part_names())):
+                score = self.scores[name]
+                if getattr(score, "reads_module_outputs", False):
+                    # Hooked on the detector's modules (SAFE): pools the boxes itself.
+                    if boxes is not None and score.is_attached():
+                        table[name] = score(features, logits, boxes=boxes).float()
+                    continue
+                if score.layer_names() and layer_features is None:
+                    continue
+                parts = score.part_names()
+                if any(part not in table for part in parts):
+                    continue
+                extra = {"part_scores": {part: table[part] for part in parts}} if parts else {}
+                table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of, **extra).float()
         return table
 
     def missing_reason(self, name: str) -> str:

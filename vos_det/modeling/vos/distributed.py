@@ -28,7 +28,7 @@ def all_gather_variable_length(*tensors):
     length = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
     lengths = [torch.zeros_like(length) for _ in range(world_size)]
     dist.all_gather(lengths, length)
-    lengths = [int(n) for n in lengths]
+    lengths = torch.cat(lengths).tolist()  # one read back to the host for all ranks
     max_length = max(lengths)
     gathered = []
     for tensor in tensors:

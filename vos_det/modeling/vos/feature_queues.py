@@ -21,6 +21,17 @@ class ClassFeatureQueues(nn.Module):
     recomputed exactly from the queues every ``recompute_period`` calls of
     :meth:`gaussian` to bound the floating-point drift.
 
+    Float64 is kept where the maths needs it: the running sums, from which the covariance
+    is a difference of large numbers (sum h h^T - sum_k n_k mu_k mu_k^T, which cancels when
+    the features sit far from the origin relative to their spread), and the covariance and
+    its Cholesky factor. Everything else (the queues, the synthesised outliers' logits) is
+    float32, and nothing here runs under autocast.
+
+    A training step reads nothing back from the device: the host keeps what it needs to
+    know (whether every queue is full, which it stays once it is; whether the sums are up
+    to date; the calls since the last exact recompute) in plain attributes, refreshed from
+    the buffers when a state dict is loaded.
+
     Buffers:
         features: (K, capacity, D) float32 queue contents (slot order, not age order).
         counts: (K,) int64 number of valid entries per class.
@@ -59,10 +70,29 @@ class ClassFeatureQueues(nn.Module):
         )
         self.register_buffer("statistics_valid", torch.zeros((), dtype=torch.bool))
         self.register_buffer("calls_since_recompute", torch.zeros((), dtype=torch.long))
+        self._refresh_host_state()
+
+    def _refresh_host_state(self):
+        """Read the host's copies of the buffers' flags (one device read, at load time)."""
+        full, valid, calls = torch.stack(
+            [
+                (self.counts == self.capacity).all().long(),
+                self.statistics_valid.long(),
+                self.calls_since_recompute,
+            ]
+        ).tolist()
+        self._known_full, self._statistics_valid, self._calls_since_recompute = bool(full), bool(valid), calls
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._refresh_host_state()
 
     def all_full(self) -> bool:
-        """Whether every class queue holds ``capacity`` features."""
-        return bool((self.counts == self.capacity).all())
+        """Whether every class queue holds ``capacity`` features (read from the device
+        until it is true once: a full queue stays full)."""
+        if not self._known_full:
+            self._known_full = bool((self.counts == self.capacity).all())
+        return self._known_full
 
     @torch.no_grad()
     def enqueue(self, features, labels, gather: bool = True):
@@ -87,39 +117,48 @@ class ClassFeatureQueues(nn.Module):
             features, labels = all_gather_variable_length(features, labels)
         if labels.numel() == 0:
             return
-        if labels.min() < 0 or labels.max() >= self.num_classes:
+        try:
+            # Checked where the labels are: on a GPU the host does not wait for the answer
+            # (a wrong label stops the device's work); on the CPU it raises here.
+            torch._assert_async(((labels >= 0) & (labels < self.num_classes)).all())
+        except RuntimeError as error:
             raise ValueError(
                 f"enqueue labels must lie in [0, {self.num_classes}), got values in "
                 f"[{int(labels.min())}, {int(labels.max())}]"
-            )
+            ) from error
 
         # Stable sort by class keeps the arrival order within each class.
         labels, order = torch.sort(labels, stable=True)
         features = features[order]
-        arrivals = torch.bincount(labels, minlength=self.num_classes)
+        # bincount would read the largest label back to the host.
+        arrivals = torch.zeros_like(self.counts).index_add_(0, labels, torch.ones_like(labels))
         first_of_class = torch.cumsum(arrivals, 0) - arrivals
         rank_in_class = torch.arange(labels.numel(), device=labels.device) - first_of_class[labels]
-        # Of more than `capacity` arrivals only the last `capacity` survive: writing the
-        # earlier ones would only be overwritten within this same batch.
-        survives = rank_in_class >= arrivals[labels] - self.capacity
-        labels, features, rank_in_class = labels[survives], features[survives], rank_in_class[survives]
         slots = (self.write_positions[labels] + rank_in_class) % self.capacity
+        # Of more than `capacity` arrivals of a class only the last `capacity` survive, and
+        # they write every slot the earlier ones would: the earlier ones are written as
+        # zeros added onto the survivors' slots (selecting the survivors would read their
+        # number back to the host).
+        survives = rank_in_class >= arrivals[labels] - self.capacity
+        entering = torch.where(survives[:, None], features, 0.0)
 
-        if bool(self.statistics_valid):
+        if self._statistics_valid:
             # With FIFO writes, a slot is occupied iff the queue is full or the slot index
-            # wrapped around below the current fill count.
-            occupied = (self.counts[labels] == self.capacity) | (slots < self.counts[labels])
-            leaving = self.features[labels[occupied], slots[occupied]].double()
-            entering = features.double()
-            self.class_sums.index_add_(0, labels, entering)
-            self.class_sums.index_add_(0, labels[occupied], leaving, alpha=-1.0)
+            # wrapped around below the current fill count; each slot leaves once (through
+            # its survivor), and the rows that do not leave count as zeros.
+            occupied = survives & ((self.counts[labels] == self.capacity) | (slots < self.counts[labels]))
+            leaving = torch.where(occupied[:, None], self.features[labels, slots], 0.0).double()
+            entering_64 = entering.double()
+            self.class_sums.index_add_(0, labels, entering_64)
+            self.class_sums.index_add_(0, labels, leaving, alpha=-1.0)
             # Two GEMMs, E^T E and -L^T L. One GEMM over the rows stacked with weights +1 / -1
             # does the same flops (torch has no SYRK) plus the copies that stack and sign the
             # rows: measured equal at 46 rows and 10-15% slower at 512 (D = 1024, 2 cores).
-            self.outer_product_sum.addmm_(entering.T, entering)
+            self.outer_product_sum.addmm_(entering_64.T, entering_64)
             self.outer_product_sum.addmm_(leaving.T, leaving, alpha=-1.0)
 
-        self.features[labels, slots] = features
+        self.features.index_put_((labels, slots), torch.zeros_like(entering))
+        self.features.index_put_((labels, slots), entering, accumulate=True)
         self.write_positions.copy_((self.write_positions + arrivals) % self.capacity)
         self.counts.copy_(torch.clamp(self.counts + arrivals, max=self.capacity))
 
@@ -140,6 +179,7 @@ class ClassFeatureQueues(nn.Module):
             self.outer_product_sum.addmm_(rows.T, rows)
         self.statistics_valid.fill_(True)
         self.calls_since_recompute.zero_()
+        self._statistics_valid, self._calls_since_recompute = True, 0
 
     @torch.no_grad()
     def gaussian(self):
@@ -152,12 +192,13 @@ class ClassFeatureQueues(nn.Module):
         Returns:
             tuple[Tensor, Tensor]: means (K, D) and covariance (D, D), both float64.
         """
-        if bool((self.counts == 0).any()):
+        if not self.all_full() and bool((self.counts == 0).any()):
             empty = torch.nonzero(self.counts == 0).flatten().tolist()
             raise RuntimeError(f"cannot fit class Gaussians: the queues of classes {empty} are empty")
-        if not bool(self.statistics_valid) or int(self.calls_since_recompute) >= self.recompute_period:
+        if not self._statistics_valid or self._calls_since_recompute >= self.recompute_period:
             self.recompute_statistics()
         self.calls_since_recompute += 1
+        self._calls_since_recompute += 1
         counts = self.counts.double()
         means = self.class_sums / counts[:, None]
         # sum_k sum_i (h - mu_k)(h - mu_k)^T = sum h h^T - sum_k n_k mu_k mu_k^T
@@ -168,5 +209,6 @@ class ClassFeatureQueues(nn.Module):
         # Sigma = (scatter + scatter^T) / (2 N): symmetrises away the rounding of the
         # incremental updates, exactly (a + b == b + a). A blocked transpose copy then an
         # in-place add and scale: a strided read of scatter^T would be several times slower.
-        covariance = scatter.T.contiguous().add_(scatter).mul_(0.5 / float(counts.sum()))
+        # 0.5 / N as a float64 tensor: the same number as in Python, not read back to the host.
+        covariance = scatter.T.contiguous().add_(scatter).mul_(0.5 / counts.sum())
         return means, covariance

@@ -65,7 +65,8 @@ def npos_outliers(features, num_outliers: int, *, k: int, num_boundary: int, num
         num_boundary (int): boundary features the candidates are drawn around.
         num_candidates (int): noisy candidates, of which the farthest ``num_outliers`` are kept.
         noise_scale (float): expected norm of the noise added to a unit-norm boundary feature.
-        generator (torch.Generator, optional): CPU generator of the draws.
+        generator (torch.Generator, optional): generator of the draws, on the device of
+            ``features`` (the draws are made there: no host-to-device copy).
 
     Returns:
         Tensor: (num_outliers, D) outliers in the dtype and device of ``features``.
@@ -79,10 +80,10 @@ def npos_outliers(features, num_outliers: int, *, k: int, num_boundary: int, num
     norms = work.norm(dim=1)
     unit = F.normalize(work, dim=1)
     boundary = knn_distances(unit, unit, k, exclude_self=True).topk(num_boundary).indices
-    choice = torch.randint(num_boundary, (num_candidates,), generator=generator)
-    noise = torch.randn(num_candidates, dim, generator=generator) * (noise_scale / math.sqrt(dim))
-    anchors = boundary[choice.to(boundary.device)]
-    candidates = unit[anchors] + noise.to(unit.device)
+    choice = torch.randint(num_boundary, (num_candidates,), generator=generator, device=unit.device)
+    noise = torch.randn(num_candidates, dim, generator=generator, device=unit.device) * (noise_scale / math.sqrt(dim))
+    anchors = boundary[choice]
+    candidates = unit[anchors] + noise
     candidate_distances = knn_distances(F.normalize(candidates, dim=1), unit, k)
     keep = candidate_distances.topk(num_outliers).indices
     return (candidates[keep] * norms[anchors[keep], None]).to(features.dtype)

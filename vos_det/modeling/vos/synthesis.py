@@ -68,9 +68,6 @@ def robust_cholesky(covariance, eps: float):
     Returns:
         Tensor or None: (D, D) factor, or None when the covariance holds NaN or Inf.
     """
-    if not bool(torch.isfinite(covariance.sum())) and not bool(torch.isfinite(covariance).all()):
-        logger.warning("VOS: the feature covariance holds NaN/Inf; skipping outlier synthesis")
-        return None
     jittered = covariance.clone()
     diagonal = jittered.diagonal()
     jitter = eps
@@ -80,7 +77,16 @@ def robust_cholesky(covariance, eps: float):
         # The same value as covariance + jitter * I, entry for entry.
         diagonal.add_(jitter)
         factor, info = torch.linalg.cholesky_ex(jittered)
-        if int(info) == 0:
+        if not attempt:
+            # One read from the device for both questions (a non-finite matrix fails or
+            # gives a non-finite factor; it is never returned).
+            finite_sum, failed = torch.stack([torch.isfinite(covariance.sum()).long(), info]).tolist()
+            if not finite_sum and not bool(torch.isfinite(covariance).all()):
+                logger.warning("VOS: the feature covariance holds NaN/Inf; skipping outlier synthesis")
+                return None
+        else:
+            failed = int(info)
+        if failed == 0:
             if jitter != eps:
                 logger.warning("VOS: covariance not positive definite; used jitter %.3g", jitter)
             return factor
@@ -217,7 +223,9 @@ def _chi2_route(means, num_samples, num_select, generator, tail=0.0):
         squared_radii = largest_chi2_order_statistics(num_classes, num_samples, num_select, dim, generator)
     directions = torch.randn(num_classes, num_select, dim, dtype=torch.float64, generator=generator)
     directions = directions * (squared_radii.sqrt() / directions.norm(dim=2))[..., None]
-    return directions.to(device=means.device, dtype=means.dtype)
+    # Drawn on the host (the radii's Newton iterations read their convergence there); the
+    # copy to the device does not wait for the device's queue of work.
+    return directions.to(device=means.device, dtype=means.dtype, non_blocking=True)
 
 
 def _gaussian_route(means, num_samples, num_select, generator):

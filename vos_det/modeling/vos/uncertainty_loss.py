@@ -3,7 +3,7 @@ import torch
 from torch.nn import functional as F
 
 from ..ood_scores.energy import weighted_logsumexp
-from .vos_diagnostics import log_uncertainty_diagnostics
+from .vos_diagnostics import log_uncertainty_diagnostics, uncertainty_diagnostic_scalars
 
 __all__ = ["ID_LABEL", "energy_logistic_loss"]
 
@@ -12,7 +12,7 @@ ID_LABEL = 1
 
 
 def energy_logistic_loss(id_logits, outlier_logits, class_weights, uncertainty_classifier, storage,
-                         balanced: bool = False):
+                         balanced: bool = False, scalars=None):
     """Cross-entropy of the uncertainty head on -E: ID inputs (label 1) vs outliers (0).
 
     For the "mlp" head (two logits (0, z), see :mod:`.uncertainty_heads`) this is the binary
@@ -32,6 +32,10 @@ def energy_logistic_loss(id_logits, outlier_logits, class_weights, uncertainty_c
         balanced (bool): False (the paper): the mean cross-entropy over all N + M samples;
             True: the mean over the ID samples and the mean over the outliers, averaged,
             so both sides weigh one half whatever N and M.
+        scalars (dict, optional): when given, the diagnostics are added to it (as 0-dim
+            tensors, for the caller to log with its own in one transfer,
+            :func:`~vos_det.modeling.vos.vos_diagnostics.put_scalars_at_once`) instead of
+            being logged to ``storage`` here.
 
     Returns:
         Tensor: the scalar, unweighted loss.
@@ -48,7 +52,14 @@ def energy_logistic_loss(id_logits, outlier_logits, class_weights, uncertainty_c
         loss = 0.5 * (per_sample[:num_id].mean() + per_sample[num_id:].mean())
     else:
         loss = F.cross_entropy(classifier_logits, labels)
-    log_uncertainty_diagnostics(
-        storage, negative_energies, classifier_logits, num_id, loss, class_weights, balanced, ID_LABEL
-    )
+    if scalars is None:
+        log_uncertainty_diagnostics(
+            storage, negative_energies, classifier_logits, num_id, loss, class_weights, balanced, ID_LABEL
+        )
+    else:
+        scalars.update(
+            uncertainty_diagnostic_scalars(
+                negative_energies, classifier_logits, num_id, loss, class_weights, balanced, ID_LABEL
+            )
+        )
     return loss

@@ -12,6 +12,7 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
 from ...config_validation import validate_config
+from ...utils.precision import full_precision
 from ..ood_scores import POST_HOC_SCORES
 from ..ood_scores.energy import energy, max_softmax_ood_score, weighted_energy
 from .feature_queues import ClassFeatureQueues
@@ -19,7 +20,7 @@ from .npos import npos_outliers
 from .synthesis import SAMPLERS, robust_cholesky, sample_virtual_outliers
 from .uncertainty_heads import UNCERTAINTY_HEADS, build_uncertainty_head, id_probability
 from .uncertainty_loss import ID_LABEL, energy_logistic_loss
-from .vos_diagnostics import mahalanobis_radius_ratio
+from .vos_diagnostics import mahalanobis_radius_ratio, scalars_to_host
 
 __all__ = ["OOD_SCORES", "VirtualOutlierMixin", "pop_vos_options", "vos_kwargs_from_config"]
 
@@ -45,6 +46,8 @@ _SEED_STRIDE = 1_000_003
 _RANK_SEED_STRIDE = 0x9E3779B9
 # At most one warning about non-finite inputs in this many seconds.
 _WARNING_PERIOD_SECONDS = 60
+# Step scalars that count the rows finite_rows dropped ("vos/nonfinite_<unit>").
+_NONFINITE_PREFIX = "vos/nonfinite_"
 
 
 def vos_kwargs_from_config(cfg) -> dict:
@@ -220,6 +223,8 @@ class VirtualOutlierMixin:
         # (means, Cholesky factor) of the class Gaussians of the last synthesis step, read
         # by the diagnostics (not state: not saved, refitted at every step).
         self.last_class_gaussian = None
+        # Scalars of the current training step, logged together by put_step_scalars.
+        self._step_scalars = {}
         # Threshold on the OOD score calibrated on ID validation data; NaN until calibrated.
         self.register_buffer("calibrated_ood_threshold", torch.tensor(float("nan")))
         if vos_enabled:
@@ -237,13 +242,13 @@ class VirtualOutlierMixin:
         """The non-negative class weights w = relu(theta_w) of eq. 6, shape (K,)."""
         return F.relu(self.energy_weights)
 
-    @staticmethod
-    def finite_rows(logits, features, candidates, unit: str):
+    def finite_rows(self, logits, features, candidates, unit: str):
         """``candidates`` without the rows whose logits or features are not all finite.
 
         A non-finite feature would poison its queue (and the covariance) for good, and a
         non-finite logit the losses: such rows are left out, and the event is logged as
-        ``vos/nonfinite_<unit>`` and in a warning.
+        ``vos/nonfinite_<unit>`` and in a warning (with VOS, with the step's other
+        scalars, by :meth:`uncertainty_loss`: the count is not read back to the host here).
 
         Args:
             logits (Tensor): (R, C) logits.
@@ -255,21 +260,37 @@ class VirtualOutlierMixin:
             Tensor: (R,) bool.
         """
         finite = torch.isfinite(features).all(dim=1) & torch.isfinite(logits).all(dim=1)
-        num_dropped = int((candidates & ~finite).sum())
-        if num_dropped:
-            storage = get_event_storage()
-            storage.put_scalar(f"vos/nonfinite_{unit}", num_dropped, smoothing_hint=False)
-            log_every_n_seconds(
-                logging.WARNING,
-                f"VOS: {num_dropped} {unit} with NaN/Inf features or logits were left out of "
-                f"the queues and the losses (iteration {storage.iter})",
-                n=_WARNING_PERIOD_SECONDS,
-                name=__name__,
-            )
+        self._step_scalars[_NONFINITE_PREFIX + unit] = (candidates & ~finite).sum()
+        if not self.vos_enabled:
+            self.put_step_scalars(get_event_storage())
         return candidates & finite
+
+    def put_step_scalars(self, storage):
+        """Log the scalars the step collected (one device-to-host transfer), and warn about
+        non-finite rows (``vos/nonfinite_<unit>`` is logged only when some were dropped)."""
+        values, self._step_scalars = scalars_to_host(self._step_scalars), {}
+        counts = {name: int(values.pop(name)) for name in list(values) if name.startswith(_NONFINITE_PREFIX)}
+        if values:
+            storage.put_scalars(**values, smoothing_hint=False)
+        for name, num_dropped in counts.items():
+            if num_dropped:
+                storage.put_scalar(name, num_dropped, smoothing_hint=False)
+                log_every_n_seconds(
+                    logging.WARNING,
+                    f"VOS: {num_dropped} {name[len(_NONFINITE_PREFIX):]} with NaN/Inf features or logits were "
+                    f"left out of the queues and the losses (iteration {storage.iter})",
+                    n=_WARNING_PERIOD_SECONDS,
+                    name=__name__,
+                )
 
     def uncertainty_loss(self, id_logits, id_features, labels):
         """Enqueue the ID features, synthesise outliers, and return the unweighted L_unc.
+
+        Runs with autocast off (:func:`~vos_det.utils.precision.full_precision`): under
+        mixed-precision training the ID logits are taken in float32, the queues, Gaussians
+        and outliers are float32 / float64 as :meth:`synthesize_outliers` says, and the
+        outliers' logits, the energies and the logistic regression are float32. The step's
+        scalars are read back to the host once, at the end (:meth:`put_step_scalars`).
 
         Args:
             id_logits (Tensor): (N, K) class logits of the N (finite) ID samples.
@@ -277,23 +298,29 @@ class VirtualOutlierMixin:
             labels (Tensor): (N,) their classes in [0, K).
 
         Returns:
-            Tensor: scalar cross-entropy of the logistic regression (eq. 5); exactly zero
-            (but connected to the energy weights and the uncertainty classifier) before
+            Tensor: scalar float32 cross-entropy of the logistic regression (eq. 5); exactly
+            zero (but connected to the energy weights and the uncertainty classifier) before
             synthesis starts or without ID samples.
         """
         storage = get_event_storage()
+        with full_precision(id_features.device):
+            loss = self._uncertainty_loss(id_logits.float(), id_features, labels, storage)
+        self.put_step_scalars(storage)
+        return loss
+
+    def _uncertainty_loss(self, id_logits, id_features, labels, storage):
         self.feature_queues.enqueue(id_features, labels)
         iteration = storage.iter
         outliers = None
         if iteration >= self.starting_iter and self.feature_queues.all_full():
             outliers = self.synthesize_outliers(iteration)
-        storage.put_scalar("vos/synthesis_active", float(outliers is not None), smoothing_hint=False)
+        self._step_scalars["vos/synthesis_active"] = float(outliers is not None)
         if outliers is not None:
-            self.log_outlier_geometry(storage, outliers)
+            self._step_scalars.update(self.outlier_geometry(outliers))
         if outliers is None or id_logits.shape[0] == 0:
             parameters = [self.energy_weights, *self.uncertainty_classifier.parameters()]
             return sum(p.sum() for p in parameters) * 0.0
-        outlier_logits = self.cls_score(outliers.to(id_features.dtype))[:, : self.num_classes]
+        outlier_logits = self.cls_score(outliers.float())[:, : self.num_classes]
         return energy_logistic_loss(
             id_logits,
             outlier_logits,
@@ -301,6 +328,7 @@ class VirtualOutlierMixin:
             self.uncertainty_classifier,
             storage,
             balanced=self.balanced_loss,
+            scalars=self._step_scalars,
         )
 
     @torch.no_grad()
@@ -308,8 +336,9 @@ class VirtualOutlierMixin:
         """Fit the class Gaussians to the queues and sample virtual outliers (eq. 1-3).
 
         With ``outlier_synthesis="npos"`` the outliers come from :func:`npos_outliers` on
-        the queued features instead; the Gaussians are still fitted, for the diagnostics
-        (kept in ``last_class_gaussian``, see :meth:`log_outlier_geometry`).
+        the queued features instead (float32, its random draws on the queues' device);
+        the Gaussians are still fitted, for the diagnostics (kept in
+        ``last_class_gaussian``, see :meth:`outlier_geometry`). Autocast is off here.
 
         Args:
             iteration (int): the training iteration; seeds the private random stream.
@@ -319,24 +348,24 @@ class VirtualOutlierMixin:
             float32 for "npos"), or None if the covariance was not finite (the step then
             trains without the uncertainty loss).
         """
-        means, covariance = self.feature_queues.gaussian()
-        scale = robust_cholesky(covariance, self.covariance_eps)
-        if scale is None:
-            return None
-        self.last_class_gaussian = (means, scale)
-        seed = self.synthesis_seed_at(iteration)
         queued = self.feature_queues.features.flatten(0, 1)
-        if self.outlier_synthesis == "npos":
-            outliers = npos_outliers(
-                queued,
-                self.num_classes * self.select,
-                k=self.npos_k,
-                num_boundary=self.npos_boundary,
-                num_candidates=self.sample_from,
-                noise_scale=self.npos_noise_scale,
-                generator=torch.Generator().manual_seed(seed),
-            )
-        else:
+        with full_precision(queued.device):
+            means, covariance = self.feature_queues.gaussian()
+            scale = robust_cholesky(covariance, self.covariance_eps)
+            if scale is None:
+                return None
+            self.last_class_gaussian = (means, scale)
+            seed = self.synthesis_seed_at(iteration)
+            if self.outlier_synthesis == "npos":
+                return npos_outliers(
+                    queued,
+                    self.num_classes * self.select,
+                    k=self.npos_k,
+                    num_boundary=self.npos_boundary,
+                    num_candidates=self.sample_from,
+                    noise_scale=self.npos_noise_scale,
+                    generator=torch.Generator(device=queued.device).manual_seed(seed),
+                )
             outliers, _ = sample_virtual_outliers(
                 means,
                 scale,
@@ -347,33 +376,34 @@ class VirtualOutlierMixin:
                 tail=self.outlier_tail,
                 radius_scale=self.outlier_radius_scale,
             )
-        return outliers
+            return outliers
 
     @torch.no_grad()
-    def log_outlier_geometry(self, storage, outliers):
-        """Log how far out the outliers lie, relative to the ID features.
+    def outlier_geometry(self, outliers):
+        """How far out the outliers lie, relative to the ID features.
 
         ``vos/outlier_radius_ratio`` and ``vos/id_radius_ratio``: the mean Mahalanobis
-        radius (to the nearest class mean, :func:`mahalanobis_radius_ratio`) over sqrt(D)
-        of the outliers and of (up to 512 evenly spaced) queued ID features, under the
-        Gaussians of the last synthesis step; nothing if there is none.
+        radius (to the nearest class mean, :func:`mahalanobis_radius_ratio`, float32) over
+        sqrt(D) of the outliers and of (up to 512 evenly spaced) queued ID features, under
+        the Gaussians of the last synthesis step; nothing if there is none.
 
         Args:
-            storage (EventStorage): where the scalars go.
             outliers (Tensor): (M, D) the outliers of the step.
+
+        Returns:
+            dict[str, Tensor]: the two scalars, 0-dim tensors on the outliers' device.
         """
         if self.last_class_gaussian is None:
-            return
+            return {}
         means, scale = self.last_class_gaussian
         queued = self.feature_queues.features.flatten(0, 1)
         stride = max(1, queued.shape[0] // _MAX_RADIUS_DIAGNOSTIC_ROWS)
-        storage.put_scalars(
-            **{
-                "vos/outlier_radius_ratio": float(mahalanobis_radius_ratio(outliers, means, scale).mean()),
-                "vos/id_radius_ratio": float(mahalanobis_radius_ratio(queued[::stride], means, scale).mean()),
-            },
-            smoothing_hint=False,
-        )
+        with full_precision(outliers.device):
+            # float32 solves: a diagnostic, at every step (see mahalanobis_radius_ratio).
+            return {
+                "vos/outlier_radius_ratio": mahalanobis_radius_ratio(outliers, means, scale, torch.float32).mean(),
+                "vos/id_radius_ratio": mahalanobis_radius_ratio(queued[::stride], means, scale, torch.float32).mean(),
+            }
 
     def synthesis_seed_at(self, iteration: int) -> int:
         """The seed of the synthesis stream at ``iteration`` on this process's rank.
@@ -405,19 +435,20 @@ class VirtualOutlierMixin:
             and p(ID) (N,): the logistic regression's probability with VOS, sigmoid(-E)
             of the plain energy without.
         """
-        logits = logits.float()
-        table = {"energy": energy(logits), "msp": max_softmax_ood_score(logits)}
-        if self.vos_enabled:
-            table["weighted_energy"] = weighted_energy(logits, self.energy_class_weights())
-            classifier_logits = self.uncertainty_classifier(-table["weighted_energy"][:, None])
-            probabilities = torch.softmax(classifier_logits, dim=1)
-            id_scores = probabilities[:, ID_LABEL]
-            # p(outlier) read directly, not as 1 - p(ID): in float32 1 - p(ID) rounds to
-            # exactly 0 once the logit gap passes ~16.7, tying all confident ID boxes.
-            table["vos"] = probabilities[:, 1 - ID_LABEL]
-            table["vos_release"] = -id_probability(self.uncertainty_classifier, -table["energy"][:, None])
-        else:
-            id_scores = torch.sigmoid(-table["energy"])
+        with full_precision(logits.device):
+            logits = logits.float()
+            table = {"energy": energy(logits), "msp": max_softmax_ood_score(logits)}
+            if self.vos_enabled:
+                table["weighted_energy"] = weighted_energy(logits, self.energy_class_weights())
+                classifier_logits = self.uncertainty_classifier(-table["weighted_energy"][:, None])
+                probabilities = torch.softmax(classifier_logits, dim=1)
+                id_scores = probabilities[:, ID_LABEL]
+                # p(outlier) read directly, not as 1 - p(ID): in float32 1 - p(ID) rounds to
+                # exactly 0 once the logit gap passes ~16.7, tying all confident ID boxes.
+                table["vos"] = probabilities[:, 1 - ID_LABEL]
+                table["vos_release"] = -id_probability(self.uncertainty_classifier, -table["energy"][:, None])
+            else:
+                id_scores = torch.sigmoid(-table["energy"])
         return table, id_scores
 
     def current_ood_threshold(self) -> float:
