@@ -16,7 +16,7 @@ L2-normalised; half of the queries are drawn from the same classes, half from 5 
 (OOD boxes, whose neighbours are farther). The recall of an approximate index depends on
 that structure: --latent-dim 0 (isotropic spread) is its worst case.
 
-Target (issue 25): under 0.1 s per 800 queries at 10^6 bank rows with recall >= 0.99.
+Target: under 0.1 s per 800 queries at 10^6 bank rows with recall >= 0.99.
 
     python benchmarks/bench_knn.py [--quick] [--sizes 10000 100000 1000000] [--threads 2]
 """

@@ -1,16 +1,16 @@
 """Checkpoints and state files written before vos_det/modeling was grouped by role still
 load, with the same keys, and score boxes with the same numbers.
 
-The fixtures in tests/fixtures/modeling_before_issue14/ were written by the flat layout
+The fixtures in tests/fixtures/modeling_flat_layout/ were written by the flat layout
 (commit 59b005b), from the code as it was:
 
-* state_dict_keys_before_issue14.json: name, shape and dtype of every state-dict entry of the
+* state_dict_keys_flat_layout.json: name, shape and dtype of every state-dict entry of the
   digits detectors (VOS, vanilla, VOS with CosFace + center loss + CIDER + bottleneck) and of
   the digits VOS classifier;
 * post_hoc_scores.pth (tools/fit_ood_scores.py's file) and mahalanobis_stats.pth
   (tools/fit_mahalanobis.py's), fitted on 120 clustered 12-d features of 4 classes;
-* scores_before_issue14.pth: 30 query boxes and what each score gave them;
-* box_predictor_before_issue14.pth: a VOSOutputLayers (D = 12, K = 4) loaded with both
+* scores_flat_layout.pth: 30 query boxes and what each score gave them;
+* box_predictor_flat_layout.pth: a VOSOutputLayers (D = 12, K = 4) loaded with both
   files, its state dict, and its whole OOD score table on the queries.
 """
 import json
@@ -36,11 +36,11 @@ from vos_det.modeling.ood_scores import (
 # The scores are stored expectations: tests/test_kernel_paths.py reruns them on other CPU kernels.
 pytestmark = pytest.mark.stored_expectation
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "modeling_before_issue14"
-OLD_KEYS = json.loads((FIXTURES / "state_dict_keys_before_issue14.json").read_text())
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "modeling_flat_layout"
+OLD_KEYS = json.loads((FIXTURES / "state_dict_keys_flat_layout.json").read_text())
 K, D = 4, 12
-# The post-hoc scores whose states of before issue 14 still load (SAFE was re-done in issue 24).
-SCORES_BEFORE_ISSUE24 = tuple(name for name in POST_HOC_SCORES if name != "safe")
+# The post-hoc scores whose states of the flat layout still load (SAFE was redone as released).
+SCORES_OF_THE_FLAT_LAYOUT = tuple(name for name in POST_HOC_SCORES if name != "safe")
 
 
 def _load(name):
@@ -69,7 +69,7 @@ def _assert_close_on_any_cpu(actual, expected, msg=None):
     quadratic forms, a 30-box bank, logsumexp over 4 classes). Another CPU's SIMD width or BLAS
     path adds the terms in another order, which moves a sum of n terms by at most
     n * eps * sum|terms| (Higham); 2**10 eps of the largest stored score bounds that here (the
-    Xeon of issue 20 differed by 2.9e-16 relative), while a changed formula moves scores by far
+    Xeon the suite was first run on differed by 2.9e-16 relative), while a changed formula moves scores by far
     more. Bitwise equality held only on the CPU that wrote the fixtures.
     """
     eps = torch.finfo(expected.dtype).eps
@@ -104,7 +104,7 @@ def test_a_checkpoint_of_the_flat_layout_loads_with_strict_keys(label, tmp_path)
 
 
 def test_post_hoc_state_of_the_flat_layout_loads_with_weights_only_and_scores_the_same(tmp_path):
-    expected = _load("scores_before_issue14.pth")
+    expected = _load("scores_flat_layout.pth")
     weight, bias = expected["classifier_weight"], expected["classifier_bias"]
 
     def logits_of(features):
@@ -114,13 +114,13 @@ def test_post_hoc_state_of_the_flat_layout_loads_with_weights_only_and_scores_th
     assert load_post_hoc_state(dict(scores.items()), str(FIXTURES / "post_hoc_scores.pth"), D, K) == {
         "weights": "model_final.pth"
     }
-    # The SAFE port of then (FPN maps, no eps) is not the released SAFE of issue 24: its state
+    # The SAFE port of then (FPN maps, no eps) is not SAFE as released: its state
     # is skipped, the others load.
     assert not scores["safe"].is_fitted()
     features = expected["features"]
     with torch.no_grad():
         # The scores of that layout that still load (SAFE is refitted; fused came later).
-        names = set(SCORES_BEFORE_ISSUE24) - {"fused"}
+        names = set(SCORES_OF_THE_FLAT_LAYOUT) - {"fused"}
         assert set(expected["post_hoc"]) == names | {"safe"}
         for name in sorted(names):
             actual = scores[name](
@@ -135,7 +135,7 @@ def test_post_hoc_state_of_the_flat_layout_loads_with_weights_only_and_scores_th
 
 
 def test_mahalanobis_statistics_of_the_flat_layout_load_with_weights_only_and_score_the_same(tmp_path):
-    expected = _load("scores_before_issue14.pth")
+    expected = _load("scores_flat_layout.pth")
     gaussians = GaussianDiscriminant(D).load_statistics(str(FIXTURES / "mahalanobis_stats.pth"))
     _assert_close_on_any_cpu(gaussians.ood_scores(expected["features"]), expected["mahalanobis"])
     _assert_close_on_any_cpu(gaussians.class_scores(expected["features"]), expected["mahalanobis_class_scores"])
@@ -145,7 +145,7 @@ def test_mahalanobis_statistics_of_the_flat_layout_load_with_weights_only_and_sc
 
 
 def test_the_box_predictor_of_the_flat_layout_gives_the_same_score_table():
-    before = _load("box_predictor_before_issue14.pth")
+    before = _load("box_predictor_flat_layout.pth")
     predictor = VOSOutputLayers(
         ShapeSpec(channels=D),
         box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),

@@ -1,4 +1,4 @@
-"""Seven inputs that passed silently or ended in a long traceback (issue 20) now fail in the
+"""Seven inputs that passed silently or ended in a long traceback now fail in the
 first seconds with one line naming the key, file or split and what to do; nothing is written
 and nothing is lost.
 

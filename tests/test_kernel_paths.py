@@ -1,7 +1,7 @@
 """The tests that compare with values recorded on another machine also pass on other CPU kernels.
 
 torch, MKL, OpenBLAS and NumPy choose their SIMD kernels at run time, so a float computed here
-may differ in its last bits on another CPU model (issue 20: the fixtures of
+may differ in its last bits on another CPU model (the fixtures of
 test_checkpoint_compat.py, compared bitwise, failed on an Intel Xeon). The tests marked
 ``stored_expectation`` run a second time in a subprocess forced onto other kernel paths, so an
 expectation that holds only on this machine's kernels fails here, not on a user's machine.

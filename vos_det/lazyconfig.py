@@ -53,10 +53,12 @@ def vos_options(**overrides) -> dict:
     (:func:`vos_det.config.add_vos_config`, the paper's VOC recipe) with ``overrides``.
 
     Args:
-        overrides: any of ``vos_enabled``, ``sample_number``, ``starting_iter``,
-            ``sample_from``, ``select``, ``vos_loss_weight``, ``covariance_eps``,
-            ``covariance_recompute_period``, ``sampler``, ``synthesis_seed``, ``ood_score``,
-            ``ood_threshold``, ``use_calibrated_threshold`` (the ``MODEL.VOS`` keys, lower case).
+        overrides: any keyword of :func:`~vos_det.modeling.vos.virtual_outliers.vos_kwargs_from_config`,
+            which maps every ``MODEL.VOS`` key of the box predictor to one (the key in lower
+            case, e.g. ``sample_number``, ``starting_iter``, ``uncertainty_head``,
+            ``outlier_synthesis``; ``MODEL.VOS.ENABLED`` is ``vos_enabled``, ``LOSS_WEIGHT``
+            ``vos_loss_weight``). Each key's meaning: docs/config_keys.md; an unknown option's
+            error lists them all.
 
     Raises:
         ValueError: an unknown option (the message lists the known ones).

@@ -2,7 +2,7 @@
 
 tools/fit_ood_scores.py fits its states (k-NN bank, ViM subspace, class Gaussians, ...) to the
 features of one set of weights; with other weights the states describe another feature space
-and the scores are meaningless (issue 20: a state of ``model_final.pth`` used with
+and the scores are meaningless (e.g. a state of ``model_final.pth`` used with
 ``model_0000399.pth`` flagged 29 of 32 detections OOD, silently). The fit records
 :func:`weights_fingerprint` of its checkpoint in the state's info (``weights_sha256``);
 :func:`check_post_hoc_states` compares it with the checkpoint a model is loaded from.

@@ -2,8 +2,8 @@
 
 CPU training is repeatable on one machine, not across CPU models: other SIMD kernels round
 differently and the training takes another trajectory, so a run elsewhere is another draw of
-the seed-to-seed spread (issue 20: FPR95 52.35 on an Intel Xeon against 38.74 on the AMD EPYC
-that recorded the README's run). ``benchmarks/ood_leaderboard.py`` measures that spread over 5
+the seed-to-seed spread (the same commit gave FPR95 52.35 on an Intel Xeon and 38.74 on an
+AMD EPYC). ``benchmarks/ood_leaderboard.py`` measures that spread over 5
 seeds and writes ``benchmarks/results/ood_leaderboard*.json``; :func:`leaderboard_comparison`
 finds the leaderboard method whose config is the run's (same keys, but for where it writes,
 its seed and what it is evaluated on) and, for every score of the run with a row there, puts

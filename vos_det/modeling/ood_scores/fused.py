@@ -1,4 +1,4 @@
-"""Fused: one logit score and one feature-distance score on a common scale (issue 25).
+"""Fused: one logit score and one feature-distance score on a common scale.
 
 Logit scores (the energy, Liu et al., NeurIPS 2020; GEN, Liu et al., CVPR 2023) rank near-OOD
 boxes best; feature-distance scores (k-NN, Sun et al., ICML 2022; multi-layer Mahalanobis,

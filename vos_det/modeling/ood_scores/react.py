@@ -9,8 +9,8 @@ the class layer again; the score is the energy of those logits,
 
 The box head's features are post-ReLU and can be sparse: when more than ``percentile`` % of
 the training activations are at their minimum (0), c is that minimum, every clipped feature is
-the same vector and the score is one constant for every box (issue 24: FPR95 100 / AUROC 50 on
-every split of a vanilla ResNet-18 digits detector; the seed-0 vanilla R-18 of the leaderboard
+the same vector and the score is one constant for every box (FPR95 100 / AUROC 50 on every
+split, as seen on a vanilla ResNet-18 digits detector; the seed-0 vanilla R-18 of the leaderboard
 has c = 0.14, just short of it). c is then the ``percentile``-th
 percentile of the activations above the minimum (the units that fire), and the fitted config
 says so; on dense features nothing changes.

@@ -426,11 +426,11 @@ class SAFEScore(PostHocScore):
         return self
 
     def load_fitted_state(self, state):
-        """Restore a fitted state; one of the port before issue 24 (features of FPN maps, no
+        """Restore a fitted state; one of the earlier port (features of FPN maps, no
         eps) is another method's: it is skipped with a warning, leaving SAFE unfitted."""
         if "epsilon" not in state["config"]:
             logger.warning(
-                "post-hoc state of 'safe' fitted by the SAFE port before issue 24 (layers %s) ignored: "
+                "post-hoc state of 'safe' fitted by the earlier SAFE port (layers %s) ignored: "
                 "refit it with tools/fit_ood_scores.py", state["config"].get("layers"),
             )
             return self
