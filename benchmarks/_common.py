@@ -293,6 +293,17 @@ def training_env(threads=None):
     return env
 
 
+def run_child(command, name):
+    """Run a benchmark's child process (``command``, from the repository root) and return the
+    JSON of its last ``RESULT {...}`` line; exits with its stderr when it failed."""
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    if completed.returncode != 0 or not lines:
+        sys.stderr.write(completed.stderr[-4000:])
+        raise SystemExit(f"child {name} failed (rc {completed.returncode})")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def run_logged(command, log_path, env):
     """Run ``command`` from the repository root with its output appended to ``log_path``.
 

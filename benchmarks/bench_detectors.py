@@ -13,7 +13,6 @@ size (VmHWM) and the RSS before the model was built.
 """
 import argparse
 import json
-import subprocess
 import sys
 
 import torch
@@ -66,12 +65,7 @@ def memory_run(name, args):
                "--memory-steps", str(args.memory_steps)]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=C.REPO_ROOT)
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    if completed.returncode != 0 or not lines:
-        sys.stderr.write(completed.stderr[-4000:])
-        raise SystemExit(f"child {name} failed (rc {completed.returncode})")
-    return json.loads(lines[-1][len("RESULT "):])
+    return C.run_child(command, name)
 
 
 def main():

@@ -26,7 +26,6 @@ N x D x 8 = 8.2 MB).
 """
 import json
 import statistics
-import subprocess
 import sys
 
 import torch
@@ -140,12 +139,7 @@ def main():
                        "--warmup-steps", str(args.warmup_steps), "--steps", str(args.steps)]
             if args.threads:
                 command += ["--threads", str(args.threads)]
-            completed = subprocess.run(command, capture_output=True, text=True, cwd=C.REPO_ROOT)
-            lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-            if completed.returncode != 0 or not lines:
-                sys.stderr.write(completed.stderr[-4000:])
-                raise SystemExit(f"child {mode} failed (rc {completed.returncode})")
-            runs[mode].append(json.loads(lines[-1][len("RESULT "):]))
+            runs[mode].append(C.run_child(command, mode))
 
     buffers = runs["vos"][0]["buffers_bytes"]
     total_buffers = sum(buffers.values())

@@ -75,11 +75,13 @@ def one_of(choices):
     return check
 
 
-def each_of(choices):
-    """A check: a list or tuple whose every item is among ``choices`` (as :func:`one_of`)."""
-    single = one_of(choices)
+def each_item(single, non_empty=False):
+    """A check: every item of a list or tuple passes the check ``single``; with ``non_empty``
+    the value must also be a list or tuple of at least one item."""
 
     def check(value):
+        if non_empty and (not isinstance(value, (list, tuple)) or not value):
+            return "must be a non-empty list"
         for item in value:
             problem = single(item)
             if problem:
@@ -87,6 +89,11 @@ def each_of(choices):
         return None
 
     return check
+
+
+def each_of(choices):
+    """A check: a list or tuple whose every item is among ``choices`` (as :func:`one_of`)."""
+    return each_item(one_of(choices))
 
 
 def image_sides(low):
@@ -102,21 +109,6 @@ def image_sides(low):
         for item in value:
             if single(item):
                 return f"item {item!r} must be an integer >= {low} (an image side in pixels)"
-        return None
-
-    return check
-
-
-def each_number(single):
-    """A check: a non-empty list or tuple whose every item passes the number check ``single``."""
-
-    def check(value):
-        if not isinstance(value, (list, tuple)) or not value:
-            return "must be a non-empty list"
-        for item in value:
-            problem = single(item)
-            if problem:
-                return f"item {item!r} {problem}"
         return None
 
     return check
@@ -199,7 +191,7 @@ RULES = {
     "MODEL.VOS.POST_HOC.REACT.PERCENTILE": between(0.0, 100.0, low_open=True),
     "MODEL.VOS.POST_HOC.SAFE.LAYER_PATTERNS": _regular_expressions,
     "MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON": between(0.0, 255.0, low_open=True),
-    "MODEL.VOS.POST_HOC.SAFE.EPSILON_CANDIDATES": each_number(between(0.0, 255.0, low_open=True)),
+    "MODEL.VOS.POST_HOC.SAFE.EPSILON_CANDIDATES": each_item(between(0.0, 255.0, low_open=True), non_empty=True),
     "MODEL.VOS.POST_HOC.SAFE.EPOCHS": at_least(1, integer=True),
     "MODEL.VOS.POST_HOC.SAFE.LEARNING_RATE": greater_than(0.0),
     "MODEL.VOS.POST_HOC.SAFE.IMAGES_PER_BATCH": at_least(1, integer=True),
