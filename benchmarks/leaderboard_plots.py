@@ -6,9 +6,10 @@
 
 For every row of the leaderboard payload (``benchmarks/ood_leaderboard.py`` writes it, and
 calls :func:`plot_leaderboard_forest` at its end), the paired difference against the reference
-(vanilla, energy) on the same seeds, with its confidence interval, of three columns: near-OOD
-FPR95, far-OOD FPR95 and the false alarms on the covariate-shifted split. One panel per
-protocol. Below 0 is better for all three; a filled marker is an interval that excludes 0.
+(vanilla, energy) on the same seeds, with its confidence interval, of the columns the payload
+has: near-OOD FPR95, far-OOD FPR95 (shapes drawn sharp; and drawn like the digits, where the
+leaderboard has that split) and the false alarms on the covariate-shifted split. One panel
+per protocol. Below 0 is better for all; a filled marker is an interval that excludes 0.
 The figure goes next to the JSON, as ``<stem>_forest.png``.
 """
 import argparse
@@ -23,10 +24,11 @@ RESULTS_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results
 COLUMNS = (
     ("near_FPR95", "near-OOD FPR95", "tab:blue"),
     ("far_FPR95", "far-OOD FPR95", "tab:orange"),
+    ("far_matched_FPR95", "far-OOD (matched) FPR95", "tab:purple"),
     ("false_alarm", "shifted false alarms %", "tab:green"),
 )
-# Vertical offsets of the three columns within a row, in row units.
-_OFFSETS = (-0.25, 0.0, 0.25)
+# Vertical extent of a row's columns, in row units (the columns are spread evenly over it).
+_SPREAD = 0.6
 _ROW_HEIGHT_INCHES = 0.24
 
 
@@ -59,7 +61,9 @@ def plot_leaderboard_forest(payload, path):
     for index, protocol in enumerate(protocols):
         axes = figure.add_subplot(1, len(protocols), index + 1)
         rows = rows_of[protocol]
-        for (key, label, colour), offset in zip(COLUMNS, _OFFSETS):
+        columns = [column for column in COLUMNS if rows and column[0] in rows[0]]
+        offsets = [_SPREAD * (i / max(len(columns) - 1, 1) - 0.5) for i in range(len(columns))]
+        for (key, label, colour), offset in zip(columns, offsets):
             for position, row in enumerate(rows):
                 diff = row[key]["diff"]
                 y = position + offset
