@@ -25,6 +25,7 @@ from vos_det.modeling.vos.virtual_outliers import vos_kwargs_from_config
 RECIPES = (
     ("VOC-Detection/vos_rcnn.py", "VOC-Detection/vos_rcnn.yaml"),
     ("Digits-Detection/digits_vos_tiny.py", "Digits-Detection/digits_vos_tiny.yaml"),
+    ("Digits-Detection/digits_vos_r18.py", "Digits-Detection/digits_vos_r18.yaml"),
 )
 
 
