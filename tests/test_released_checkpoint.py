@@ -186,6 +186,7 @@ def test_converted_model_matches_the_release_forward(head):
         )
         logits = heads.box_predictor(box_features)[0]
         detections = model([inputs])[0]["instances"]
+    # Exact: the backbone and RPN are the same weights run by the same ops in this process.
     torch.testing.assert_close(proposals[0].proposal_boxes.tensor, expected["proposals"], rtol=0, atol=0)
     # Class logits: vos_det class t is the release's class perm[t]; background stays last.
     torch.testing.assert_close(logits[:, :NUM_CLASSES], expected["all_logits"][:, perm], rtol=1e-5, atol=1e-5)
@@ -267,6 +268,7 @@ def test_file_round_trip(tmp_path):
                                 output=str(output))
     fresh = build_model(cfg)
     fresh.load_state_dict(torch.load(output, weights_only=True)["model"], strict=True)
+    # Exact: the converted weights are copies (permuted rows) of the release's, saved and loaded.
     assert torch.equal(fresh.roi_heads.box_predictor.energy_weights,
                        release.roi_heads.weight_energy.weight[0][[RELEASE_VOC.index(n) for n in VOC_CLASSES]])
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
