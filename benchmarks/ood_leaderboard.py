@@ -47,12 +47,10 @@ from leaderboard_plots import forest_path, plot_leaderboard_forest
 # datasets/ unless set, wherever the script is run from.
 os.environ.setdefault("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 
 from vos_det.config import load_config
-from vos_det.engine import Trainer
-from vos_det.engine.checkpoint import check_checkpoint_matches_model
+from vos_det.engine import Trainer, load_trained_model
 from vos_det.evaluation import BoxOODScoreCollector, evaluate_ood_protocol, threshold_keeping
 from vos_det.evaluation.box_selection import PROTOCOL_DESCRIPTIONS
 from vos_det.evaluation.box_selection import PROTOCOLS as LIBRARY_PROTOCOLS
@@ -294,10 +292,7 @@ def evaluate(model_dir, overrides, protocols, posthoc_opts, log):
         list(overrides) + list(posthoc_opts) + ["MODEL.WEIGHTS", weights, "TEST.OOD.PLOTS", "False"],
         freeze=False,
     )
-    model = Trainer.build_model(cfg)
-    check_checkpoint_matches_model(weights, model)
-    DetectionCheckpointer(model).load(weights)
-    replayed = ReplayedDetector(model)
+    replayed = ReplayedDetector(load_trained_model(cfg, weights))
     summaries = OrderedDict()
     for protocol in protocols:
         started = time.perf_counter()

@@ -7,7 +7,6 @@
 """
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 
 from ..cli import check_writable_dir
@@ -15,7 +14,8 @@ from ..data import check_class_names, register_from_cli
 from ..data.availability import check_dataset_files, load_datasets_now
 from ..errors import ConfigError
 from ..evaluation import evaluate_ood_protocol
-from .checkpoint import check_checkpoint_matches_model, check_weights_file
+from .checkpoint import check_weights_file
+from .trained_model import load_trained_model
 from .trainer import Trainer
 
 __all__ = ["DEFAULT_OUTPUT_SUBDIR", "evaluate_checkpoint", "ood_eval_config"]
@@ -88,12 +88,9 @@ def evaluate_checkpoint(cfg):
         :func:`vos_det.evaluation.protocol.evaluate_ood_protocol` (the report not logged:
         format it with :func:`vos_det.evaluation.format_ood_report`).
     """
-    model = Trainer.build_model(cfg)
-    check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return evaluate_ood_protocol(
         cfg,
-        model,
+        load_trained_model(cfg),
         output_dir=cfg.OUTPUT_DIR,
         build_test_loader=Trainer.build_test_loader,
         build_evaluator=lambda name: Trainer.build_evaluator(cfg, name),
