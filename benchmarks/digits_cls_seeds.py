@@ -20,11 +20,10 @@ Printed, and written to ``benchmarks/results/digits_cls_seeds.json`` and ``.md``
 import argparse
 import json
 import os
-import sys
 import time
 from collections import OrderedDict
 
-from _common import REPO_ROOT, RESULTS_DIR, machine_info, parse_seeds, run_logged, table, training_env, write_json
+from _common import REPO_ROOT, RESULTS_DIR, machine_info, parse_seeds, table, train_in_child, training_env, write_json
 
 from vos_det.evaluation.seed_table import SeedMetric, SeedTarget, format_seed_table, seed_table_rows, target_met_by
 
@@ -63,16 +62,8 @@ PROTOCOL = (
 
 def train(model_dir, config, overrides, seed, env):
     """Train one (method, seed) unless its ood_results.json exists; returns that file's path."""
-    results = os.path.join(model_dir, "ood_results.json")
-    if not os.path.exists(results):
-        os.makedirs(model_dir, exist_ok=True)
-        run_logged(
-            [sys.executable, "tools/train_net.py", "--config", config, *overrides,
-             "SEED", str(seed), "OUTPUT_DIR", model_dir],
-            os.path.join(model_dir, "train.log"),
-            env,
-        )
-    return results
+    train_in_child(config, overrides, seed, model_dir, env, done_file="ood_results.json")
+    return os.path.join(model_dir, "ood_results.json")
 
 
 def model_summary(results_path):

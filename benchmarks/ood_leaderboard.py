@@ -40,7 +40,17 @@ from collections import OrderedDict
 import numpy as np
 import torch.nn as nn
 
-from _common import REPO_ROOT, RESULTS_DIR, machine_info, parse_seeds, run_logged, table, training_env, write_json
+from _common import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    machine_info,
+    parse_seeds,
+    run_logged,
+    table,
+    train_in_child,
+    training_env,
+    write_json,
+)
 from leaderboard_plots import forest_path, plot_leaderboard_forest
 
 # vos_det registers digits-det at import, under $DETECTRON2_DATASETS: the repository's
@@ -144,17 +154,10 @@ def _record_seconds(model_dir, step, seconds):
 
 def train(model_dir, overrides, seed, env):
     """Train one (method, seed) unless its model_final.pth exists."""
-    if os.path.exists(os.path.join(model_dir, "model_final.pth")):
-        return
-    os.makedirs(model_dir, exist_ok=True)
     started = time.perf_counter()
-    run_logged(
-        [sys.executable, "tools/train_net.py", "--config", CONFIG, *overrides, "SEED", str(seed),
-         "OUTPUT_DIR", model_dir, "DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()"],
-        os.path.join(model_dir, "leaderboard.log"),
-        env,
-    )
-    _record_seconds(model_dir, "train", time.perf_counter() - started)
+    no_evaluation = ["DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()"]
+    if train_in_child(CONFIG, [*overrides, *no_evaluation], seed, model_dir, env, log_name="leaderboard.log"):
+        _record_seconds(model_dir, "train", time.perf_counter() - started)
 
 
 def fit_posthoc(model_dir, overrides, env):
