@@ -27,5 +27,5 @@ def test_trains_once_with_seed_and_folder_after_the_methods_keys(monkeypatch, tm
 
 def test_a_failed_training_shows_the_end_of_its_log(tmp_path):
     with pytest.raises(RuntimeError, match=r"tools/train_net.py failed \(exit [1-9]\d*\), log .*leaderboard.log"):
-        _common.train_in_child("no_such_config.yaml", [], 0, str(tmp_path), dict(os.environ), log_name="leaderboard.log")
-    assert "no_such_config.yaml" in (tmp_path / "leaderboard.log").read_text()
+        _common.train_in_child("no_such.yaml", [], 0, str(tmp_path), dict(os.environ), log_name="leaderboard.log")
+    assert "no_such.yaml" in (tmp_path / "leaderboard.log").read_text()
