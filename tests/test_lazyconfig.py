@@ -19,7 +19,7 @@ from vos_det.lazyconfig import (
     vos_options,
 )
 from vos_det.modeling import VOSOutputLayers, VOSROIHeads
-from vos_det.modeling.vos.virtual_outliers import vos_kwargs_from_config
+from vos_det.config.vos_keys import vos_kwargs_from_config
 
 # (LazyConfig, the yaml it mirrors).
 RECIPES = (

@@ -18,10 +18,10 @@ import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from vos_det.classification import ClassificationTrainer, is_image_classifier, register_image_folders_from_config
+from vos_det.classification import is_image_classifier, register_image_folders_from_config
 from vos_det.config import resolve_config_file
 from vos_det.data.availability import check_dataset_files, load_datasets_now
-from vos_det.engine import Trainer
+from vos_det.engine import trainer_for
 from vos_det.engine.checkpoint import SaveCalibratedFinalModel, check_checkpoint_matches_model, check_weights_file
 from vos_det.engine.launch import launch_from_args
 
@@ -35,11 +35,6 @@ def setup(args):
     check_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     setup_tool_logging(cfg, args, name="vos_det")
     return cfg
-
-
-def trainer_class(cfg):
-    """The trainer of the model named by MODEL.META_ARCHITECTURE (classifier or detector)."""
-    return ClassificationTrainer if is_image_classifier(cfg) else Trainer
 
 
 def check_inputs(cfg, args):
@@ -61,7 +56,7 @@ def check_inputs(cfg, args):
 
 def main(args):
     cfg = setup(args)
-    trainer_cls = trainer_class(cfg)
+    trainer_cls = trainer_for(cfg)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
         check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)

@@ -1,3 +1,4 @@
 """Training and evaluation entry points of vos_det."""
 from .trainer import Trainer
+from .trainer_registry import register_trainer, trainer_for
 from .predictor import OODPredictor, instances_to_records

@@ -12,9 +12,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..classification import is_image_classifier
-from ..classification.trainer import ClassificationTrainer
-from ..evaluation.uncertainty_diagnostics import (
+from ..modeling.vos.uncertainty_report import (
     classification_logits,
     detection_logits,
     plot_energy_histograms,
@@ -26,7 +24,7 @@ from ..evaluation.uncertainty_diagnostics import (
 from ..errors import ConfigError
 from ..modeling.ood_scores.energy import weighted_energy
 from .checkpoint import check_checkpoint_matches_model
-from .trainer import Trainer
+from .trainer_registry import trainer_for
 
 __all__ = ["DIAGNOSTICS_FILE", "diagnose_checkpoint", "format_diagnostics"]
 
@@ -51,18 +49,19 @@ def diagnose_checkpoint(cfg, *, id_dataset, ood_dataset, output_dir, num_draws=2
 
     Returns:
         dict: the report written to ``DIAGNOSTICS_FILE`` (see
-        :func:`vos_det.evaluation.uncertainty_diagnostics.uncertainty_report`, plus the
+        :func:`vos_det.modeling.vos.uncertainty_report.uncertainty_report`, plus the
         datasets, the selection, the Mahalanobis radius ratios and the synthesis rules' energies).
 
     Raises:
         ConfigError: a set has no detection at the threshold.
     """
-    classifier = is_image_classifier(cfg)
-    trainer = ClassificationTrainer if classifier else Trainer
+    trainer = trainer_for(cfg)
     model = trainer.build_model(cfg)
     check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
+    # An image classifier (whole image as the box) has no ROI heads: its predictor is its own.
+    classifier = not hasattr(model, "roi_heads")
     predictor = model.predictor if classifier else model.roi_heads.box_predictor
     threshold = cfg.TEST.OOD.SCORE_THRESHOLD if score_threshold is None else score_threshold
 

@@ -10,11 +10,11 @@ import os
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 
-from ..cli import check_writable_dir
 from ..data import check_class_names, register_from_cli
 from ..data.availability import check_dataset_files, load_datasets_now
 from ..errors import ConfigError
 from ..evaluation import evaluate_ood_protocol
+from ..utils.file_io import check_writable_dir
 from .checkpoint import check_checkpoint_matches_model, check_weights_file
 from .trainer import Trainer
 

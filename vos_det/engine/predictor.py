@@ -15,12 +15,11 @@ from detectron2.engine import DefaultPredictor
 from PIL import Image
 from tqdm import tqdm
 
-from ..cli import check_writable_dir
 from ..config import load_config
 from ..data.image_io import IMAGE_EXTENSIONS, read_image_file
 from ..modeling import VOSOutputLayers
 from ..modeling.ood_scores import attach_post_hoc_hooks
-from ..utils.file_io import atomic_open
+from ..utils.file_io import atomic_open, check_writable_dir
 from ..utils.visualization import draw_ood_detections
 from .checkpoint import check_checkpoint_matches_model, check_weights_file
 
