@@ -1,5 +1,4 @@
 """The VOS machinery shared by the box predictor and the image-classification head."""
-import inspect
 import logging
 import math
 
