@@ -54,7 +54,6 @@ class VOSKey:
         return f"MODEL.VOS.{self.name}"
 
 
-# fmt: off
 VOS_KEYS = (
     VOSKey("ENABLED", True, None,
            "Turn virtual outlier synthesis and the uncertainty loss on. Off gives the vanilla detector "
@@ -127,7 +126,6 @@ VOS_KEYS = (
     VOSKey("NPOS.NOISE_SCALE", 0.5, at_least(0.0),
            "NPOS: the norm of the Gaussian noise relative to the unit-normalised feature."),
 )
-# fmt: on
 
 
 def _node_and_leaf(vos_node, name):
