@@ -122,10 +122,10 @@ def _where(graph, source, target):
 def test_no_import_cycle_between_packages():
     graph = package_imports()
     found = cycles(graph)
-    details = [
-        " <-> ".join(cycle) + ": " + "; ".join(f"{a} -> {b} ({_where(graph, a, b)})" for a in cycle for b in cycle if b in graph[a])
-        for cycle in found
-    ]
+    details = []
+    for cycle in found:
+        edges = [f"{a} -> {b} ({_where(graph, a, b)})" for a in cycle for b in cycle if b in graph[a]]
+        details.append(" <-> ".join(cycle) + ": " + "; ".join(edges))
     assert not found, "package import cycles:\n" + "\n".join(details)
 
 

@@ -103,7 +103,8 @@ class VirtualOutlierMixin:
         """Refuse options that are allowed one by one but not together (ValueError)."""
         num_queued = self.num_classes * options["sample_number"]
         k, boundary = options["npos_k"], options["npos_boundary"]
-        if options["vos_enabled"] and options["outlier_synthesis"] == "npos" and not (k < num_queued and boundary <= num_queued):
+        npos = options["vos_enabled"] and options["outlier_synthesis"] == "npos"
+        if npos and not (k < num_queued and boundary <= num_queued):
             raise ValueError(
                 f"MODEL.VOS.NPOS.K={k} must be < and MODEL.VOS.NPOS.BOUNDARY={boundary} <= the "
                 f"{num_queued} queued features (K x MODEL.VOS.SAMPLE_NUMBER)"
