@@ -235,7 +235,7 @@ def test_recipe_trains_and_infers_on_cpu(name):
 
 
 def test_bare_config_name_outside_the_preferred_folder_is_ambiguous(tmp_path, monkeypatch):
-    import vos_det.config as config_module
+    import vos_det.config.loading as config_module
 
     for folder in ("A-Detection", "B-Detection"):
         (tmp_path / folder).mkdir()

@@ -30,7 +30,7 @@ from vos_det.modeling.output_layers import VOSOutputLayers
 from vos_det.modeling.vos import energy_logistic_loss
 from vos_det.modeling.vos.feature_queues import ClassFeatureQueues
 from vos_det.modeling.vos.npos import npos_outliers
-from vos_det.modeling.vos.vos_diagnostics import random_energy_weight_aurocs
+from vos_det.modeling.vos.diagnostics import random_energy_weight_aurocs
 
 aten = torch.ops.aten
 

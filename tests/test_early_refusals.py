@@ -208,11 +208,11 @@ def test_detectron2_solver_and_input_keys_are_checked_before_anything_runs(key, 
 def test_steps_and_warmup_beyond_max_iter_are_warnings_for_training(caplog):
     from vos_det.config import load_config
 
-    with caplog.at_level(logging.WARNING, logger="vos_det.config_validation"):
+    with caplog.at_level(logging.WARNING, logger="vos_det.config.validation"):
         load_config(CONFIG, ["SOLVER.MAX_ITER", "300"], training=True)
     assert "SOLVER.STEPS [1000, 1150] >= SOLVER.MAX_ITER=300: the learning rate never drops there" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="vos_det.config_validation"):
+    with caplog.at_level(logging.WARNING, logger="vos_det.config.validation"):
         load_config(CONFIG, ["SOLVER.MAX_ITER", "50", "SOLVER.STEPS", "()"], training=True)
     assert "SOLVER.WARMUP_ITERS=100 >= SOLVER.MAX_ITER=50" in caplog.text and "SOLVER.STEPS" not in caplog.text
 

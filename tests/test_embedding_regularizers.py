@@ -10,6 +10,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from vos_det.config import default_config
+from vos_det.errors import ConfigError
 from vos_det.modeling.regularizers.center_loss import CenterLoss
 from vos_det.modeling.regularizers.cider import CIDERLoss, sequential_prototype_update
 from vos_det.modeling.regularizers.embedding_losses import build_embedding_losses
@@ -295,7 +296,7 @@ def test_embedding_losses_are_built_by_name_and_rejects_duplicates():
     assert [type(loss) for loss in losses] == [CenterLoss, CIDERLoss]
     with pytest.raises(ValueError, match="twice"):
         build_embedding_losses(_cfg(LOSSES=["CenterLoss", "CenterLoss"]), DIM, 3)
-    with pytest.raises(KeyError, match="NoSuchLoss"):
+    with pytest.raises(ConfigError, match=r"MODEL\.EMBEDDING\.LOSSES='NoSuchLoss': must be one of CIDERLoss, CenterLoss"):
         build_embedding_losses(_cfg(LOSSES=["NoSuchLoss"]), DIM, 3)
 
 

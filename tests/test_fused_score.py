@@ -7,7 +7,7 @@ import torch
 from scipy.optimize import minimize
 
 from vos_det.engine.fused_fitting import choose_fused_candidate, part_scores, virtual_outlier_features
-from vos_det.evaluation.ood_metrics import auroc, fpr_at_tpr
+from vos_det.metrics import auroc, fpr_at_tpr
 from vos_det.modeling.ood_scores import BoxFitData, build_post_hoc_scores
 from vos_det.modeling.ood_scores.fused import FusedScore, fit_logistic, id_percentile
 from vos_det.modeling.ood_scores.knn import KNNScore

@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from vos_det.config import default_config
-from vos_det.config_validation import validate_config
+from vos_det.config import validate_config
 from vos_det.errors import ConfigError
 from vos_det.modeling.ood_scores import BoxFitData
 from vos_det.modeling.ood_scores import knn_search

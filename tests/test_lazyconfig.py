@@ -19,7 +19,7 @@ from vos_det.lazyconfig import (
     vos_options,
 )
 from vos_det.modeling import VOSOutputLayers, VOSROIHeads
-from vos_det.modeling.vos.virtual_outliers import vos_kwargs_from_config
+from vos_det.config.vos_keys import vos_kwargs_from_config
 
 # (LazyConfig, the yaml it mirrors).
 RECIPES = (
@@ -53,8 +53,7 @@ def test_lazy_config_builds_the_model_of_its_yaml(lazy_file, yaml_file):
     assert _hyperparameters(lazy) == _hyperparameters(reference)
     predictor, reference_predictor = lazy.roi_heads.box_predictor, reference.roi_heads.box_predictor
     for name in vos_kwargs_from_config(yacs_cfg):
-        if hasattr(reference_predictor, name):  # sample_number is the queues' capacity
-            assert getattr(predictor, name) == getattr(reference_predictor, name), name
+        assert getattr(predictor, name) == getattr(reference_predictor, name), name
     assert predictor.feature_queues.capacity == reference_predictor.feature_queues.capacity
 
     # Training and evaluation settings.

@@ -1,10 +1,10 @@
-"""Tests of vos_det.evaluation.ood_metrics against scikit-learn and brute-force references."""
+"""Tests of vos_det.metrics.ood_metrics against scikit-learn and brute-force references."""
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from vos_det.evaluation import (
+from vos_det.metrics import (
     OODMetrics,
     aupr_in,
     aupr_out,

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from vos_det.config import load_config
-from vos_det.config_overrides import merge_overrides
+from vos_det.config import merge_overrides
 from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
 from vos_det.modeling.ood_scores import (
     POST_HOC_SCORES,
@@ -121,7 +121,7 @@ def test_knn_score_normalises_features_and_subsamples_the_bank():
 
 def test_knn_k_is_chosen_by_validation_fpr95():
     from vos_det.engine.post_hoc_fitting import choose_knn_k
-    from vos_det.evaluation.ood_metrics import fpr_at_tpr
+    from vos_det.metrics import fpr_at_tpr
 
     data = _fit_data(n=60)
     g = _generator(3)

@@ -1,4 +1,4 @@
-"""Tests of the VOS diagnostics (vos_det/modeling/vos/vos_diagnostics.py): each logged quantity
+"""Tests of the VOS diagnostics (vos_det/modeling/vos/diagnostics.py): each logged quantity
 against a direct computation on a small box predictor, and the random-weights control."""
 import math
 
@@ -11,7 +11,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from vos_det.classification.head import VOSClassificationHead
-from vos_det.modeling.vos.vos_diagnostics import (
+from vos_det.modeling.vos.diagnostics import (
     mahalanobis_radius_ratio,
     prior_entropy,
     random_energy_weight_aurocs,
@@ -177,7 +177,7 @@ def _trained_head():
 
 
 def test_virtual_outlier_logits_are_the_model_outliers():
-    from vos_det.evaluation.uncertainty_diagnostics import virtual_outlier_logits
+    from vos_det.modeling.vos.uncertainty_report import virtual_outlier_logits
 
     head = _trained_head()
     logits, queue_logits, radii = virtual_outlier_logits(head, num_steps=3)
@@ -188,7 +188,7 @@ def test_virtual_outlier_logits_are_the_model_outliers():
 
 
 def test_uncertainty_report_matches_a_direct_computation():
-    from vos_det.evaluation.uncertainty_diagnostics import uncertainty_report
+    from vos_det.modeling.vos.uncertainty_report import uncertainty_report
 
     head = _trained_head()
     generator = torch.Generator().manual_seed(1)
@@ -212,7 +212,7 @@ def test_detection_logits_are_those_of_the_output_boxes():
     from detectron2.modeling import build_model
 
     from vos_det.config import load_config
-    from vos_det.evaluation.uncertainty_diagnostics import detection_logits
+    from vos_det.modeling.vos.uncertainty_report import detection_logits
 
     cfg = load_config("digits_vos_tiny.yaml")
     torch.manual_seed(0)
@@ -230,7 +230,7 @@ def test_detection_logits_are_those_of_the_output_boxes():
 
 
 def test_synthesis_rule_energies_use_the_model_classifier():
-    from vos_det.evaluation.uncertainty_diagnostics import SYNTHESIS_RULES, synthesis_rule_energies
+    from vos_det.modeling.vos.uncertainty_report import SYNTHESIS_RULES, synthesis_rule_energies
 
     head = _trained_head()
     head.synthesize_outliers(0)

@@ -21,7 +21,7 @@ from vos_det.modeling.vos.npos import knn_distances, npos_outliers
 from vos_det.modeling.output_layers import VOSOutputLayers
 from vos_det.modeling.vos.synthesis import sample_virtual_outliers, tail_chi2_radii
 from vos_det.modeling.vos.uncertainty_loss import energy_logistic_loss
-from vos_det.modeling.vos.virtual_outliers import vos_kwargs_from_config
+from vos_det.config.vos_keys import vos_kwargs_from_config
 
 NUM_CLASSES = 3
 DIM = 8

@@ -4,7 +4,8 @@
     python tools/make_docs.py            # rewrite the pages
     python tools/make_docs.py --check    # exit 1 naming the pages that are out of date
 
-The configuration reference comes from vos_det/config.py's comments, defaults and checks;
+The configuration reference comes from the keys of vos_det/config/ (comments, declarations,
+defaults and checks);
 the OOD methods page from the methods' module docstrings (vos_det.reference_docs).
 """
 import sys

@@ -16,10 +16,10 @@ from vos_det.cli import ToolParser, add_launch_arguments, check_writable_dir, lo
 
 import os
 
-from vos_det.classification import ClassificationTrainer, is_image_classifier, register_image_folders_from_config
+from vos_det.classification import is_image_classifier, register_image_folders_from_config
 from vos_det.config import resolve_config_file
 from vos_det.data.availability import check_dataset_files, load_datasets_now
-from vos_det.engine import Trainer, load_trained_model
+from vos_det.engine import load_trained_model, trainer_for
 from vos_det.engine.checkpoint import SaveCalibratedFinalModel, check_weights_file
 from vos_det.engine.launch import launch_from_args
 
@@ -33,11 +33,6 @@ def setup(args):
     check_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     setup_tool_logging(cfg, args, name="vos_det")
     return cfg
-
-
-def trainer_class(cfg):
-    """The trainer of the model named by MODEL.META_ARCHITECTURE (classifier or detector)."""
-    return ClassificationTrainer if is_image_classifier(cfg) else Trainer
 
 
 def check_inputs(cfg, args):
@@ -69,7 +64,7 @@ def weights_to_evaluate(cfg, resume: bool) -> str:
 
 def main(args):
     cfg = setup(args)
-    trainer_cls = trainer_class(cfg)
+    trainer_cls = trainer_for(cfg)
     if args.eval_only:
         return trainer_cls.test(cfg, load_trained_model(cfg, weights_to_evaluate(cfg, args.resume)))
     trainer = trainer_cls(cfg)

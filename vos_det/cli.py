@@ -35,9 +35,9 @@ from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from .config import load_config, resolve_config_file
-from .config_overrides import merge_overrides
+from .config import load_config, merge_overrides, resolve_config_file
 from .errors import ConfigError, UserError
+from .utils.file_io import check_writable_dir
 from .utils.log_noise import filter_known_warnings, strip_ansi
 
 __all__ = [
@@ -179,23 +179,6 @@ def parse_add_class(spec):
     if not class_name or not dataset_name:
         raise UserError(f"--add-class expects NAME=DATASET, got {spec!r}")
     return class_name, dataset_name
-
-
-def check_writable_dir(path, what="output folder"):
-    """Create ``path`` if needed and check that a file can be written in it, before any work.
-
-    Raises:
-        UserError: naming the folder and the reason (not writable, a file, no space...).
-    """
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".vos_det_write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"{what} {path} is not writable: {e.strerror or e}") from e
-    return path
 
 
 def setup_tool_logging(cfg, args, *, name="vos_det"):

@@ -23,12 +23,12 @@ from detectron2.modeling import StandardROIHeads
 from detectron2.utils import comm
 
 from .config import default_config, resolve_config_file
+from .config.vos_keys import vos_arguments
 from .engine.checkpoint import AtomicWritePathManager, CaptureRandomStates, RandomState
 from .engine.launch import create_ddp_model
 from .evaluation import evaluate_ood_protocol
 from .evaluation.detection import log_detection_results
 from .modeling import VOSOutputLayers, VOSROIHeads
-from .modeling.vos.virtual_outliers import vos_kwargs_from_config
 
 __all__ = [
     "add_vos",
@@ -49,26 +49,19 @@ _DATASET_KEYS = {"id_datasets": "TEST", "ood_datasets": "OOD_TEST"}
 
 
 def vos_options(**overrides) -> dict:
-    """The VOS keyword arguments of :class:`VOSOutputLayers`: the ``MODEL.VOS`` defaults
-    (:func:`vos_det.config.add_vos_config`, the paper's VOC recipe) with ``overrides``.
+    """The VOS keyword arguments of :class:`VOSOutputLayers`: the defaults of the keys of
+    :data:`~vos_det.config.vos_keys.VOS_KEYS` (the paper's VOC recipe) with ``overrides``.
 
     Args:
-        overrides: any keyword of :func:`~vos_det.modeling.vos.virtual_outliers.vos_kwargs_from_config`,
-            which maps every ``MODEL.VOS`` key of the box predictor to one (the key in lower
-            case, e.g. ``sample_number``, ``starting_iter``, ``uncertainty_head``,
-            ``outlier_synthesis``; ``MODEL.VOS.ENABLED`` is ``vos_enabled``, ``LOSS_WEIGHT``
-            ``vos_loss_weight``). Each key's meaning: docs/config_keys.md; an unknown option's
-            error lists them all.
+        overrides: one keyword per key of ``VOS_KEYS``: the key in lower case, e.g.
+            ``sample_number``, ``starting_iter``, ``uncertainty_head``, ``npos_k``
+            (``MODEL.VOS.ENABLED`` is ``vos_enabled``, ``LOSS_WEIGHT`` ``vos_loss_weight``).
+            Each key's meaning: docs/config_keys.md; an unknown option's error lists them all.
 
     Raises:
         ValueError: an unknown option (the message lists the known ones).
     """
-    options = vos_kwargs_from_config(default_config())
-    unknown = sorted(set(overrides) - set(options))
-    if unknown:
-        raise ValueError(f"unknown VOS option(s) {unknown}; the options are {sorted(options)}")
-    options.update(overrides)
-    return options
+    return vos_arguments(**overrides)
 
 
 def add_vos(model, **overrides):

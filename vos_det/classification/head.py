@@ -11,8 +11,9 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 
+from ..config.vos_keys import vos_kwargs_from_config
 from ..modeling.regularizers.margin_classifiers import LinearClassifier
-from ..modeling.vos.virtual_outliers import VirtualOutlierMixin, vos_kwargs_from_config
+from ..modeling.vos.virtual_outliers import VirtualOutlierMixin
 
 __all__ = ["VOSClassificationHead"]
 

@@ -6,6 +6,7 @@ from detectron2.evaluation import inference_on_dataset
 
 from ..data.catalog import get_ood_role
 from ..engine.trainer import Trainer
+from ..engine.trainer_registry import register_trainer
 from ..evaluation.calibration import calibrate_on_samples
 from ..evaluation.ood_summary import summarize_ood_evaluation
 from ..evaluation.scored_sets import Comparison, ScoredSet
@@ -22,6 +23,7 @@ _DEFAULT_FPR95_METHOD = "first_at_least"
 _DEFAULT_ID_KEEP = 0.95
 
 
+@register_trainer("VOSImageClassifier")
 class ClassificationTrainer(Trainer):
     """The vos_det :class:`Trainer` for :class:`VOSImageClassifier`.
 

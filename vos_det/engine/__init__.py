@@ -1,4 +1,5 @@
 """Training and evaluation entry points of vos_det."""
 from .trainer import Trainer
+from .trainer_registry import register_trainer, trainer_for
 from .predictor import OODPredictor, instances_to_records
 from .trained_model import load_trained_model

@@ -10,9 +10,7 @@ import os
 
 import torch
 
-from ..classification import is_image_classifier
-from ..classification.trainer import ClassificationTrainer
-from ..evaluation.uncertainty_diagnostics import (
+from ..modeling.vos.uncertainty_report import (
     classification_logits,
     detection_logits,
     plot_energy_histograms,
@@ -24,7 +22,7 @@ from ..evaluation.uncertainty_diagnostics import (
 from ..errors import ConfigError
 from ..modeling.ood_scores.energy import weighted_energy
 from .trained_model import load_trained_model
-from .trainer import Trainer
+from .trainer_registry import trainer_for
 
 __all__ = ["DIAGNOSTICS_FILE", "diagnose_checkpoint", "format_diagnostics"]
 
@@ -49,15 +47,16 @@ def diagnose_checkpoint(cfg, *, id_dataset, ood_dataset, output_dir, num_draws=2
 
     Returns:
         dict: the report written to ``DIAGNOSTICS_FILE`` (see
-        :func:`vos_det.evaluation.uncertainty_diagnostics.uncertainty_report`, plus the
+        :func:`vos_det.modeling.vos.uncertainty_report.uncertainty_report`, plus the
         datasets, the selection, the Mahalanobis radius ratios and the synthesis rules' energies).
 
     Raises:
         ConfigError: a set has no detection at the threshold.
     """
-    classifier = is_image_classifier(cfg)
-    trainer = ClassificationTrainer if classifier else Trainer
+    trainer = trainer_for(cfg)
     model = load_trained_model(cfg)
+    # An image classifier (whole image as the box) has no ROI heads: its predictor is its own.
+    classifier = not hasattr(model, "roi_heads")
     predictor = model.predictor if classifier else model.roi_heads.box_predictor
     threshold = cfg.TEST.OOD.SCORE_THRESHOLD if score_threshold is None else score_threshold
 

@@ -9,11 +9,11 @@ import os
 
 from detectron2.data import MetadataCatalog
 
-from ..cli import check_writable_dir
 from ..data import check_class_names, register_from_cli
 from ..data.availability import check_dataset_files, load_datasets_now
 from ..errors import ConfigError
 from ..evaluation import evaluate_ood_protocol
+from ..utils.file_io import check_writable_dir
 from .checkpoint import check_weights_file
 from .trained_model import load_trained_model
 from .trainer import Trainer

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..evaluation.ood_metrics import auroc, fpr_at_tpr
+from ..metrics.ood_metrics import auroc, fpr_at_tpr
 from ..modeling.ood_scores import BoxFitData
 from ..modeling.ood_scores.fused import FEATURE_PARTS, FusedScore, logit_part_score
 from ..modeling.ood_scores.mahalanobis import GaussianDiscriminant

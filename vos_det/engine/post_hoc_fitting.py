@@ -22,11 +22,10 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..cli import check_writable_dir
 from ..data.availability import check_dataset_files
 from ..data.catalog import is_test_split
 from ..errors import UserError
-from ..evaluation.ood_metrics import auroc, fpr_at_tpr
+from ..metrics.ood_metrics import auroc, fpr_at_tpr
 from ..modeling.regularizers.margin_classifiers import LinearClassifier
 from ..modeling.ood_scores import (
     POST_HOC_STATE_FILE,
@@ -36,6 +35,7 @@ from ..modeling.ood_scores import (
 )
 from ..modeling.ood_scores.knn import nearest_similarities, similarity_to_distance
 from ..modeling.ood_scores.safe import matching_layers
+from ..utils.file_io import check_writable_dir
 from .checkpoint import check_weights_file
 from .feature_extraction import box_head_features, build_annotated_test_loader, ground_truth_box_features
 from .post_hoc_weights import WEIGHTS_HASH_KEY, weights_fingerprint

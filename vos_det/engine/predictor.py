@@ -16,11 +16,10 @@ from detectron2.engine import DefaultPredictor
 from PIL import Image
 from tqdm import tqdm
 
-from ..cli import check_writable_dir
 from ..config import load_config
 from ..data.image_io import IMAGE_EXTENSIONS, read_image_file
 from ..modeling import VOSOutputLayers
-from ..utils.file_io import atomic_open
+from ..utils.file_io import atomic_open, check_writable_dir
 from ..utils.visualization import draw_ood_detections
 from .checkpoint import check_weights_file
 from .trained_model import load_trained_model

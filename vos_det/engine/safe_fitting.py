@@ -20,7 +20,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 from tqdm import tqdm
 
-from ..evaluation.ood_metrics import auroc, fpr_at_tpr
+from ..metrics.ood_metrics import auroc, fpr_at_tpr
 from ..modeling.ood_scores.safe import LayerCapture, SAFEFitData, SAFEScore, match_layers
 from .feature_extraction import annotated_test_mapper
 

@@ -20,7 +20,7 @@ import numpy as np
 from detectron2.utils import comm
 
 from .calibration import CALIBRATED_MODEL_FILE, THRESHOLD_FILE, find_ood_head
-from .ood_metrics import ood_metrics
+from ..metrics.ood_metrics import ood_metrics
 from .plots import plot_comparisons
 from .report import format_ood_report, write_json
 

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .ood_metrics import auroc, fpr_at_tpr, roc_curve
+from ..metrics.ood_metrics import auroc, fpr_at_tpr, roc_curve
 
 __all__ = ["histogram_range", "plot_comparisons", "plot_roc_curves", "plot_score_histograms", "safe_file_name"]
 

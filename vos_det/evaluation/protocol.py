@@ -34,7 +34,7 @@ from .detection import build_detection_evaluator
 from .gallery import plot_detection_examples, plot_failure_gallery
 from .plots import safe_file_name
 from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, numbers_only, summarize_ood_evaluation
-from .score_curves import FPR_METHODS
+from ..metrics.score_curves import FPR_METHODS
 from .scored_sets import Comparison, ScoredSet
 
 # OOD_RESULTS_FILE and PLOTS_DIR: the files evaluate_ood_protocol writes, named here too.

@@ -31,7 +31,7 @@ def format_ood_table(ood_results, convention=None):
 
     Args:
         ood_results (dict): ``{id_set: {ood_set: {score_name: metrics}}}`` where metrics is
-            the dict of :func:`vos_det.evaluation.ood_metrics.ood_metrics`.
+            the dict of :func:`vos_det.metrics.ood_metrics.ood_metrics`.
         convention (str, optional): a line stating the FPR95 convention, printed under the
             table.
 

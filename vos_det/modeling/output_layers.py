@@ -8,6 +8,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_r
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.registry import Registry
 
+from ..config.vos_keys import vos_kwargs_from_config
 from ..utils.precision import full_precision
 from .ood_scores import build_post_hoc_scores
 from .ood_scores.mahalanobis import GaussianDiscriminant
@@ -15,7 +16,7 @@ from .ood_scores.scoring import PostHocScoring
 from .regularizers.embedding_losses import build_embedding_losses
 from .regularizers.margin_classifiers import LinearClassifier, build_box_classifier
 from .release_inference import nms_before_clip_inference
-from .vos.virtual_outliers import OOD_SCORES, VirtualOutlierMixin, pop_vos_options, vos_kwargs_from_config
+from .vos.virtual_outliers import OOD_SCORES, VirtualOutlierMixin, pop_vos_options
 
 __all__ = ["BOX_PREDICTOR_REGISTRY", "VOSOutputLayers", "OOD_SCORES"]
 

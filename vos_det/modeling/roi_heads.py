@@ -2,6 +2,7 @@
 from detectron2.config import configurable
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 
+from .config_options import registered
 from .output_layers import BOX_PREDICTOR_REGISTRY
 
 __all__ = ["VOSROIHeads"]
@@ -46,6 +47,6 @@ class VOSROIHeads(StandardROIHeads):
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
-        predictor_class = BOX_PREDICTOR_REGISTRY.get(cfg.MODEL.VOS.BOX_PREDICTOR)
+        predictor_class = registered(BOX_PREDICTOR_REGISTRY, "MODEL.VOS.BOX_PREDICTOR", cfg.MODEL.VOS.BOX_PREDICTOR)
         ret["box_predictor"] = predictor_class(cfg, ret["box_head"].output_shape)
         return ret

@@ -1,9 +1,12 @@
-"""Writing local files so that they appear complete or not at all."""
+"""Writing local files: folders checked writable before any work, files that appear complete
+or not at all."""
 import contextlib
 import os
 import tempfile
 
-__all__ = ["atomic_open"]
+from ..errors import UserError
+
+__all__ = ["atomic_open", "check_writable_dir"]
 
 
 # Permission bits of a new file before the umask, as open() creates it.
@@ -93,3 +96,20 @@ def atomic_open(path: str, mode: str = "w"):
     0666 minus the umask for a new file.
     """
     return _AtomicLocalFile(path, mode)
+
+
+def check_writable_dir(path, what="output folder"):
+    """Create ``path`` if needed and check that a file can be written in it, before any work.
+
+    Raises:
+        UserError: naming the folder and the reason (not writable, a file, no space...).
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".vos_det_write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{what} {path} is not writable: {e.strerror or e}") from e
+    return path

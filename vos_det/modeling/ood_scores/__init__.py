@@ -21,6 +21,7 @@ Belongs here: every way of scoring a box (or image) as out-of-distribution.
 """
 from torch import nn
 
+from ...config.choices import POST_HOC_SCORES
 from .base import FIT_TOOL, OOD_SCORE_REGISTRY, BoxFitData, PostHocScore
 from .box_pooling import pool_box_layers
 from .fused import FusedScore
@@ -48,9 +49,6 @@ __all__ = [
     "pool_box_layers",
     "save_post_hoc_state",
 ]
-
-# The post-hoc scores, in the order of reports.
-POST_HOC_SCORES = ("maxlogit", "gen", "knn", "vim", "react", "mahalanobis_multilayer", "safe", "fused")
 
 
 def build_post_hoc_scores(cfg=None) -> nn.ModuleDict:

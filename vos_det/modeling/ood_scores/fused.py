@@ -28,6 +28,10 @@ from typing import Dict, Optional
 
 import torch
 
+from ...config.choices import FUSED_FEATURE_PARTS as FEATURE_PARTS
+from ...config.choices import FUSED_LOGIT_PARTS as LOGIT_PARTS
+from ...config.choices import FUSED_RULES as RULES
+from ...config.choices import FUSED_SCALINGS as SCALINGS
 from .base import OOD_SCORE_REGISTRY, PostHocScore
 from .energy import energy
 from .gen import generalized_entropy
@@ -44,10 +48,6 @@ __all__ = [
     "logit_part_score",
 ]
 
-LOGIT_PARTS = ("energy", "gen")
-FEATURE_PARTS = ("knn", "mahalanobis_multilayer")
-SCALINGS = ("zscore", "percentile")
-RULES = ("max", "sum", "logistic")
 # Ridge penalty on the logistic weights (not the bias): keeps them finite when ID boxes and
 # outliers are separable, as they are on a trained detector.
 _LOGISTIC_L2 = 1e-3

@@ -21,11 +21,12 @@ import math
 
 import torch
 
+from ...config.choices import KNN_SEARCHES
+
 __all__ = ["KNN_SEARCHES", "build_knn_search", "default_nlist", "faiss_available", "TorchKNNSearch", "FaissKNNSearch"]
 
 logger = logging.getLogger(__name__)
 
-KNN_SEARCHES = ("torch", "faiss_flat", "faiss_ivf")
 # faiss warns below 39 training points per k-means centroid; the cells are kept at least
 # that full.
 _MIN_POINTS_PER_CELL = 39

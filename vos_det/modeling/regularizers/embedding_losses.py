@@ -1,6 +1,8 @@
 """Auxiliary losses on the box-head embedding (center loss, CIDER), chosen by config."""
 from detectron2.utils.registry import Registry
 
+from ..config_options import registered
+
 __all__ = ["EMBEDDING_LOSS_REGISTRY", "build_embedding_losses"]
 
 EMBEDDING_LOSS_REGISTRY = Registry("EMBEDDING_LOSS")
@@ -22,8 +24,9 @@ def build_embedding_losses(cfg, feature_dim: int, num_classes: int):
 
     Raises:
         ValueError: a name is listed twice.
+        ConfigError: a name that is not registered.
     """
     names = list(cfg.MODEL.EMBEDDING.LOSSES)
     if len(set(names)) != len(names):
         raise ValueError(f"MODEL.EMBEDDING.LOSSES lists a loss twice: {names}")
-    return [EMBEDDING_LOSS_REGISTRY.get(name)(cfg, feature_dim, num_classes) for name in names]
+    return [registered(EMBEDDING_LOSS_REGISTRY, "MODEL.EMBEDDING.LOSSES", name)(cfg, feature_dim, num_classes) for name in names]

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 
-from ..config_options import options_from_config
+from ..config_options import options_from_config, registered
 
 __all__ = [
     "CLASSIFIER_REGISTRY",
@@ -66,8 +66,12 @@ def build_box_classifier(cfg, input_dim: int, num_outputs: int) -> nn.Module:
         cfg (CfgNode): the config.
         input_dim: D, the dimension of the box features.
         num_outputs: K + 1, the foreground classes and the background.
+
+    Raises:
+        ConfigError: a name that is not registered.
     """
-    return CLASSIFIER_REGISTRY.get(cfg.MODEL.EMBEDDING.CLASSIFIER)(cfg, input_dim, num_outputs)
+    classifier = registered(CLASSIFIER_REGISTRY, "MODEL.EMBEDDING.CLASSIFIER", cfg.MODEL.EMBEDDING.CLASSIFIER)
+    return classifier(cfg, input_dim, num_outputs)
 
 
 def _unit_rows(num_rows: int, dim: int):

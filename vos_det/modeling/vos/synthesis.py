@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from ...config.choices import SAMPLERS
+
 __all__ = [
     "robust_cholesky",
     "sample_virtual_outliers",
@@ -32,7 +34,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("chi2", "gaussian")
 # Each failed factorisation multiplies the jitter added to the diagonal by this factor.
 _JITTER_GROWTH = 10.0
 _MAX_CHOLESKY_TRIES = 6

@@ -18,12 +18,11 @@ loss, the scores and the diagnostics need no case for the head.
 import torch
 from torch import nn
 
+from ...config.choices import UNCERTAINTY_HEADS
 from .uncertainty_loss import ID_LABEL
 
 __all__ = ["MLP_HIDDEN_DIM", "UNCERTAINTY_HEADS", "MLPUncertaintyHead", "build_uncertainty_head", "id_probability"]
 
-# Values of MODEL.VOS.UNCERTAINTY_HEAD.
-UNCERTAINTY_HEADS = ("logistic", "mlp")
 # Hidden width of the main-MLP branch's head (roihead_gmm.py:534 of that branch).
 MLP_HIDDEN_DIM = 512
 

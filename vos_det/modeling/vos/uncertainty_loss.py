@@ -3,7 +3,7 @@ import torch
 from torch.nn import functional as F
 
 from ..ood_scores.energy import weighted_logsumexp
-from .vos_diagnostics import log_uncertainty_diagnostics, uncertainty_diagnostic_scalars
+from .diagnostics import log_uncertainty_diagnostics, uncertainty_diagnostic_scalars
 
 __all__ = ["ID_LABEL", "energy_logistic_loss"]
 
@@ -19,7 +19,7 @@ def energy_logistic_loss(id_logits, outlier_logits, class_weights, uncertainty_c
     cross-entropy with logits of z, the released main-MLP branch's loss.
 
     Also logs the diagnostics of the step to ``storage``
-    (:func:`~vos_det.modeling.vos.vos_diagnostics.log_uncertainty_diagnostics`: mean energies
+    (:func:`~vos_det.modeling.vos.diagnostics.log_uncertainty_diagnostics`: mean energies
     and classifier accuracy of both sides, loss over prior entropy, energy weights).
 
     Args:
@@ -34,7 +34,7 @@ def energy_logistic_loss(id_logits, outlier_logits, class_weights, uncertainty_c
             so both sides weigh one half whatever N and M.
         scalars (dict, optional): when given, the diagnostics are added to it (as 0-dim
             tensors, for the caller to log with its own in one transfer,
-            :func:`~vos_det.modeling.vos.vos_diagnostics.put_scalars_at_once`) instead of
+            :func:`~vos_det.modeling.vos.diagnostics.put_scalars_at_once`) instead of
             being logged to ``storage`` here.
 
     Returns:

@@ -1,5 +1,4 @@
 """The VOS machinery shared by the box predictor and the image-classification head."""
-import inspect
 import logging
 import math
 
@@ -11,29 +10,19 @@ from detectron2.utils.comm import get_rank
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
-from ...config_validation import validate_config
+from ...config.choices import OOD_SCORES, VOS_ONLY_SCORES
+from ...config.vos_keys import VOS_KEYS, check_vos_arguments, vos_arguments
 from ...utils.precision import full_precision
-from ..ood_scores import POST_HOC_SCORES
 from ..ood_scores.energy import energy, max_softmax_ood_score, weighted_energy
+from .diagnostics import mahalanobis_radius_ratio, scalars_to_host
 from .feature_queues import ClassFeatureQueues
 from .npos import npos_outliers
-from .synthesis import SAMPLERS, robust_cholesky, sample_virtual_outliers
-from .uncertainty_heads import UNCERTAINTY_HEADS, build_uncertainty_head, id_probability
+from .synthesis import robust_cholesky, sample_virtual_outliers
+from .uncertainty_heads import build_uncertainty_head, id_probability
 from .uncertainty_loss import ID_LABEL, energy_logistic_loss
-from .vos_diagnostics import mahalanobis_radius_ratio, scalars_to_host
 
-__all__ = ["OOD_SCORES", "VirtualOutlierMixin", "pop_vos_options", "vos_kwargs_from_config"]
+__all__ = ["OOD_SCORES", "VirtualOutlierMixin", "pop_vos_options"]
 
-# Scores that can back ood_scores / is_ood (MODEL.VOS.OOD_SCORE); "mahalanobis" needs
-# statistics fitted with tools/fit_mahalanobis.py, and the post-hoc scores of
-# vos_det/modeling/ood_scores/ (maxlogit, gen, knn, ...) tools/fit_ood_scores.py for those
-# with fitted state (box predictor only).
-OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "vos_release", "mahalanobis") + POST_HOC_SCORES
-# The scores that need the uncertainty head and energy weights of a VOS-trained model.
-VOS_ONLY_SCORES = ("vos", "vos_release", "weighted_energy")
-# How virtual outliers are made (MODEL.VOS.OUTLIER_SYNTHESIS): the paper's class Gaussians,
-# or NPOS-style perturbations of boundary ID features (vos_det/modeling/vos/npos.py).
-OUTLIER_SYNTHESES = ("gaussian", "npos")
 # At most this many queued ID features enter the vos/id_radius_ratio diagnostic per step.
 _MAX_RADIUS_DIAGNOSTIC_ROWS = 512
 # Separates the synthesis seeds of consecutive iterations (a prime larger than any schedule).
@@ -50,45 +39,11 @@ _WARNING_PERIOD_SECONDS = 60
 _NONFINITE_PREFIX = "vos/nonfinite_"
 
 
-def vos_kwargs_from_config(cfg) -> dict:
-    """The ``MODEL.VOS`` keys as the keyword arguments of :meth:`init_virtual_outliers`.
-
-    The whole config is validated first (:func:`vos_det.config_validation.validate_config`),
-    so a value out of range fails when the model is built, not hours into training.
-    """
-    validate_config(cfg)
-    vos = cfg.MODEL.VOS
-    return {
-        "vos_enabled": vos.ENABLED,
-        "sample_number": vos.SAMPLE_NUMBER,
-        "starting_iter": vos.STARTING_ITER,
-        "sample_from": vos.SAMPLE_FROM,
-        "select": vos.SELECT,
-        "vos_loss_weight": vos.LOSS_WEIGHT,
-        "covariance_eps": vos.COVARIANCE_EPS,
-        "covariance_recompute_period": vos.COVARIANCE_RECOMPUTE_PERIOD,
-        "sampler": vos.SAMPLER,
-        "synthesis_seed": vos.SYNTHESIS_SEED,
-        "per_rank_outliers": vos.PER_RANK_OUTLIERS,
-        "ood_score": vos.OOD_SCORE,
-        "ood_threshold": vos.OOD_THRESHOLD,
-        "use_calibrated_threshold": vos.USE_CALIBRATED_THRESHOLD,
-        "balanced_loss": vos.BALANCED_LOSS,
-        "outlier_tail": vos.OUTLIER_TAIL,
-        "outlier_radius_scale": vos.OUTLIER_RADIUS_SCALE,
-        "outlier_synthesis": vos.OUTLIER_SYNTHESIS,
-        "npos_k": vos.NPOS.K,
-        "npos_boundary": vos.NPOS.BOUNDARY,
-        "npos_noise_scale": vos.NPOS.NOISE_SCALE,
-        "uncertainty_head": vos.UNCERTAINTY_HEAD,
-    }
-
-
 def pop_vos_options(kwargs: dict) -> dict:
-    """Remove the arguments of :meth:`VirtualOutlierMixin.init_virtual_outliers` from
-    ``kwargs`` (a host constructor's keyword arguments) and return them."""
-    names = inspect.signature(VirtualOutlierMixin.init_virtual_outliers).parameters
-    return {name: kwargs.pop(name) for name in list(kwargs) if name in names and name not in ("self", "feature_dim")}
+    """Remove the arguments of :meth:`VirtualOutlierMixin.init_virtual_outliers` (one per key
+    of :data:`~vos_det.config.vos_keys.VOS_KEYS`) from ``kwargs`` (a host constructor's keyword
+    arguments) and return them."""
+    return {key.argument: kwargs.pop(key.argument) for key in VOS_KEYS if key.argument in kwargs}
 
 
 class VirtualOutlierMixin:
@@ -109,117 +64,25 @@ class VirtualOutlierMixin:
     p(ID) is then sigmoid(-E) of the plain energy.
     """
 
-    def init_virtual_outliers(
-        self,
-        feature_dim: int,
-        *,
-        vos_enabled: bool = True,
-        sample_number: int = 1000,
-        starting_iter: int = 12000,
-        sample_from: int = 10000,
-        select: int = 1,
-        vos_loss_weight: float = 0.1,
-        covariance_eps: float = 1e-4,
-        covariance_recompute_period: int = 500,
-        sampler: str = "chi2",
-        synthesis_seed: int = 0,
-        per_rank_outliers: bool = True,
-        ood_score: str = "vos",
-        ood_threshold: float = 0.5,
-        use_calibrated_threshold: bool = True,
-        balanced_loss: bool = False,
-        outlier_tail: float = 0.0,
-        outlier_radius_scale: float = 1.0,
-        outlier_synthesis: str = "gaussian",
-        npos_k: int = 10,
-        npos_boundary: int = 100,
-        npos_noise_scale: float = 0.5,
-        uncertainty_head: str = "logistic",
-    ):
+    def init_virtual_outliers(self, feature_dim: int, **options):
         """
         Args:
             feature_dim: D, the dimension of the queued features.
-            vos_enabled: synthesise outliers and train the uncertainty classifier.
-            sample_number: capacity of each class queue.
-            starting_iter: first iteration at which outliers may be synthesised.
-            sample_from: Gaussian draws per class at each synthesis step.
-            select: lowest-likelihood draws kept per class.
-            vos_loss_weight: beta, the weight of the uncertainty loss.
-            covariance_eps: initial diagonal jitter of the shared covariance.
-            covariance_recompute_period: exact covariance recomputation period, in steps.
-            sampler: "chi2" or "gaussian", see :func:`sample_virtual_outliers`.
-            synthesis_seed: base seed of the per-iteration synthesis random stream.
-            per_rank_outliers: every rank of a distributed run draws its own outliers
-                (seeded by synthesis_seed, the iteration and the rank), as the released
-                code's independent draws per GPU; False: all ranks draw the same ones.
-            ood_score: the score behind ``ood_scores`` and ``is_ood``, one of OOD_SCORES.
-            ood_threshold: threshold on the OOD score used until a calibrated one is stored.
-            use_calibrated_threshold: prefer the calibrated threshold when one is stored.
-            balanced_loss: weight the ID samples and the outliers equally (half of the
-                loss each) instead of per sample.
-            outlier_tail: > 0: outliers are Gaussian draws beyond the likelihood threshold
-                of this tail probability (eq. 3) instead of the least likely of
-                ``sample_from``; 0 = the paper's rule.
-            outlier_radius_scale: factor on the Mahalanobis radius of every outlier.
-            outlier_synthesis: "gaussian" (eq. 1-3) or "npos" (:func:`npos_outliers` on
-                the queues: ``sample_from`` candidates, K * ``select`` outliers kept).
-            npos_k: the neighbour of NPOS's k-NN distance.
-            npos_boundary: boundary ID features NPOS perturbs.
-            npos_noise_scale: norm of NPOS's noise relative to the (unit) feature norm.
-            uncertainty_head: the classifier of -E, one of UNCERTAINTY_HEADS: "logistic"
-                (Linear(1, 2), cross-entropy; the released branch main) or "mlp"
-                (Linear(1, 512) - ReLU - Linear(512, 1), binary cross-entropy; branch
-                main-MLP, the paper's final numbers), see :mod:`.uncertainty_heads`.
+            options: the VOS options, one per key of
+                :data:`~vos_det.config.vos_keys.VOS_KEYS` (the key in lower case:
+                ``sample_number``, ``starting_iter``, ``npos_k``, ...; ``MODEL.VOS.ENABLED`` is
+                ``vos_enabled``, ``LOSS_WEIGHT`` ``vos_loss_weight``), each kept as an attribute
+                of that name; an option not given takes the key's default. Their meaning:
+                the keys' docs (docs/config_keys.md).
+
+        Raises:
+            ValueError: an unknown option, or a value or a combination that is not allowed.
         """
-        if outlier_synthesis not in OUTLIER_SYNTHESES:
-            raise ValueError(
-                f"MODEL.VOS.OUTLIER_SYNTHESIS must be one of {OUTLIER_SYNTHESES}, got {outlier_synthesis!r}"
-            )
-        num_queued = self.num_classes * sample_number
-        if vos_enabled and outlier_synthesis == "npos" and not (npos_k < num_queued and npos_boundary <= num_queued):
-            raise ValueError(
-                f"MODEL.VOS.NPOS.K={npos_k} must be < and MODEL.VOS.NPOS.BOUNDARY={npos_boundary} <= the "
-                f"{num_queued} queued features (K x MODEL.VOS.SAMPLE_NUMBER)"
-            )
-        if ood_score not in OOD_SCORES:
-            raise ValueError(f"MODEL.VOS.OOD_SCORE must be one of {OOD_SCORES}, got {ood_score!r}")
-        if uncertainty_head not in UNCERTAINTY_HEADS:
-            raise ValueError(
-                f"MODEL.VOS.UNCERTAINTY_HEAD must be one of {UNCERTAINTY_HEADS}, got {uncertainty_head!r}"
-            )
-        if not vos_enabled and ood_score in VOS_ONLY_SCORES:
-            raise ValueError(
-                f"MODEL.VOS.OOD_SCORE={ood_score!r} needs MODEL.VOS.ENABLED=True; a model "
-                "trained without VOS can use 'energy' or 'msp'"
-            )
-        if sampler not in SAMPLERS:
-            raise ValueError(f"MODEL.VOS.SAMPLER must be one of {SAMPLERS}, got {sampler!r}")
-        if not 0.0 <= outlier_tail < 1.0 or (outlier_tail > 0 and sampler != "chi2"):
-            raise ValueError(
-                f"MODEL.VOS.OUTLIER_TAIL must lie in [0, 1) and needs MODEL.VOS.SAMPLER 'chi2', "
-                f"got {outlier_tail} with {sampler!r}"
-            )
-        if outlier_radius_scale <= 0:
-            raise ValueError(f"MODEL.VOS.OUTLIER_RADIUS_SCALE must be > 0, got {outlier_radius_scale}")
-        self.vos_enabled = vos_enabled
-        self.starting_iter = starting_iter
-        self.sample_from = sample_from
-        self.select = select
-        self.vos_loss_weight = vos_loss_weight
-        self.covariance_eps = covariance_eps
-        self.sampler = sampler
-        self.synthesis_seed = synthesis_seed
-        self.per_rank_outliers = per_rank_outliers
-        self.ood_score = ood_score
-        self.ood_threshold = ood_threshold
-        self.use_calibrated_threshold = use_calibrated_threshold
-        self.balanced_loss = balanced_loss
-        self.outlier_tail = outlier_tail
-        self.outlier_radius_scale = outlier_radius_scale
-        self.outlier_synthesis = outlier_synthesis
-        self.npos_k = npos_k
-        self.npos_boundary = npos_boundary
-        self.npos_noise_scale = npos_noise_scale
+        options = vos_arguments(**options)
+        check_vos_arguments(options)
+        self._check_option_combinations(options)
+        for name, value in options.items():
+            setattr(self, name, value)
         # (means, Cholesky factor) of the class Gaussians of the last synthesis step, read
         # by the diagnostics (not state: not saved, refitted at every step).
         self.last_class_gaussian = None
@@ -227,14 +90,40 @@ class VirtualOutlierMixin:
         self._step_scalars = {}
         # Threshold on the OOD score calibrated on ID validation data; NaN until calibrated.
         self.register_buffer("calibrated_ood_threshold", torch.tensor(float("nan")))
-        if vos_enabled:
+        if self.vos_enabled:
             self.feature_queues = ClassFeatureQueues(
-                self.num_classes, sample_number, feature_dim, covariance_recompute_period
+                self.num_classes, self.sample_number, feature_dim, self.covariance_recompute_period
             )
             # theta_w of eq. 6; the class weights are w = relu(theta_w).
             self.energy_weights = nn.Parameter(torch.rand(self.num_classes))
             # The classifier of -E: two logits (outlier, ID), see uncertainty_heads.py.
-            self.uncertainty_classifier = build_uncertainty_head(uncertainty_head)
+            self.uncertainty_classifier = build_uncertainty_head(self.uncertainty_head)
+
+    def _check_option_combinations(self, options):
+        """Refuse options that are allowed one by one but not together (ValueError)."""
+        num_queued = self.num_classes * options["sample_number"]
+        k, boundary = options["npos_k"], options["npos_boundary"]
+        npos = options["vos_enabled"] and options["outlier_synthesis"] == "npos"
+        if npos and not (k < num_queued and boundary <= num_queued):
+            raise ValueError(
+                f"MODEL.VOS.NPOS.K={k} must be < and MODEL.VOS.NPOS.BOUNDARY={boundary} <= the "
+                f"{num_queued} queued features (K x MODEL.VOS.SAMPLE_NUMBER)"
+            )
+        if not options["vos_enabled"] and options["ood_score"] in VOS_ONLY_SCORES:
+            raise ValueError(
+                f"MODEL.VOS.OOD_SCORE={options['ood_score']!r} needs MODEL.VOS.ENABLED=True; a model "
+                "trained without VOS can use 'energy' or 'msp'"
+            )
+        if not options["outlier_tail"] and options["select"] > options["sample_from"]:
+            raise ValueError(
+                f"MODEL.VOS.SELECT={options['select']} must be <= MODEL.VOS.SAMPLE_FROM={options['sample_from']} "
+                "(the outliers kept are among the samples drawn)"
+            )
+        if options["outlier_tail"] > 0 and options["sampler"] != "chi2":
+            raise ValueError(
+                f"MODEL.VOS.OUTLIER_TAIL={options['outlier_tail']} needs MODEL.VOS.SAMPLER 'chi2', "
+                f"not {options['sampler']!r}"
+            )
 
     # --- training -----------------------------------------------------------------------
 

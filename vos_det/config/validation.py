@@ -1,212 +1,66 @@
 """Range and choice checks of the vos_det config keys, run before any work.
 
-One table, :data:`RULES`, maps a key to a check of its value; :data:`CROSS_CHECKS` holds the
-checks that read several keys. A new key gets its check by adding one line to ``RULES``
-(``"MODEL.VOS.NEW_KEY": at_least(0),``). A key absent from the config (a config built without
-the module that adds it) is skipped. :func:`validate_config` runs them all when a tool loads
-its config (:func:`vos_det.config.load_config`) and when a VOS model is built, so a mistake
-fails in the first seconds, not at the first synthesis step hours into a run.
+One table, :data:`RULES`, maps a key to a check of its value (the keys of the VOS method
+come with theirs from :data:`vos_det.config.vos_keys.VOS_KEYS`); :data:`CROSS_CHECKS` holds
+the checks that read several keys. A new key gets its check by adding one line to ``RULES``
+(``"MODEL.EMBEDDING.NEW_KEY": at_least(0),``). A key absent from the config (a config built
+without the module that adds it) is skipped. :func:`validate_config` runs them all when a tool
+loads its config (:func:`vos_det.config.load_config`), so a mistake fails in the first
+seconds, not at the first synthesis step hours into a run. Names of registries are checked
+when the model is built.
 """
 import logging
 import math
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .checks import (
+    at_least,
+    between,
+    each_item,
+    each_of,
+    greater_than,
+    image_sides,
+    increasing_iterations,
+    is_number,
+    one_of,
+    regular_expressions,
+)
+from .choices import FUSED_FEATURE_PARTS, FUSED_LOGIT_PARTS, FUSED_RULES, FUSED_SCALINGS, KNN_SEARCHES, VOS_ONLY_SCORES
+from .vos_keys import VOS_KEYS
 
-__all__ = [
-    "CROSS_CHECKS",
-    "RULES",
-    "at_least",
-    "between",
-    "greater_than",
-    "image_sides",
-    "increasing_iterations",
-    "one_of",
-    "validate_config",
-]
+__all__ = ["CROSS_CHECKS", "RULES", "validate_config"]
 
 logger = logging.getLogger(__name__)
 
 _MISSING = object()
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def at_least(low, integer=False):
-    """A check: a finite number (an integer if ``integer``) >= ``low``."""
-    kind = "an integer" if integer else "a number"
-
-    def check(value):
-        if not _is_number(value) or (integer and not isinstance(value, int)):
-            return f"must be {kind} >= {low}"
-        return None if value >= low else f"must be >= {low}"
-
-    return check
-
-
-def greater_than(low):
-    """A check: a finite number > ``low``."""
-    return lambda value: None if _is_number(value) and value > low else f"must be a number > {low}"
-
-
-def between(low, high, *, high_open=False, low_open=False):
-    """A check: a finite number in [low, high] (``low_open`` / ``high_open`` exclude an end)."""
-    text = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-
-    def check(value):
-        if not _is_number(value):
-            return f"must be a number in {text}"
-        above = value > low if low_open else value >= low
-        below = value < high if high_open else value <= high
-        return None if above and below else f"must be in {text}"
-
-    return check
-
-
-def one_of(choices):
-    """A check: a value among ``choices`` (a tuple, or a callable returning the names, read at
-    check time so that registries filled later count)."""
-
-    def check(value):
-        allowed = tuple(choices() if callable(choices) else choices)
-        return None if value in allowed else f"must be one of {', '.join(map(str, allowed))}"
-
-    return check
-
-
-def each_item(single, non_empty=False):
-    """A check: every item of a list or tuple passes the check ``single``; with ``non_empty``
-    the value must also be a list or tuple of at least one item."""
-
-    def check(value):
-        if non_empty and (not isinstance(value, (list, tuple)) or not value):
-            return "must be a non-empty list"
-        for item in value:
-            problem = single(item)
-            if problem:
-                return f"item {item!r} {problem}"
-        return None
-
-    return check
-
-
-def each_of(choices):
-    """A check: a list or tuple whose every item is among ``choices`` (as :func:`one_of`)."""
-    return each_item(one_of(choices))
-
-
-def image_sides(low):
-    """A check: an image side in pixels, an integer >= ``low``, or a non-empty list / tuple of
-    them (detectron2's ``INPUT.MIN_SIZE_TRAIN`` is either)."""
-    single = at_least(low, integer=True)
-
-    def check(value):
-        if not isinstance(value, (list, tuple)):
-            return single(value)
-        if not value:
-            return f"must list at least one image side (integers >= {low})"
-        for item in value:
-            if single(item):
-                return f"item {item!r} must be an integer >= {low} (an image side in pixels)"
-        return None
-
-    return check
-
-
-def increasing_iterations(value):
-    """A check of ``SOLVER.STEPS``: a list / tuple of strictly increasing integers >= 1."""
-    if not isinstance(value, (list, tuple)) or not all(_is_number(v) and isinstance(v, int) and v >= 1 for v in value):
-        return "must be a list of iterations (integers >= 1), e.g. (1000, 1150) or ()"
-    if any(b <= a for a, b in zip(value, value[1:])):
-        return "must be strictly increasing"
-    return None
-
-
-def _regular_expressions(value):
-    """A check: a non-empty list of regular expressions."""
-    import re
-
-    if not isinstance(value, (list, tuple)) or not value:
-        return "must be a non-empty list of regular expressions"
-    for pattern in value:
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as e:
-            return f"item {pattern!r} is not a regular expression ({e})"
-    return None
-
-
-def _registry_names(module, registry):
-    """A callable listing the names of ``module.registry`` (imported lazily: no cycle)."""
-
-    def names():
-        import importlib
-
-        return sorted(name for name, _ in getattr(importlib.import_module(module), registry))
-
-    return names
-
-
-def _ood_scores():
-    from .modeling import OOD_SCORES
-
-    return OOD_SCORES
-
-
-def _modeling_constant(module, name):
-    """``vos_det.modeling.<module>.<name>``, imported when a check runs (no import cycle)."""
-    import importlib
-
-    return getattr(importlib.import_module(f"vos_det.modeling.{module}"), name)
-
-
 # key -> check(value) returning None when fine, else what is allowed.
 RULES = {
-    "MODEL.VOS.SAMPLE_NUMBER": at_least(1, integer=True),
-    "MODEL.VOS.STARTING_ITER": at_least(0, integer=True),
-    "MODEL.VOS.SAMPLE_FROM": at_least(1, integer=True),
-    "MODEL.VOS.SELECT": at_least(1, integer=True),
-    "MODEL.VOS.LOSS_WEIGHT": at_least(0.0),
-    "MODEL.VOS.COVARIANCE_EPS": greater_than(0.0),
-    "MODEL.VOS.COVARIANCE_RECOMPUTE_PERIOD": at_least(1, integer=True),
-    "MODEL.VOS.SAMPLER": one_of(lambda: _modeling_constant("vos.synthesis", "SAMPLERS")),
-    "MODEL.VOS.SYNTHESIS_SEED": at_least(0, integer=True),
-    "MODEL.VOS.OOD_SCORE": one_of(_ood_scores),
-    "MODEL.VOS.OOD_THRESHOLD": lambda v: None if _is_number(v) else "must be a finite number",
+    **{key.key: key.check for key in VOS_KEYS if key.check},
     "MODEL.VOS.POST_HOC.GEN.GAMMA": greater_than(0.0),
     "MODEL.VOS.POST_HOC.GEN.TOP_M": at_least(1, integer=True),
     "MODEL.VOS.POST_HOC.KNN.K": at_least(0, integer=True),
     "MODEL.VOS.POST_HOC.KNN.MAX_BANK_SIZE": at_least(0, integer=True),
     "MODEL.VOS.POST_HOC.KNN.CHUNK_SIZE": at_least(0, integer=True),
-    "MODEL.VOS.POST_HOC.KNN.SEARCH": one_of(lambda: _modeling_constant("ood_scores.knn_search", "KNN_SEARCHES")),
+    "MODEL.VOS.POST_HOC.KNN.SEARCH": one_of(KNN_SEARCHES),
     "MODEL.VOS.POST_HOC.KNN.NLIST": at_least(0, integer=True),
     "MODEL.VOS.POST_HOC.KNN.NPROBE": at_least(1, integer=True),
-    "MODEL.VOS.POST_HOC.FUSED.LOGIT_PARTS": each_of(lambda: _modeling_constant("ood_scores.fused", "LOGIT_PARTS")),
-    "MODEL.VOS.POST_HOC.FUSED.FEATURE_PARTS": each_of(lambda: _modeling_constant("ood_scores.fused", "FEATURE_PARTS")),
-    "MODEL.VOS.POST_HOC.FUSED.SCALINGS": each_of(lambda: _modeling_constant("ood_scores.fused", "SCALINGS")),
-    "MODEL.VOS.POST_HOC.FUSED.RULES": each_of(lambda: _modeling_constant("ood_scores.fused", "RULES")),
+    "MODEL.VOS.POST_HOC.FUSED.LOGIT_PARTS": each_of(FUSED_LOGIT_PARTS),
+    "MODEL.VOS.POST_HOC.FUSED.FEATURE_PARTS": each_of(FUSED_FEATURE_PARTS),
+    "MODEL.VOS.POST_HOC.FUSED.SCALINGS": each_of(FUSED_SCALINGS),
+    "MODEL.VOS.POST_HOC.FUSED.RULES": each_of(FUSED_RULES),
     "MODEL.VOS.POST_HOC.FUSED.OUTLIERS_PER_CLASS": at_least(1, integer=True),
     "MODEL.VOS.POST_HOC.VIM.DIM": at_least(0, integer=True),
     "MODEL.VOS.POST_HOC.REACT.PERCENTILE": between(0.0, 100.0, low_open=True),
-    "MODEL.VOS.POST_HOC.SAFE.LAYER_PATTERNS": _regular_expressions,
+    "MODEL.VOS.POST_HOC.SAFE.LAYER_PATTERNS": regular_expressions,
     "MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON": between(0.0, 255.0, low_open=True),
     "MODEL.VOS.POST_HOC.SAFE.EPSILON_CANDIDATES": each_item(between(0.0, 255.0, low_open=True), non_empty=True),
     "MODEL.VOS.POST_HOC.SAFE.EPOCHS": at_least(1, integer=True),
     "MODEL.VOS.POST_HOC.SAFE.LEARNING_RATE": greater_than(0.0),
     "MODEL.VOS.POST_HOC.SAFE.IMAGES_PER_BATCH": at_least(1, integer=True),
     "MODEL.VOS.POST_HOC.SAFE.MAX_IMAGES": at_least(0, integer=True),
-    "MODEL.VOS.OUTLIER_TAIL": between(0.0, 1.0, high_open=True),
-    "MODEL.VOS.OUTLIER_RADIUS_SCALE": greater_than(0.0),
     "MODEL.VOS.BOTTLENECK_DIM": at_least(0, integer=True),
-    "MODEL.VOS.OUTLIER_SYNTHESIS": one_of(("gaussian", "npos")),
-    "MODEL.VOS.UNCERTAINTY_HEAD": one_of(("logistic", "mlp")),
-    "MODEL.VOS.NPOS.K": at_least(1, integer=True),
-    "MODEL.VOS.NPOS.BOUNDARY": at_least(1, integer=True),
-    "MODEL.VOS.NPOS.NOISE_SCALE": at_least(0.0),
-    "MODEL.VOS.BOX_PREDICTOR": one_of(_registry_names("vos_det.modeling.output_layers", "BOX_PREDICTOR_REGISTRY")),
-    "MODEL.EMBEDDING.CLASSIFIER": one_of(_registry_names("vos_det.modeling.regularizers", "CLASSIFIER_REGISTRY")),
-    "MODEL.EMBEDDING.LOSSES": each_of(_registry_names("vos_det.modeling.regularizers", "EMBEDDING_LOSS_REGISTRY")),
     "MODEL.EMBEDDING.L2_SOFTMAX.ALPHA": greater_than(0.0),
     "MODEL.EMBEDDING.COSFACE.SCALE": greater_than(0.0),
     "MODEL.EMBEDDING.COSFACE.MARGIN": at_least(0.0),
@@ -265,7 +119,7 @@ def _select_within_sample_from(cfg):
     if _get(cfg, "MODEL.VOS.OUTLIER_TAIL", 0.0):  # tail sampling draws no SAMPLE_FROM candidates
         return None
     select, sample_from = _get(cfg, "MODEL.VOS.SELECT"), _get(cfg, "MODEL.VOS.SAMPLE_FROM")
-    if _is_number(select) and _is_number(sample_from) and select > sample_from:
+    if is_number(select) and is_number(sample_from) and select > sample_from:
         return (
             f"MODEL.VOS.SELECT={select} must be <= MODEL.VOS.SAMPLE_FROM={sample_from} "
             "(the outliers kept are among the samples drawn)"
@@ -275,14 +129,14 @@ def _select_within_sample_from(cfg):
 
 def _tail_needs_chi2(cfg):
     tail, sampler = _get(cfg, "MODEL.VOS.OUTLIER_TAIL", 0.0), _get(cfg, "MODEL.VOS.SAMPLER")
-    if _is_number(tail) and tail > 0 and sampler != "chi2":
+    if is_number(tail) and tail > 0 and sampler != "chi2":
         return f"MODEL.VOS.OUTLIER_TAIL={tail} needs MODEL.VOS.SAMPLER chi2, not {sampler!r}"
     return None
 
 
 def _score_needs_vos(cfg):
     score = _get(cfg, "MODEL.VOS.OOD_SCORE")
-    if score in ("vos", "vos_release", "weighted_energy") and _get(cfg, "MODEL.VOS.ENABLED") is False:
+    if score in VOS_ONLY_SCORES and _get(cfg, "MODEL.VOS.ENABLED") is False:
         return (
             f"MODEL.VOS.OOD_SCORE={score!r} needs MODEL.VOS.ENABLED True; a model trained "
             "without VOS can use 'energy' or 'msp'"
@@ -308,7 +162,7 @@ def _warn_schedule_beyond_max_iter(cfg):
     """Warn about LR steps and warm-up that the training schedule never reaches."""
     max_iter, steps = _get(cfg, "SOLVER.MAX_ITER"), _get(cfg, "SOLVER.STEPS", ())
     warmup = _get(cfg, "SOLVER.WARMUP_ITERS", 0)
-    if not _is_number(max_iter) or increasing_iterations(steps):
+    if not is_number(max_iter) or increasing_iterations(steps):
         return
     beyond = [step for step in steps if step >= max_iter]
     if beyond:
@@ -318,7 +172,7 @@ def _warn_schedule_beyond_max_iter(cfg):
             beyond,
             max_iter,
         )
-    if _is_number(warmup) and warmup >= max_iter:
+    if is_number(warmup) and warmup >= max_iter:
         logger.warning(
             "SOLVER.WARMUP_ITERS=%s >= SOLVER.MAX_ITER=%s: the learning rate never reaches "
             "SOLVER.BASE_LR",
@@ -332,7 +186,7 @@ def _warn_unreachable_synthesis(cfg):
     if not _get(cfg, "MODEL.VOS.ENABLED", False):
         return
     starting_iter, max_iter = _get(cfg, "MODEL.VOS.STARTING_ITER"), _get(cfg, "SOLVER.MAX_ITER")
-    if _is_number(starting_iter) and _is_number(max_iter) and starting_iter >= max_iter:
+    if is_number(starting_iter) and is_number(max_iter) and starting_iter >= max_iter:
         logger.warning(
             "MODEL.VOS.STARTING_ITER=%s >= SOLVER.MAX_ITER=%s: outlier synthesis and the "
             "uncertainty loss never start, this trains a vanilla detector",

@@ -13,12 +13,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..modeling.ood_scores.energy import weighted_energy
-from ..modeling.vos.npos import npos_outliers
-from ..modeling.vos.synthesis import sample_virtual_outliers
-from ..modeling.vos.uncertainty_loss import ID_LABEL
-from ..modeling.vos.vos_diagnostics import mahalanobis_radius_ratio, random_energy_weight_aurocs
-from .ood_metrics import auroc
+from ...metrics.ood_metrics import auroc
+from ..ood_scores.energy import weighted_energy
+from .diagnostics import mahalanobis_radius_ratio, random_energy_weight_aurocs
+from .npos import npos_outliers
+from .synthesis import sample_virtual_outliers
+from .uncertainty_loss import ID_LABEL
 
 __all__ = [
     "detection_logits",

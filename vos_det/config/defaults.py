@@ -1,36 +1,14 @@
-"""Configuration of vos_det: its keys and the one way to load a config.
+"""The keys vos_det adds to detectron2's config, with their defaults and comments.
 
-:func:`load_config` is the entry point of every tool, the predictor, the benchmarks and the
-tests: :func:`default_config` (detectron2's defaults + :func:`add_vos_config`, which also adds
-the image classifier's keys, :func:`add_classification_config`) + a YAML file found by
-:func:`resolve_config_file` + ``KEY VALUE`` overrides checked against the keys
-(:func:`vos_det.config_overrides.merge_overrides`), then every value checked
-(:func:`vos_det.config_validation.validate_config`). The config comes back frozen unless the
-caller asks otherwise::
-
-    from vos_det.config import load_config
-
-    cfg = load_config("digits_vos_tiny.yaml", ["MODEL.DEVICE", "cpu"])  # frozen
+The keys of the VOS training method are declared in :mod:`.vos_keys`; the others are set
+here, each with a comment saying what it means (``docs/config_keys.md`` is made from both).
 """
-import re
-from pathlib import Path
-
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from .config_overrides import merge_overrides, unknown_key_message
-from .config_validation import validate_config
-from .errors import ConfigError
+from .vos_keys import add_vos_keys
 
-__all__ = [
-    "CONFIGS_DIR",
-    "PREFERRED_CONFIG_FOLDER",
-    "add_classification_config",
-    "add_vos_config",
-    "default_config",
-    "load_config",
-    "resolve_config_file",
-]
+__all__ = ["add_classification_config", "add_vos_config", "default_config"]
 
 
 def add_vos_config(cfg):
@@ -44,60 +22,10 @@ def add_vos_config(cfg):
     more likely out-of-distribution.
     """
     cfg.MODEL.VOS = CN()
-    # Turn virtual outlier synthesis and the uncertainty loss on. Off gives the vanilla
-    # detector (the OOD fields are still produced from the energy of its logits).
-    cfg.MODEL.VOS.ENABLED = True
+    # The keys of the VOS training method, declared in vos_det/config/vos_keys.py.
+    add_vos_keys(cfg.MODEL.VOS)
     # Name of the box predictor of VOSROIHeads in BOX_PREDICTOR_REGISTRY.
     cfg.MODEL.VOS.BOX_PREDICTOR = "VOSOutputLayers"
-    # Capacity of the FIFO feature queue of each class (paper: 1000).
-    cfg.MODEL.VOS.SAMPLE_NUMBER = 1000
-    # Iteration from which outliers are synthesised, once every class queue is full.
-    cfg.MODEL.VOS.STARTING_ITER = 12000
-    # Number of Gaussian samples drawn per class at each synthesis step (paper: 10000).
-    cfg.MODEL.VOS.SAMPLE_FROM = 10000
-    # Number of lowest-likelihood samples kept per class as virtual outliers (paper: 1).
-    cfg.MODEL.VOS.SELECT = 1
-    # beta, the weight of the uncertainty loss in the total loss (paper: 0.1).
-    cfg.MODEL.VOS.LOSS_WEIGHT = 0.1
-    # eps of the "+ eps * I" regulariser of the shared covariance (paper code: 1e-4).
-    cfg.MODEL.VOS.COVARIANCE_EPS = 1e-4
-    # The covariance is updated incrementally as features enter and leave the queues;
-    # every this many synthesis steps it is recomputed exactly from the queues.
-    cfg.MODEL.VOS.COVARIANCE_RECOMPUTE_PERIOD = 500
-    # How the lowest-likelihood samples are drawn, both exact in distribution:
-    # "chi2": the squared radii ||z||^2 ~ chi-square(m) are drawn and ranked, then only the
-    #         kept ones get a uniform direction (no SAMPLE_FROM x m tensor);
-    # "gaussian": z ~ N(0, I) is drawn in full and ranked by ||z||^2 (reference route).
-    cfg.MODEL.VOS.SAMPLER = "chi2"
-    # Base seed of the random stream of synthesis: iteration i uses its own seed derived
-    # from (SYNTHESIS_SEED, i) (and the rank, see PER_RANK_OUTLIERS), so a resumed run
-    # draws the ones it would have drawn without interruption.
-    cfg.MODEL.VOS.SYNTHESIS_SEED = 0
-    # Each rank of a distributed run draws its own outliers, from a seed of (SYNTHESIS_SEED,
-    # iteration, rank), as the paper's per-GPU draws (8 GPUs x K x SELECT per step); rank 0
-    # draws what a single process does. False: every rank draws the same outliers.
-    cfg.MODEL.VOS.PER_RANK_OUTLIERS = True
-    # The uncertainty head, the classifier of -E (ID vs virtual outlier) of eq. 5:
-    # "logistic": Linear(1, 2) with cross-entropy, as the released branch `main`;
-    # "mlp": Linear(1, 512) - ReLU - Linear(512, 1) with binary cross-entropy, as the branch
-    #        `main-MLP`, which produced the paper's final (OpenReview) numbers and the released
-    #        checkpoints. Both take ID as label 1.
-    cfg.MODEL.VOS.UNCERTAINTY_HEAD = "logistic"
-    # Score written to Instances.ood_scores and thresholded into is_ood:
-    # "vos": p(outlier | box) = 1 - p(ID | box), the logistic regression on the weighted energy (paper eq. 8);
-    # "energy": the free energy -logsumexp of the foreground logits (the released branch
-    #           main's test-time score on a VOS-trained model);
-    # "vos_release": -p(ID) of the uncertainty head applied to the UNWEIGHTED logsumexp of the
-    #           foreground logits (the branch main-MLP's test-time score; values in [-1, 0],
-    #           so OOD_THRESHOLD is -gamma).
-    cfg.MODEL.VOS.OOD_SCORE = "vos"
-    # A box is flagged is_ood when its ood_score is above this threshold. For the "vos"
-    # score it is 1 - gamma of eq. 9. The calibrated threshold stored in the model
-    # (95% of ID validation boxes kept, TEST.OOD.CALIBRATION_DATASET) replaces it unless
-    # USE_CALIBRATED_THRESHOLD is False.
-    cfg.MODEL.VOS.OOD_THRESHOLD = 0.5
-    # Use the threshold calibrated on ID validation boxes when the checkpoint has one.
-    cfg.MODEL.VOS.USE_CALIBRATED_THRESHOLD = True
     # Class Gaussians of the box features written by tools/fit_mahalanobis.py; when set,
     # every detection also gets ood_scores_mahalanobis ("" = none).
     cfg.MODEL.VOS.MAHALANOBIS_STATS = ""
@@ -164,27 +92,9 @@ def add_vos_config(cfg):
             "OUTLIERS_PER_CLASS": 200,
         }
     )
-    # Variants of VOS, all off by default (the paper's recipe); docs/vos_internals.md,
-    # "VOS variants (all off by default)", describes them.
-
-    # Class-balanced uncertainty loss: ID samples and outliers weigh one half each.
-    cfg.MODEL.VOS.BALANCED_LOSS = False
-    # > 0: outliers are drawn beyond eq. 3's likelihood threshold at this tail probability
-    # (Gaussian conditioned on ||z||^2 >= chi2.isf(OUTLIER_TAIL, D); SAMPLE_FROM unused);
-    # 0 = the paper's "least likely of SAMPLE_FROM". Needs SAMPLER "chi2".
-    cfg.MODEL.VOS.OUTLIER_TAIL = 0.0
-    # Factor on the Mahalanobis radius of every Gaussian outlier (1.0 = off).
-    cfg.MODEL.VOS.OUTLIER_RADIUS_SCALE = 1.0
     # > 0: a Linear + ReLU bottleneck of this width before the class layer (cls_score),
     # whose outputs are queued and synthesised (box predictor and classification head); 0 = none.
     cfg.MODEL.VOS.BOTTLENECK_DIM = 0
-    # How outliers are made: "gaussian" (paper eq. 1-3) or "npos" (NPOS-style: boundary ID
-    # features by k-NN distance, perturbed, the farthest kept; K * SELECT per step from
-    # SAMPLE_FROM candidates).
-    cfg.MODEL.VOS.OUTLIER_SYNTHESIS = "gaussian"
-    # NPOS: K, the neighbour of the k-NN distance; BOUNDARY, the boundary features perturbed;
-    # NOISE_SCALE, the norm of the Gaussian noise relative to the unit-normalised feature.
-    cfg.MODEL.VOS.NPOS = CN({"K": 10, "BOUNDARY": 100, "NOISE_SCALE": 0.5})
 
     # Regularisers of the box-head embedding, with or without VOS (MODEL.VOS.ENABLED).
     cfg.MODEL.EMBEDDING = CN()
@@ -344,87 +254,8 @@ def add_classification_config(cfg):
     cfg.DATASETS.IMAGE_FOLDERS = ()
 
 
-# The configs/ folder of the repository (vos_det is installed editable from it).
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-# A bare name found in several folders (vos_rcnn.yaml: VOC and BDD100k) means this folder's
-# file, the paper's main recipe, so `train_net.py --config vos_rcnn.yaml` stays the VOC recipe.
-PREFERRED_CONFIG_FOLDER = "VOC-Detection"
-
-
-def resolve_config_file(name: str) -> str:
-    """Resolve a config path: an existing path as is, else a file name found under configs/.
-
-    Args:
-        name: a path (``configs/VOC-Detection/vos_rcnn.yaml``), a path relative to configs/
-            (``VOC-Detection/vos_rcnn.yaml``) or a bare file name (``vos_rcnn.yaml``). A bare
-            name found in several folders resolves to the one in
-            :data:`PREFERRED_CONFIG_FOLDER` if it is there.
-
-    Returns:
-        str: the path of the config file.
-
-    Raises:
-        FileNotFoundError: no such file, or a bare name matching several files (listed), none
-            of them in :data:`PREFERRED_CONFIG_FOLDER`.
-    """
-    if not name:
-        raise FileNotFoundError("no config file given: pass --config NAME (e.g. vos_rcnn.yaml)")
-    path = Path(name)
-    if path.is_file():
-        return str(path)
-    if (CONFIGS_DIR / path).is_file():
-        return str(CONFIGS_DIR / path)
-    matches = sorted(CONFIGS_DIR.rglob(path.name)) if path.name == name else []
-    if len(matches) == 1:
-        return str(matches[0])
-    preferred = [m for m in matches if m.parent.name == PREFERRED_CONFIG_FOLDER]
-    if len(matches) > 1 and len(preferred) == 1:
-        return str(preferred[0])
-    if len(matches) > 1:
-        listed = ", ".join(str(m.relative_to(CONFIGS_DIR)) for m in matches)
-        raise FileNotFoundError(f"config name {name!r} is ambiguous under {CONFIGS_DIR}: {listed}")
-    raise FileNotFoundError(f"config file {name!r} not found (nor under {CONFIGS_DIR})")
-
-
 def default_config():
     """detectron2's default config with every vos_det key at its default (not frozen)."""
     cfg = get_cfg()
     add_vos_config(cfg)
-    return cfg
-
-
-def load_config(name_or_path, opts=(), *, training=False, freeze=True):
-    """The config of a run: defaults + vos_det keys + the file + checked overrides, validated.
-
-    Args:
-        name_or_path (str): a path or a name under configs/ (:func:`resolve_config_file`).
-        opts (Sequence[str]): ``[KEY, VALUE, ...]`` overrides, as on the command line; each
-            key must exist and each value have the type of the key's default.
-        training (bool): also warn about settings that only matter for training
-            (synthesis that cannot start within SOLVER.MAX_ITER).
-        freeze (bool): return the config frozen (the default: what a run reads must not
-            change). A caller that sets more keys passes False, sets them, then freezes it.
-
-    Returns:
-        CfgNode: the config.
-
-    Raises:
-        ConfigError: an unknown key or a value of the wrong type (file or overrides), or a
-            value out of its range.
-        FileNotFoundError: no such config file.
-    """
-    path = resolve_config_file(name_or_path)
-    cfg = default_config()
-    try:
-        cfg.merge_from_file(path)
-    except KeyError as e:
-        match = re.search(r"Non-existent config key: ([A-Za-z0-9_.]+)", str(e))
-        message = unknown_key_message(cfg, match.group(1)) if match else str(e)
-        raise ConfigError(f"{path}: {message}") from e
-    except ValueError as e:
-        raise ConfigError(f"{path}: {e}") from e
-    merge_overrides(cfg, list(opts))
-    validate_config(cfg, training=training)
-    if freeze:
-        cfg.freeze()
     return cfg

@@ -8,7 +8,7 @@ import difflib
 
 from detectron2.config import CfgNode
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["merge_overrides", "unknown_key_message"]
 

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from ...evaluation.ood_metrics import auroc
+from ...metrics.ood_metrics import auroc
 from ..ood_scores.energy import weighted_energy
 
 __all__ = [

@@ -1,0 +1,88 @@
+"""Loading a config: a file found by name under configs/, checked overrides, every value checked."""
+import re
+from pathlib import Path
+
+from ..errors import ConfigError
+from .defaults import default_config
+from .overrides import merge_overrides, unknown_key_message
+from .validation import validate_config
+
+__all__ = ["CONFIGS_DIR", "PREFERRED_CONFIG_FOLDER", "load_config", "resolve_config_file"]
+
+# The configs/ folder of the repository (vos_det is installed editable from it).
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+# A bare name found in several folders (vos_rcnn.yaml: VOC and BDD100k) means this folder's
+# file, the paper's main recipe, so `train_net.py --config vos_rcnn.yaml` stays the VOC recipe.
+PREFERRED_CONFIG_FOLDER = "VOC-Detection"
+
+
+def resolve_config_file(name: str) -> str:
+    """Resolve a config path: an existing path as is, else a file name found under configs/.
+
+    Args:
+        name: a path (``configs/VOC-Detection/vos_rcnn.yaml``), a path relative to configs/
+            (``VOC-Detection/vos_rcnn.yaml``) or a bare file name (``vos_rcnn.yaml``). A bare
+            name found in several folders resolves to the one in
+            :data:`PREFERRED_CONFIG_FOLDER` if it is there.
+
+    Returns:
+        str: the path of the config file.
+
+    Raises:
+        FileNotFoundError: no such file, or a bare name matching several files (listed), none
+            of them in :data:`PREFERRED_CONFIG_FOLDER`.
+    """
+    if not name:
+        raise FileNotFoundError("no config file given: pass --config NAME (e.g. vos_rcnn.yaml)")
+    path = Path(name)
+    if path.is_file():
+        return str(path)
+    if (CONFIGS_DIR / path).is_file():
+        return str(CONFIGS_DIR / path)
+    matches = sorted(CONFIGS_DIR.rglob(path.name)) if path.name == name else []
+    if len(matches) == 1:
+        return str(matches[0])
+    preferred = [m for m in matches if m.parent.name == PREFERRED_CONFIG_FOLDER]
+    if len(matches) > 1 and len(preferred) == 1:
+        return str(preferred[0])
+    if len(matches) > 1:
+        listed = ", ".join(str(m.relative_to(CONFIGS_DIR)) for m in matches)
+        raise FileNotFoundError(f"config name {name!r} is ambiguous under {CONFIGS_DIR}: {listed}")
+    raise FileNotFoundError(f"config file {name!r} not found (nor under {CONFIGS_DIR})")
+
+
+def load_config(name_or_path, opts=(), *, training=False, freeze=True):
+    """The config of a run: defaults + vos_det keys + the file + checked overrides, validated.
+
+    Args:
+        name_or_path (str): a path or a name under configs/ (:func:`resolve_config_file`).
+        opts (Sequence[str]): ``[KEY, VALUE, ...]`` overrides, as on the command line; each
+            key must exist and each value have the type of the key's default.
+        training (bool): also warn about settings that only matter for training
+            (synthesis that cannot start within SOLVER.MAX_ITER).
+        freeze (bool): return the config frozen (the default: what a run reads must not
+            change). A caller that sets more keys passes False, sets them, then freezes it.
+
+    Returns:
+        CfgNode: the config.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type (file or overrides), or a
+            value out of its range.
+        FileNotFoundError: no such config file.
+    """
+    path = resolve_config_file(name_or_path)
+    cfg = default_config()
+    try:
+        cfg.merge_from_file(path)
+    except KeyError as e:
+        match = re.search(r"Non-existent config key: ([A-Za-z0-9_.]+)", str(e))
+        message = unknown_key_message(cfg, match.group(1)) if match else str(e)
+        raise ConfigError(f"{path}: {message}") from e
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    merge_overrides(cfg, list(opts))
+    validate_config(cfg, training=training)
+    if freeze:
+        cfg.freeze()
+    return cfg
