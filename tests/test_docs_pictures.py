@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vos_det.evaluation.box_scores import DetectionRecords
+from vos_det.evaluation.records import DetectionRecords
 from vos_det.evaluation.gallery import plot_detection_examples, plot_failure_gallery
 from vos_det.evaluation.plots import histogram_range, plot_score_histograms
 

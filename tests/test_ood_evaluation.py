@@ -22,7 +22,7 @@ from vos_det.evaluation import (
     Comparison,
     GroundTruthBoxes,
     ScoredSet,
-    calibrate_threshold,
+    calibrate,
     format_ood_report,
     format_ood_table,
     match_detections,
@@ -32,7 +32,13 @@ from vos_det.evaluation import (
     summarize_ood_evaluation,
     threshold_keeping,
 )
-from vos_det.evaluation.calibration import CALIBRATED_MODEL_FILE, THRESHOLD_FILE, find_ood_head, save_calibrated_model
+from vos_det.engine.calibrated_model import (
+    CALIBRATED_MODEL_FILE,
+    THRESHOLD_FILE,
+    find_ood_head,
+    save_calibrated_model,
+    set_ood_threshold,
+)
 from vos_det.evaluation.plots import plot_roc_curves, plot_score_histograms
 from vos_det.evaluation.report import write_json
 
@@ -267,7 +273,8 @@ def test_calibration_sets_buffer_drives_is_ood_and_is_saved(tmp_path):
         table, _ = head.ood_score_table(logits)
     id_scores = table[head.ood_score].numpy()
     assert len(np.unique(id_scores)) == len(id_scores)
-    calibration = calibrate_threshold(model, id_scores, 0.95, dataset="synthetic")
+    calibration = calibrate({head.ood_score: id_scores}, head.ood_score, 0.95, dataset="synthetic")
+    set_ood_threshold(model, calibration)
     assert calibration.kept_fraction == 0.95 and calibration.num_boxes == 200
     assert float(head.calibrated_ood_threshold) == calibration.threshold
     assert head.current_ood_threshold() == calibration.threshold
@@ -293,6 +300,29 @@ def test_calibration_sets_buffer_drives_is_ood_and_is_saved(tmp_path):
 
 
 # --- reports ------------------------------------------------------------------------------
+
+
+def test_calibration_reports_the_false_alarm_rate_of_every_score(tmp_path):
+    rng = np.random.default_rng(1)
+    val = {"energy": rng.normal(size=200), "msp": np.r_[rng.uniform(size=199), np.nan]}
+    calibration = calibrate(val, "energy", 0.95, dataset="val")
+    test = ScoredSet({"energy": rng.normal(size=80), "msp": rng.uniform(size=80)}, 80, 90, 30)
+    shifted = ScoredSet({"energy": rng.normal(0.5, 1.0, 60), "msp": rng.uniform(0.2, 1.0, 60)}, 60, 70, 20)
+    comparison = Comparison("test", {"test": test, "shifted": shifted}, [], "kept by a test rule")
+    _, report = summarize_ood_evaluation(
+        [comparison], unit="boxes", fpr_method="first_at_least", ood_rule=None,
+        output_dir=str(tmp_path), results={}, calibration=calibration,
+    )
+    summary = report["calibration"]
+    for name, values in val.items():
+        kept = np.sort(values[~np.isnan(values)])
+        threshold = kept[math.ceil(0.95 * kept.size) - 1]  # the ceil(0.95 n)-th smallest
+        assert summary["score_thresholds"][name] == threshold
+        assert summary["flagged_by_score"]["test"]["shifted"][name] == np.mean(shifted.ood_scores[name] > threshold)
+    # The calibrated score's own threshold is the one its model's float32 buffer stores.
+    assert calibration.threshold == float(np.float32(summary["score_thresholds"]["energy"]))
+    assert summary["ood_flagged"]["test"]["shifted"] == np.mean(shifted.ood_scores["energy"] > calibration.threshold)
+
 
 
 def test_report_writes_json_and_png_files(tmp_path):
@@ -332,7 +362,7 @@ def test_back_half_leaves_nan_scores_out_for_boxes_and_images_alike(tmp_path):
             "kept by a test rule",
         )
         results, report = summarize_ood_evaluation(
-            [comparison], unit=unit, fpr_method="first_at_least", model=torch.nn.Linear(1, 1),
+            [comparison], unit=unit, fpr_method="first_at_least", ood_rule=None,
             output_dir=str(tmp_path / unit), results={}, draw_plots=True,
         )
         metrics = results["ood"]["id"]["ood"]

@@ -20,13 +20,14 @@ from vos_det.evaluation import (
     DetectionRecords,
     GroundTruthBoxes,
     coco_optimal_f1_threshold,
-    evaluate_ood_protocol,
+    collect_detections,
+    evaluate_ood,
     format_ood_report,
     ood_metrics,
     optimal_f1_threshold,
     select_boxes,
 )
-from vos_det.evaluation.box_scores import _image_records
+from vos_det.evaluation.records import _image_records
 from vos_det.evaluation.protocol import fpr95_method
 from vos_det.modeling import VOSOutputLayers
 
@@ -302,17 +303,18 @@ def protocol_sets():
 def test_protocol_keeps_boxes_by_its_rule_and_names_itself(protocol, protocol_sets, tmp_path):
     model, dataset_dicts, detections = protocol_sets
     # The base config: every TEST.OOD key at its default but these two.
-    cfg = load_config("Base-RCNN-FPN.yaml", ["TEST.OOD.PROTOCOL", protocol, "TEST.OOD.PLOTS", "False"])
-    results, report = evaluate_ood_protocol(
-        cfg,
-        model,
-        output_dir=str(tmp_path),
-        id_datasets=[ID_SET],
-        ood_datasets=[OOD_SET],
-        build_test_loader=lambda cfg, name: [[d] for d in dataset_dicts[name]],
-        build_evaluator=lambda name: _NoDetectionMetrics(),
-        calibration_dataset="",
+    cfg = load_config(
+        "Base-RCNN-FPN.yaml",
+        [
+            "TEST.OOD.PROTOCOL", protocol, "TEST.OOD.PLOTS", "False", "TEST.OOD.CALIBRATION_DATASET", "",
+            "DATASETS.TEST", f"('{ID_SET}',)", "DATASETS.OOD_TEST", f"('{OOD_SET}',)", "OUTPUT_DIR", str(tmp_path),
+        ],
     )
+    records = {
+        ID_SET: collect_detections(model, [[d] for d in dataset_dicts[ID_SET]], _NoDetectionMetrics()),
+        OOD_SET: collect_detections(model, [[d] for d in dataset_dicts[OOD_SET]]),
+    }
+    results, report = evaluate_ood(records, cfg)
     saved = json.loads((tmp_path / OOD_RESULTS_FILE).read_text())
     assert saved["protocol"]["name"] == protocol == report["box_selection"][ID_SET]["protocol"]
     assert f"OOD protocol: {protocol}" in format_ood_report(report)

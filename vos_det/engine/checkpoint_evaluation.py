@@ -14,7 +14,6 @@ from ..cli import check_writable_dir
 from ..data import check_class_names, register_from_cli
 from ..data.availability import check_dataset_files, load_datasets_now
 from ..errors import ConfigError
-from ..evaluation import evaluate_ood_protocol
 from .checkpoint import check_checkpoint_matches_model, check_weights_file
 from .trainer import Trainer
 
@@ -84,18 +83,10 @@ def evaluate_checkpoint(cfg):
         cfg (CfgNode): from :func:`ood_eval_config`.
 
     Returns:
-        tuple[dict, dict]: (results, report) of
-        :func:`vos_det.evaluation.protocol.evaluate_ood_protocol` (the report not logged:
-        format it with :func:`vos_det.evaluation.format_ood_report`).
+        tuple[dict, dict]: (results, report) of :func:`vos_det.evaluation.evaluate_ood`
+        (the report not logged: format it with :func:`vos_det.evaluation.format_ood_report`).
     """
     model = Trainer.build_model(cfg)
     check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    return evaluate_ood_protocol(
-        cfg,
-        model,
-        output_dir=cfg.OUTPUT_DIR,
-        build_test_loader=Trainer.build_test_loader,
-        build_evaluator=lambda name: Trainer.build_evaluator(cfg, name),
-        log_report=False,
-    )
+    return Trainer.evaluate_ood_of(cfg, model, log_report=False)

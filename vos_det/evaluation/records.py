@@ -1,11 +1,13 @@
-"""Record every detection of a model over a dataset, with its class score and OOD scores.
+"""The inference pass: every detection of a model over a dataset, with its scores.
 
-One inference pass per dataset: the records keep every detection the model outputs (no
-score threshold), so that the box-selection rule (see :mod:`.box_selection`) can be chosen
-and applied afterwards, and the same records serve the detection metrics, the OOD metrics
-and the calibration.
+:func:`collect_detections` runs the model once over a dataset (detectron2's
+``inference_on_dataset``) and returns its :class:`DetectionRecords`: every detection the
+model outputs (no score threshold), with its class score and all its OOD scores, and the
+detection metrics (AP) of the same pass when a detection evaluator is given. Everything after
+it (box selection, calibration, OOD metrics, reports: :func:`vos_det.evaluation.evaluate_ood`)
+takes records, not a model, so records can be cached and evaluated again.
 """
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional
 
 import numpy as np
@@ -13,7 +15,7 @@ import numpy as np
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset
 from detectron2.utils import comm
 
-__all__ = ["BoxOODScoreCollector", "DetectionRecords", "collect_detections"]
+__all__ = ["BoxOODScoreCollector", "DetectionRecords", "collect_detections", "numbers_only"]
 
 # Instances fields named ood_scores_<name> hold one OOD score per box (larger = more OOD).
 OOD_FIELD_PREFIX = "ood_scores_"
@@ -36,6 +38,9 @@ class DetectionRecords:
         ood_scores (dict[str, np.ndarray]): score name -> (N,) float64 OOD scores
             (larger = more OOD), from the ``ood_scores_<name>`` fields.
         num_images (int): images seen, those without any detection included.
+        detection_metrics (dict): ``{task: {metric: float}}`` of the detection evaluator run
+            in the same pass (e.g. ``{"bbox": {"AP50": ...}, "voc": {...}}``; empty without
+            one, and in a :meth:`subset`).
     """
 
     image_ids: np.ndarray
@@ -45,6 +50,7 @@ class DetectionRecords:
     ood_scores: Dict[str, np.ndarray] = field(default_factory=dict)
     num_images: int = 0
     proposal_scores: Optional[np.ndarray] = None
+    detection_metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.proposal_scores is None:
@@ -81,6 +87,15 @@ class DetectionRecords:
         "proposal_scores": their proposal's maximum foreground probability) is >=
         ``score_threshold``."""
         return self.subset(getattr(self, score_field) >= score_threshold)
+
+    def to_dict(self) -> dict:
+        """Every field as plain arrays, numbers and dicts (for ``torch.save``; see :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DetectionRecords":
+        """The records of :meth:`to_dict`'s dict."""
+        return cls(**values)
 
 
 def _image_records(image_id, instances):
@@ -151,19 +166,29 @@ class BoxOODScoreCollector(DatasetEvaluator):
         return {}
 
 
-def collect_detections(model, data_loader, detection_evaluator=None):
-    """One inference pass: the detection metrics (if an evaluator is given) and the records.
+def numbers_only(metrics: dict) -> dict:
+    """The numeric entries of a metrics dict, as floats (detectron2's EvalHook takes no other)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
+
+
+def collect_detections(model, data_loader, detection_evaluator=None) -> DetectionRecords:
+    """One inference pass: every detection of the dataset, and its detection metrics.
 
     Args:
         model (nn.Module): the detector (put in eval mode for the pass).
         data_loader: a detectron2 test loader of one dataset.
-        detection_evaluator (DatasetEvaluator, optional): e.g. a COCO / VOC evaluator.
+        detection_evaluator (DatasetEvaluator, optional): e.g. a COCO / VOC evaluator; its
+            results become the records' ``detection_metrics`` (none on the ranks where it
+            returns nothing).
 
     Returns:
-        tuple[dict, DetectionRecords]: the evaluator's results (``{}`` without one, or on
-        the ranks where it returns nothing) and every detection of the dataset.
+        DetectionRecords
     """
     collector = BoxOODScoreCollector()
     evaluators = [collector] if detection_evaluator is None else [detection_evaluator, collector]
     results = inference_on_dataset(model, data_loader, DatasetEvaluators(evaluators))
-    return dict(results or {}), collector.records
+    records = collector.records
+    records.detection_metrics = {
+        task: numbers_only(values) for task, values in (results or {}).items() if isinstance(values, dict)
+    }
+    return records
