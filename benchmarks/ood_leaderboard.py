@@ -38,6 +38,7 @@ import shlex
 import sys
 import time
 from collections import OrderedDict
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -49,15 +50,12 @@ from leaderboard_plots import forest_path, plot_leaderboard_forest
 # datasets/ unless set, wherever the script is run from.
 os.environ.setdefault("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
 
-from dataclasses import asdict
-
 from detectron2.checkpoint import DetectionCheckpointer
 
 from vos_det.config import load_config
 from vos_det.engine import Trainer
-from vos_det.engine.calibrated_model import ood_rule_of
 from vos_det.engine.checkpoint import check_checkpoint_matches_model
-from vos_det.engine.ood_evaluation import collect_records
+from vos_det.engine.ood_evaluation import collect_records, ood_rule_of
 from vos_det.evaluation import DetectionRecords, OODRule, evaluate_ood
 from vos_det.evaluation.box_selection import PROTOCOL_DESCRIPTIONS
 from vos_det.evaluation.box_selection import PROTOCOLS as LIBRARY_PROTOCOLS

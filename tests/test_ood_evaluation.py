@@ -3,6 +3,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from vos_det.evaluation import (
     summarize_ood_evaluation,
     threshold_keeping,
 )
-from vos_det.engine.calibrated_model import (
+from vos_det.engine.ood_evaluation import (
     CALIBRATED_MODEL_FILE,
     THRESHOLD_FILE,
     find_ood_head,
@@ -209,7 +210,7 @@ def test_collector_records_every_detection_once():
     assert collector.evaluate() == {}
     records = collector.records
     assert len(records) == 5 and records.num_images == 3
-    assert set(records.ood_scores) == {"vos", "energy"}
+    assert set(records.ood_score_table) == {"vos", "energy"}
     assert list(records.image_ids) == ["img0"] * 3 + ["img2"] * 2
     kept = records.select(0.5)
     assert len(kept) == int((records.scores >= 0.5).sum()) and kept.boxes.shape == (len(kept), 4)
@@ -318,10 +319,10 @@ def test_calibration_reports_the_false_alarm_rate_of_every_score(tmp_path):
         kept = np.sort(values[~np.isnan(values)])
         threshold = kept[math.ceil(0.95 * kept.size) - 1]  # the ceil(0.95 n)-th smallest
         assert summary["score_thresholds"][name] == threshold
-        assert summary["flagged_by_score"]["test"]["shifted"][name] == np.mean(shifted.ood_scores[name] > threshold)
+        assert summary["flagged_by_score"]["test"]["shifted"][name] == np.mean(shifted.ood_score_table[name] > threshold)
     # The calibrated score's own threshold is the one its model's float32 buffer stores.
     assert calibration.threshold == float(np.float32(summary["score_thresholds"]["energy"]))
-    assert summary["ood_flagged"]["test"]["shifted"] == np.mean(shifted.ood_scores["energy"] > calibration.threshold)
+    assert summary["ood_flagged"]["test"]["shifted"] == np.mean(shifted.ood_score_table["energy"] > calibration.threshold)
 
 
 
@@ -416,6 +417,34 @@ def _load_tool():
     return module
 
 
+def _vos_det_walk(function):
+    """Run ``function()``; return its result, the vos_det modules whose functions ran, and the
+    (caller, callee) pairs of modules: a call's caller is the nearest vos_det frame above it,
+    third-party frames (detectron2's inference loop, torch) skipped."""
+    modules, edges = set(), set()
+
+    def module_of(frame):
+        return frame.f_globals.get("__name__", "")
+
+    def profile(frame, event, arg):
+        if event != "call" or not module_of(frame).startswith("vos_det"):
+            return
+        callee = module_of(frame)
+        modules.add(callee)
+        caller = frame.f_back
+        while caller is not None and not module_of(caller).startswith("vos_det"):
+            caller = caller.f_back
+        if caller is not None and module_of(caller) != callee:
+            edges.add((module_of(caller), callee))
+
+    sys.setprofile(profile)
+    try:
+        result = function()
+    finally:
+        sys.setprofile(None)
+    return result, modules, edges
+
+
 def test_ood_eval_tool_end_to_end(trained_model, tiny_digits_root, tmp_path, capsys):
     tool = _load_tool()
     paths = digits_det_paths(tiny_digits_root)
@@ -433,11 +462,19 @@ def test_ood_eval_tool_end_to_end(trained_model, tiny_digits_root, tmp_path, cap
         ]
     )
     try:
-        results, report = tool.main(args)
+        (results, report), modules, edges = _vos_det_walk(lambda: tool.main(args))
     finally:
         DatasetCatalog.remove(spec_name)
         MetadataCatalog.remove(spec_name)
     printed = capsys.readouterr().out
+
+    # The evaluation library calls nothing of the engine or the command line back.
+    callbacks = {
+        (caller, callee) for caller, callee in edges
+        if caller.startswith("vos_det.evaluation") and callee.startswith(("vos_det.engine", "vos_det.cli"))
+    }
+    assert not callbacks
+    print("vos_det modules walked:", len(modules), sorted(modules))
 
     # The table, the rule and the convention are printed.
     assert "Box selection for ID set digits_det_test: fixed score threshold" in printed

@@ -468,5 +468,5 @@ def test_evaluation_records_collect_the_new_scores(fitted_tiny_detector):
     cfg, weights, state = fitted_tiny_detector
     model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state)
     records = collect_detections(model, build_detection_test_loader(cfg, "digits_det_test"))
-    assert set(TINY_SCORES) <= set(records.ood_scores)
-    assert all(len(values) == len(records) for values in records.ood_scores.values())
+    assert set(TINY_SCORES) <= set(records.ood_score_table)
+    assert all(len(values) == len(records) for values in records.ood_score_table.values())

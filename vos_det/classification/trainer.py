@@ -5,7 +5,7 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 
 from ..data.catalog import get_ood_role
-from ..engine.calibrated_model import find_ood_head, keep_calibration, ood_rule_of, set_ood_threshold
+from ..engine.ood_evaluation import find_ood_head, keep_calibration, ood_rule_of, set_ood_threshold
 from ..engine.trainer import Trainer
 from ..evaluation.calibration import calibrate
 from ..evaluation.ood_summary import summarize_ood_evaluation
@@ -70,7 +70,7 @@ class ClassificationTrainer(Trainer):
         """One inference pass: (the evaluator's figures, every image as a ScoredSet)."""
         metrics = inference_on_dataset(model, cls.build_test_loader(cfg, dataset_name), evaluator)["classification"]
         num_images = int(metrics["num_images"])
-        return metrics, ScoredSet(evaluator.scores, num_images, num_images, num_images)
+        return metrics, ScoredSet(evaluator.ood_score_table, num_images, num_images, num_images)
 
     @classmethod
     def calibrate(cls, cfg, model, dataset_name):
@@ -87,7 +87,7 @@ class ClassificationTrainer(Trainer):
             raise ValueError(f"calibration set {dataset_name!r} must be an ID set (ood_role 'id')")
         _, images = cls._collect(cfg, model, dataset_name, ClassificationOODEvaluator(compute_accuracy=False))
         calibration = calibrate(
-            images.ood_scores,
+            images.ood_score_table,
             find_ood_head(model).ood_score,
             cfg.TEST.OOD.get("CALIBRATION_ID_KEEP", _DEFAULT_ID_KEEP),
             unit="images",

@@ -15,7 +15,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..errors import UserError
-from .calibrated_model import find_ood_head
+from .ood_evaluation import find_ood_head
 from ..utils.file_io import atomic_open
 from .post_hoc_weights import check_post_hoc_states
 

@@ -9,7 +9,7 @@ with ``#{ID samples with score <= t} >= keep * #ID samples`` (exactly ``keep`` o
 threshold, from which the report reads each score's false-alarm rate.
 
 :func:`calibrate` only computes; storing the threshold in a model and saving that model is the
-engine's (:mod:`vos_det.engine.calibrated_model`).
+engine's (:mod:`vos_det.engine.ood_evaluation`).
 """
 import logging
 import math
@@ -50,7 +50,7 @@ class Calibration:
     """The result of a calibration.
 
     Attributes:
-        ood_score: name of the score behind ``ood_scores`` / ``is_ood``.
+        ood_score: name of the score behind ``Instances.ood_scores`` / ``is_ood``.
         threshold: a box is OOD when its ood_score is > this.
         gamma: for the "vos" score, the threshold on p(ID) (1 - threshold); else None.
         keep: the requested fraction of ID boxes kept.
@@ -111,12 +111,12 @@ class OODRule:
     calibrated_threshold: float = float("nan")
 
 
-def calibrate(ood_scores, ood_score: str, keep: float, *, unit: str = "boxes", **info) -> Calibration:
+def calibrate(ood_score_table, ood_score: str, keep: float, *, unit: str = "boxes", **info) -> Calibration:
     """The thresholds keeping ``keep`` of the kept samples of an ID validation set.
 
     Args:
-        ood_scores (dict[str, np.ndarray]): score name -> (N,) OOD scores of the kept ID
-            samples (larger = more OOD); NaN values are left out.
+        ood_score_table (dict[str, np.ndarray]): all OOD scores of the kept ID samples:
+            score name -> (N,) values (larger = more OOD); NaN values are left out.
         ood_score: the score behind the model's ``is_ood``: its threshold is the calibration's.
         keep: fraction of ID samples to keep as ID (``TEST.OOD.CALIBRATION_ID_KEEP``).
         unit: "boxes" or "images", for the messages.
@@ -129,7 +129,7 @@ def calibrate(ood_scores, ood_score: str, keep: float, *, unit: str = "boxes", *
         ValueError: no sample has a value of ``ood_score``.
     """
     valid = {}
-    for name, values in ood_scores.items():
+    for name, values in ood_score_table.items():
         values = np.asarray(values, dtype=np.float64).reshape(-1)
         valid[name] = values[~np.isnan(values)]
     scores = valid.get(ood_score, np.zeros(0))

@@ -57,8 +57,8 @@ def fpr95_convention(unit: str, fpr_method: str) -> str:
 def _pair_metrics(id_set, ood_set, fpr_method, unit, skipped, pair):
     """OOD metrics per score of one pair; records why a score could not be evaluated."""
     metrics = {}
-    for name in sorted(set(id_set.ood_scores) & set(ood_set.ood_scores)):
-        id_all, ood_all = id_set.ood_scores[name], ood_set.ood_scores[name]
+    for name in sorted(set(id_set.ood_score_table) & set(ood_set.ood_score_table)):
+        id_all, ood_all = id_set.ood_score_table[name], ood_set.ood_score_table[name]
         id_values, ood_values = id_all[~np.isnan(id_all)], ood_all[~np.isnan(ood_all)]
         dropped = (id_all.size - id_values.size) + (ood_all.size - ood_values.size)
         if dropped:
@@ -75,7 +75,7 @@ def _flagged_shares(scored_set, thresholds):
     (a score the set has no sample of is left out)."""
     shares = {}
     for score, threshold in thresholds.items():
-        values = scored_set.ood_scores.get(score, ())
+        values = scored_set.ood_score_table.get(score, ())
         if len(values):
             shares[score] = float(np.mean(values > threshold))
     return shares
@@ -88,9 +88,9 @@ def _calibration_summary(calibration, comparisons, unit):
     summary["description"] = calibration.describe(unit)
     score, threshold = calibration.ood_score, calibration.threshold
     summary["id_kept"] = {
-        c.id_name: float(np.mean(c.sets[c.id_name].ood_scores[score] <= threshold))
+        c.id_name: float(np.mean(c.sets[c.id_name].ood_score_table[score] <= threshold))
         for c in comparisons
-        if len(c.sets[c.id_name].ood_scores.get(score, ()))
+        if len(c.sets[c.id_name].ood_score_table.get(score, ()))
     }
     summary["ood_flagged"], summary["flagged_by_score"] = {}, {}
     for c in comparisons:

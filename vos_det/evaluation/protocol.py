@@ -15,7 +15,7 @@ and the calibration set), never a model:
    score against ``TEST.OOD.BOX_SELECTION``'s).
 3. With ``TEST.OOD.CALIBRATION_DATASET``, the OOD threshold of the model's score (and one
    threshold per other score) is calibrated on the kept boxes of that ID validation set; the
-   engine stores it in the model (:mod:`vos_det.engine.calibrated_model`).
+   engine stores it in the model (:mod:`vos_det.engine.ood_evaluation`).
 4. The back half: for each (ID set, OOD set) pair and each OOD score, FPR95 (ID positive; the
    ROC point closest to 95% ID recall under "vos_official", ``TEST.OOD.FPR95_METHOD`` under
    "vos_det"), AUROC, AUPR-In, AUPR-Out and the OOD-positive FPR95; the share of each set's
@@ -70,7 +70,7 @@ def _calibrate(cfg, records, dataset_name, selection, ood_rule):
             "model's is_ood, and the model has no VOS OOD head"
         )
     return calibrate(
-        selection.apply(records).ood_scores,
+        selection.apply(records).ood_score_table,
         ood_rule.ood_score,
         cfg.TEST.OOD.CALIBRATION_ID_KEEP,
         dataset=dataset_name,
@@ -90,7 +90,7 @@ def _box_counts(comparison):
 def _kept(records, selection):
     """The boxes of ``records`` that ``selection`` keeps, as the back half's ScoredSet."""
     kept = selection.apply(records)
-    return ScoredSet(kept.ood_scores, len(kept), len(records), records.num_images)
+    return ScoredSet(kept.ood_score_table, len(kept), len(records), records.num_images)
 
 
 def _verdict_rule(ood_rule, calibration):
@@ -173,7 +173,7 @@ def evaluate_ood(records_by_set, cfg, *, ood_rule=None, log_report=True):
         cfg (CfgNode): the config: those sets, the ``TEST.OOD`` keys and ``OUTPUT_DIR``
             (where ``ood_results.json`` and ``ood_plots/`` go).
         ood_rule (OODRule, optional): the evaluated model's ``is_ood`` rule
-            (:func:`vos_det.engine.calibrated_model.ood_rule_of`): the score calibrated on,
+            (:func:`vos_det.engine.ood_evaluation.ood_rule_of`): the score calibrated on,
             and the threshold the pictures mark; None for a model without OOD head.
         log_report (bool): log the text report (main process).
 

@@ -35,8 +35,9 @@ class DetectionRecords:
             detection's proposal (``Instances.proposal_scores``; NaN for a model without it).
             A proposal yields one detection per class above the test score threshold, so a
             secondary-class detection has a proposal score above its own class score.
-        ood_scores (dict[str, np.ndarray]): score name -> (N,) float64 OOD scores
-            (larger = more OOD), from the ``ood_scores_<name>`` fields.
+        ood_score_table (dict[str, np.ndarray]): all OOD scores of the boxes: score name ->
+            (N,) float64 OOD scores (larger = more OOD), from the ``ood_scores_<name>``
+            fields (``Instances.ood_scores`` is only the one behind ``is_ood``).
         num_images (int): images seen, those without any detection included.
         detection_metrics (dict): ``{task: {metric: float}}`` of the detection evaluator run
             in the same pass (e.g. ``{"bbox": {"AP50": ...}, "voc": {...}}``; empty without
@@ -47,7 +48,7 @@ class DetectionRecords:
     boxes: np.ndarray
     classes: np.ndarray
     scores: np.ndarray
-    ood_scores: Dict[str, np.ndarray] = field(default_factory=dict)
+    ood_score_table: Dict[str, np.ndarray] = field(default_factory=dict)
     num_images: int = 0
     proposal_scores: Optional[np.ndarray] = None
     detection_metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
@@ -67,7 +68,7 @@ class DetectionRecords:
             boxes=np.zeros((0, 4)),
             classes=np.zeros(0, dtype=np.int64),
             scores=np.zeros(0),
-            ood_scores={name: np.zeros(0) for name in score_names},
+            ood_score_table={name: np.zeros(0) for name in score_names},
         )
 
     def subset(self, mask):
@@ -77,7 +78,7 @@ class DetectionRecords:
             boxes=self.boxes[mask],
             classes=self.classes[mask],
             scores=self.scores[mask],
-            ood_scores={name: values[mask] for name, values in self.ood_scores.items()},
+            ood_score_table={name: values[mask] for name, values in self.ood_score_table.items()},
             num_images=self.num_images,
             proposal_scores=self.proposal_scores[mask],
         )
@@ -112,7 +113,7 @@ def _image_records(image_id, instances):
             if instances.has("proposal_scores")
             else np.full(num, np.nan)
         ),
-        "ood_scores": {
+        "ood_score_table": {
             name[len(OOD_FIELD_PREFIX) :]: values.detach().cpu().double().numpy()
             for name, values in fields.items()
             if name.startswith(OOD_FIELD_PREFIX)
@@ -143,11 +144,11 @@ class BoxOODScoreCollector(DatasetEvaluator):
     def evaluate(self):
         """Gather the detections of all ranks into :attr:`records`; returns ``{}``."""
         parts = [part for rank_parts in comm.all_gather(self._parts) for part in rank_parts]
-        score_names = sorted({name for part in parts for name in part["ood_scores"]})
+        score_names = sorted({name for part in parts for name in part["ood_score_table"]})
         if not parts:
             self.records = DetectionRecords.empty(score_names)
             return {}
-        missing = [sorted(set(score_names) - set(p["ood_scores"])) for p in parts if len(p["scores"])]
+        missing = [sorted(set(score_names) - set(p["ood_score_table"])) for p in parts if len(p["scores"])]
         missing = [m for m in missing if m]
         if missing:
             raise ValueError(f"some detections lack the OOD score fields {missing[0]}")
@@ -157,8 +158,8 @@ class BoxOODScoreCollector(DatasetEvaluator):
             classes=np.concatenate([p["classes"] for p in parts]),
             scores=np.concatenate([p["scores"] for p in parts]),
             proposal_scores=np.concatenate([p["proposal_scores"] for p in parts]),
-            ood_scores={
-                name: np.concatenate([p["ood_scores"].get(name, np.zeros(0)) for p in parts])
+            ood_score_table={
+                name: np.concatenate([p["ood_score_table"].get(name, np.zeros(0)) for p in parts])
                 for name in score_names
             },
             num_images=len(parts),
