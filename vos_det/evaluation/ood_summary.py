@@ -97,7 +97,9 @@ def _calibration_summary(calibration, comparisons, unit):
         flagged = summary["ood_flagged"][c.id_name] = {}
         by_score = summary["flagged_by_score"][c.id_name] = {}
         for name in c.others:
-            flagged.update({name: share for share in _flagged_shares(c.sets[name], {score: threshold}).values()})
+            shares = _flagged_shares(c.sets[name], {score: threshold})
+            if score in shares:
+                flagged[name] = shares[score]
             by_score[name] = _flagged_shares(c.sets[name], calibration.score_thresholds)
     return summary
 
