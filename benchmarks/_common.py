@@ -320,6 +320,38 @@ def run_logged(command, log_path, env):
         raise RuntimeError(f"{command[1]} failed (exit {returncode}), log {log_path}:\n{tail}")
 
 
+def train_in_child(config, overrides, seed, output_dir, env, log_name="train.log", done_file="model_final.pth") -> bool:
+    """Train one (method, seed) with ``tools/train_net.py`` in a child process, unless
+    ``output_dir`` already holds ``done_file``.
+
+    Args:
+        config (str): the config file (name or path).
+        overrides (list[str]): the method's ``KEY VALUE`` tokens; ``SEED`` and ``OUTPUT_DIR``
+            come after them.
+        seed (int): SEED.
+        output_dir (str): OUTPUT_DIR, created if needed.
+        env (dict): the child's environment (:func:`training_env`).
+        log_name (str): the log in ``output_dir`` the child's output is appended to.
+        done_file (str): the file whose presence means the training is done.
+
+    Returns:
+        bool: whether it trained.
+
+    Raises:
+        RuntimeError: the training failed (:func:`run_logged`).
+    """
+    if os.path.exists(os.path.join(output_dir, done_file)):
+        return False
+    os.makedirs(output_dir, exist_ok=True)
+    run_logged(
+        [sys.executable, "tools/train_net.py", "--config", config, *overrides,
+         "SEED", str(seed), "OUTPUT_DIR", output_dir],
+        os.path.join(output_dir, log_name),
+        env,
+    )
+    return True
+
+
 def build_pair(cfg_vos, cfg_other, seed):
     """Build the VOS model and a second model with the same seed and the shared weights."""
     from detectron2.modeling import build_model

@@ -20,13 +20,12 @@ Printed, and written to ``benchmarks/results/digits_cls_seeds.json`` and ``.md``
 import argparse
 import json
 import os
-import sys
 import time
 from collections import OrderedDict
 
-from _common import REPO_ROOT, RESULTS_DIR, machine_info, parse_seeds, run_logged, table, training_env, write_json
+from _common import REPO_ROOT, RESULTS_DIR, machine_info, parse_seeds, table, train_in_child, training_env, write_json
 
-from vos_det.evaluation.statistics import mean_ci, paired_difference
+from vos_det.evaluation.seed_table import SeedMetric, SeedTarget, format_seed_table, seed_table_rows, target_met_by
 
 SEEDS = (0, 1, 2, 3, 4)
 # Training method -> (config, overrides). vos_npos is the leaderboard's VOS variant:
@@ -46,7 +45,15 @@ METHODS = OrderedDict(
 )
 REFERENCE = ("vanilla", "energy")
 TEST, OOD = "digits_cls_test", "digits_cls_ood"
-METRICS = [("accuracy", "accuracy"), ("FPR95", "FPR95"), ("AUROC", "AUROC")]
+# Metric columns, each with its paired difference against REFERENCE; accuracy is the model's.
+METRICS = [
+    SeedMetric("accuracy", "accuracy", of_model=True),
+    SeedMetric("FPR95", "FPR95"),
+    SeedMetric("AUROC", "AUROC"),
+]
+# FPR95 lowered by >= 30% relative to the reference, the paired interval below 0; accuracy
+# within 1 point.
+TARGET = SeedTarget(lowered=("FPR95",), kept=("accuracy",))
 PROTOCOL = (
     "every image of each set scored (the whole image is the one box); FPR95 with ID as the "
     "positive class, at the first ROC point keeping >= 95% of ID images"
@@ -55,16 +62,8 @@ PROTOCOL = (
 
 def train(model_dir, config, overrides, seed, env):
     """Train one (method, seed) unless its ood_results.json exists; returns that file's path."""
-    results = os.path.join(model_dir, "ood_results.json")
-    if not os.path.exists(results):
-        os.makedirs(model_dir, exist_ok=True)
-        run_logged(
-            [sys.executable, "tools/train_net.py", "--config", config, *overrides,
-             "SEED", str(seed), "OUTPUT_DIR", model_dir],
-            os.path.join(model_dir, "train.log"),
-            env,
-        )
-    return results
+    train_in_child(config, overrides, seed, model_dir, env, done_file="ood_results.json")
+    return os.path.join(model_dir, "ood_results.json")
 
 
 def model_summary(results_path):
@@ -78,62 +77,32 @@ def model_summary(results_path):
     }
 
 
-def aggregate(per_model, confidence=0.95):
-    """Rows (method, score) -> {metric: {"mean": MeanCI, "diff": MeanCI or None}} over seeds."""
-    reference_method, reference_score = REFERENCE
-    reference = per_model[reference_method]
-    rows = OrderedDict()
-    for method, seeds in per_model.items():
-        scores = sorted(set.intersection(*(set(summary) for summary in seeds.values())))
-        for score in scores:
-            row = OrderedDict(seeds=sorted(seeds))
-            paired = [seed for seed in sorted(seeds) if seed in reference]
-            for key, _ in METRICS:
-                values = [seeds[seed][score][key] for seed in sorted(seeds)]
-                diff = None
-                if (method, score) != REFERENCE and len(paired) >= 2:
-                    diff = paired_difference(
-                        [seeds[seed][score][key] for seed in paired],
-                        [reference[seed][reference_score][key] for seed in paired],
-                        confidence,
-                    )
-                row[key] = {"mean": mean_ci(values, confidence), "diff": diff}
-            rows[(method, score)] = row
-    return rows
+def seed_tables(per_model, confidence=0.95):
+    """The rows, the pairs meeting :data:`TARGET` and the Markdown text of the results file.
 
+    Args:
+        per_model (dict): ``{method: {seed: model_summary(...)}}``.
+        confidence (float): of every interval.
 
-def format_rows(rows):
-    headers = ["method", "score", "seeds"]
-    for _, title in METRICS:
-        headers += [title, f"{title} vs ref"]
-    cells = []
-    for (method, score), row in rows.items():
-        line = [method, score, len(row["seeds"])]
-        for key, _ in METRICS:
-            mean, diff = row[key]["mean"], row[key]["diff"]
-            spread = f" ± {mean.half_width:.2f}" if mean.half_width is not None else ""
-            line.append(f"{mean.mean:.2f}{spread}")
-            if diff is None:
-                line.append("ref" if (method, score) == REFERENCE else "")
-            else:
-                star = "*" if diff.significant else ""
-                line.append(f"{diff.mean:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}]{star}")
-        cells.append(line)
-    return cells, headers
-
-
-def target_verdict(rows):
-    """The target on digits-cls: FPR95 -30% relative against (vanilla, energy) with the
-    paired interval below 0, accuracy within 1 point. Returns the pairs that meet it."""
-    reference_fpr = rows[REFERENCE]["FPR95"]["mean"].mean
-    winners = []
-    for pair, row in rows.items():
-        fpr, accuracy = row["FPR95"]["diff"], row["accuracy"]["diff"]
-        if fpr is None or accuracy is None:
-            continue
-        if fpr.high < 0 and fpr.mean <= -0.3 * reference_fpr and accuracy.mean >= -1.0:
-            winners.append(pair)
-    return winners
+    Returns:
+        tuple[list[dict], list[str], str]: the rows of
+        :func:`vos_det.evaluation.seed_table.seed_table_rows`, the "method/score" pairs meeting
+        the target, and the text (also printed).
+    """
+    rows = seed_table_rows(per_model, METRICS, REFERENCE, confidence)
+    winners = target_met_by(rows, TARGET, REFERENCE)
+    cells, headers = format_seed_table(rows, METRICS, REFERENCE)
+    seeds = sorted({seed for summaries in per_model.values() for seed in summaries})
+    title = (
+        f"digits-cls, seeds {','.join(map(str, seeds))}: mean ± {confidence:.0%} CI; paired difference "
+        f"against {REFERENCE[0]} {REFERENCE[1]} [{confidence:.0%} CI], * = excludes 0. Protocol: {PROTOCOL}."
+    )
+    verdict = "Target (FPR95 -30% relative, paired CI below 0, accuracy within 1 point): met by " + (
+        ", ".join(winners) or "no (method, score) pair"
+    ) + "."
+    text = table(cells, headers, title=title)
+    print(verdict)
+    return rows, winners, title + "\n\n" + text + "\n\n" + verdict + "\n"
 
 
 def main():
@@ -163,18 +132,7 @@ def main():
             print(f"[{method} seed {seed}] {model_dir}", flush=True)
             path = train(model_dir, config, overrides, seed, env)
             per_model.setdefault(method, OrderedDict())[seed] = model_summary(path)
-    rows = aggregate(per_model, args.confidence)
-    winners = target_verdict(rows)
-    cells, headers = format_rows(rows)
-    title = (
-        f"digits-cls, seeds {','.join(map(str, seeds))}: mean ± {args.confidence:.0%} CI; paired difference "
-        f"against {REFERENCE[0]} {REFERENCE[1]} [{args.confidence:.0%} CI], * = excludes 0. Protocol: {PROTOCOL}."
-    )
-    verdict = "Target (FPR95 -30% relative, paired CI below 0, accuracy within 1 point): " + (
-        ", ".join(f"{m} {s}" for m, s in winners) if winners else "met by no (method, score) pair."
-    )
-    text = table(cells, headers, title=title)
-    print(verdict)
+    rows, winners, markdown = seed_tables(per_model, args.confidence)
     payload = {
         "benchmark": "digits_cls_seeds",
         "machine": machine_info("cpu"),
@@ -184,18 +142,13 @@ def main():
         "reference": list(REFERENCE),
         "methods": {name: {"config": METHODS[name][0], "overrides": METHODS[name][1]} for name in methods},
         "per_model": per_model,
-        "rows": [
-            {"method": method, "score": score, "seeds": row["seeds"],
-             **{key: {"mean": row[key]["mean"].to_dict(), "diff": row[key]["diff"] and row[key]["diff"].to_dict()}
-                for key, _ in METRICS}}
-            for (method, score), row in rows.items()
-        ],
-        "target_met_by": [list(pair) for pair in winners],
+        "rows": rows,
+        "target_met_by": winners,
     }
     write_json(args.output, payload)
     md_path = os.path.splitext(args.output)[0] + ".md"
     with open(md_path, "w") as f:
-        f.write(title + "\n\n" + text + "\n\n" + verdict + "\n")
+        f.write(markdown)
     print(f"wrote {md_path}")
 
 

@@ -43,24 +43,40 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from _common import REPO_ROOT, RESULTS_DIR, machine_info, parse_seeds, run_logged, table, training_env, write_json
+from _common import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    machine_info,
+    parse_seeds,
+    run_logged,
+    table,
+    train_in_child,
+    training_env,
+    write_json,
+)
 from leaderboard_plots import forest_path, plot_leaderboard_forest
 
 # vos_det registers digits-det at import, under $DETECTRON2_DATASETS: the repository's
 # datasets/ unless set, wherever the script is run from.
 os.environ.setdefault("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
 
-from detectron2.checkpoint import DetectionCheckpointer
-
 from vos_det.config import load_config
-from vos_det.engine import Trainer
-from vos_det.engine.checkpoint import check_checkpoint_matches_model
+from vos_det.engine import Trainer, load_trained_model
 from vos_det.engine.ood_evaluation import collect_records, ood_rule_of
 from vos_det.evaluation import DetectionRecords, OODRule, evaluate_ood
 from vos_det.evaluation.box_selection import PROTOCOL_DESCRIPTIONS
 from vos_det.evaluation.box_selection import PROTOCOLS as LIBRARY_PROTOCOLS
 from vos_det.evaluation.leaderboard import LEADERBOARD_ID_SET, LEADERBOARD_OOD_SETS
-from vos_det.evaluation.statistics import mean_ci, paired_difference
+from vos_det.evaluation.seed_table import (
+    SeedMetric,
+    SeedTarget,
+    format_mean,
+    format_seed_table,
+    reference_row,
+    seed_table_rows,
+    target_met_by,
+)
+from vos_det.evaluation.statistics import mean_ci
 
 # Benchmark detector -> the VOS config every method of it starts from. "tiny" is the plain
 # conv-FPN of the main job; "r18" detectron2's ResNet-18-FPN, built like the paper's detector.
@@ -106,13 +122,20 @@ TEST, OOD_SETS = LEADERBOARD_ID_SET, LEADERBOARD_OOD_SETS
 RECORD_SETS = [TEST, VAL, SHIFTED, *OOD_SETS.values()]
 # The target is judged on the splits that differ from ID in meaning only.
 TARGET_SETS = ("near", "far_matched")
-# Metric columns: (key in a model's summary, table header).
-METRICS = [("AP50", "AP50"), ("shifted_AP50", "shifted AP50")]
+# Metric columns; AP50 and shifted AP50 are the model's, whatever the score. Every column but
+# shifted AP50 also gets the paired difference against REFERENCE.
+METRICS = [
+    SeedMetric("AP50", "AP50", of_model=True),
+    SeedMetric("shifted_AP50", "shifted AP50", paired=False, of_model=True),
+]
 for _kind in OOD_SETS:
-    METRICS += [(f"{_kind}_FPR95", f"{_kind} FPR95"), (f"{_kind}_AUROC", f"{_kind} AUROC")]
-METRICS += [("false_alarm", "shifted false alarms %")]
-# Columns that also get the paired difference against REFERENCE.
-PAIRED = [key for key, _ in METRICS if key != "shifted_AP50"]
+    METRICS += [SeedMetric(f"{_kind}_FPR95", f"{_kind} FPR95"), SeedMetric(f"{_kind}_AUROC", f"{_kind} AUROC")]
+METRICS += [SeedMetric("false_alarm", "shifted false alarms %")]
+# FPR95 lowered by >= 30% relative to the reference on every set of TARGET_SETS, the paired
+# interval below 0; AP50 within 1 point; false alarms on the shifted set at most the reference's.
+TARGET = SeedTarget(
+    lowered=tuple(f"{kind}_FPR95" for kind in TARGET_SETS), kept=("AP50",), not_above_reference=("false_alarm",)
+)
 # SAFE's FGSM pass costs about 0.7 s per training image on 2 CPU cores: it is fitted on 300
 # of the 1200 (about 750 predicted boxes), which bounds a model's fit to minutes.
 SAFE_FIT = ["MODEL.VOS.POST_HOC.SAFE.MAX_IMAGES", "300"]
@@ -135,17 +158,10 @@ def _record_seconds(model_dir, step, seconds):
 
 def train(model_dir, overrides, seed, env):
     """Train one (method, seed) unless its model_final.pth exists."""
-    if os.path.exists(os.path.join(model_dir, "model_final.pth")):
-        return
-    os.makedirs(model_dir, exist_ok=True)
     started = time.perf_counter()
-    run_logged(
-        [sys.executable, "tools/train_net.py", "--config", CONFIG, *overrides, "SEED", str(seed),
-         "OUTPUT_DIR", model_dir, "DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()"],
-        os.path.join(model_dir, "leaderboard.log"),
-        env,
-    )
-    _record_seconds(model_dir, "train", time.perf_counter() - started)
+    no_evaluation = ["DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()"]
+    if train_in_child(CONFIG, [*overrides, *no_evaluation], seed, model_dir, env, log_name="leaderboard.log"):
+        _record_seconds(model_dir, "train", time.perf_counter() - started)
 
 
 def fit_posthoc(model_dir, overrides, env):
@@ -254,9 +270,7 @@ def model_records(model_dir, cfg, key, log):
         rule = OODRule(**next(iter(cached.values()))["ood_rule"])
         return {name: DetectionRecords.from_dict(stored["records"]) for name, stored in cached.items()}, rule
     log(f"  running {model_dir} over {', '.join(RECORD_SETS)} ...")
-    model = Trainer.build_model(cfg)
-    check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    model = load_trained_model(cfg)
     cfg.OUTPUT_DIR = os.path.join(model_dir, "leaderboard")  # the evaluators' COCO conversions
     records = collect_records(
         cfg, model, lambda name: Trainer.build_test_loader(cfg, name), lambda name: Trainer.build_evaluator(cfg, name)
@@ -321,130 +335,44 @@ def evaluate_cached(model_dir, overrides, protocols, posthoc_opts, rerun, log):
 # --- statistics and tables -----------------------------------------------------------------
 
 
-def _seed_values(summaries, score, key):
-    """{seed: value} of one metric of (method, score); AP50s do not depend on the score."""
-    values = {}
-    for seed, summary in summaries.items():
-        if key in ("AP50", "shifted_AP50"):
-            if score in summary["scores"]:
-                values[seed] = summary[key]
-        else:
-            value = summary["scores"].get(score, {}).get(key)
-            if value is not None:
-                values[seed] = value
+def seed_values(per_model, protocol):
+    """The values of one protocol's seed table: ``{method: {seed: {score: {metric key: value}}}}``.
+
+    Args:
+        per_model (dict): ``{method: {seed: {protocol: summary}}}``; a model without a summary
+            of ``protocol`` is left out.
+    """
+    values = OrderedDict()
+    for method, seeds in per_model.items():
+        for seed, summaries in seeds.items():
+            if protocol not in summaries:
+                continue
+            summary = summaries[protocol]
+            model = {"AP50": summary["AP50"], "shifted_AP50": summary["shifted_AP50"]}
+            values.setdefault(method, OrderedDict())[seed] = OrderedDict(
+                (score, {**model, **metrics}) for score, metrics in summary["scores"].items()
+            )
     return values
 
 
 def aggregate(per_model, protocol, reference=REFERENCE, confidence=0.95):
-    """The rows of one protocol's table.
+    """The rows of one protocol's table (:func:`vos_det.evaluation.seed_table.seed_table_rows`).
 
     Args:
         per_model (dict): ``{method: {seed: {protocol: summary}}}``.
         protocol (str): which protocol's summaries to use.
         reference (tuple[str, str]): the (method, score) the paired differences are against.
         confidence (float): of every interval.
-
-    Returns:
-        list[dict]: per (method, score): ``method``, ``score``, ``seeds`` and, per metric
-        key, ``{"mean": MeanCI dict, "diff": MeanCI dict of the paired difference or None}``.
     """
-    def of_protocol(seeds):
-        return OrderedDict((seed, s[protocol]) for seed, s in seeds.items() if protocol in s)
-
-    ref_summaries = of_protocol(per_model.get(reference[0], {}))
-    rows = []
-    for method, seeds in per_model.items():
-        summaries = of_protocol(seeds)
-        scores = []
-        for summary in summaries.values():
-            scores += [score for score in summary["scores"] if score not in scores]
-        for score in scores:
-            seeds_of_score = [seed for seed in summaries if score in summaries[seed]["scores"]]
-            row = OrderedDict(method=method, score=score, seeds=seeds_of_score)
-            for key, _ in METRICS:
-                values = _seed_values(summaries, score, key)
-                mean = mean_ci(list(values.values()), confidence).to_dict() if values else None
-                cell = {"mean": mean, "diff": None}
-                if key in PAIRED:
-                    ref_values = _seed_values(ref_summaries, reference[1], key)
-                    common = [seed for seed in values if seed in ref_values]
-                    if common:
-                        cell["diff"] = paired_difference(
-                            [values[s] for s in common], [ref_values[s] for s in common], confidence
-                        ).to_dict()
-                        cell["diff"]["seeds"] = common
-                row[key] = cell
-            rows.append(row)
-    return rows
+    return seed_table_rows(seed_values(per_model, protocol), METRICS, reference, confidence)
 
 
 def target_verdict(rows, reference=REFERENCE):
-    """The pairs meeting the leaderboard's target.
-
-    Target: FPR95 lowered by >= 30% relative to the reference on every set of TARGET_SETS, the
-    paired interval excluding 0 (below it); AP50 within 1 point; false alarms on the shifted
-    set at most the reference's (means).
-    """
-    ref = next((r for r in rows if (r["method"], r["score"]) == tuple(reference)), None)
-    if ref is None:
+    """The pairs meeting :data:`TARGET`: ``{"met_by": ["method/score", ...]}``, with a "note"
+    when the table has no reference row."""
+    if reference_row(rows, reference) is None:
         return {"met_by": [], "note": f"no {reference} row"}
-    met = []
-    for row in rows:
-        if row is ref:
-            continue
-        ok = True
-        for kind in TARGET_SETS:
-            diff = row[f"{kind}_FPR95"]["diff"]
-            ref_mean = ref[f"{kind}_FPR95"]["mean"]
-            ok &= diff is not None and diff["high"] is not None and diff["high"] < 0
-            ok &= diff is not None and ref_mean is not None and diff["mean"] <= -0.3 * ref_mean["mean"]
-        ap = row["AP50"]["diff"]
-        ok &= ap is not None and ap["mean"] >= -1.0
-        alarms, ref_alarms = row["false_alarm"]["mean"], ref["false_alarm"]["mean"]
-        ok &= alarms is not None and ref_alarms is not None and alarms["mean"] <= ref_alarms["mean"]
-        if ok:
-            met.append(f"{row['method']}/{row['score']}")
-    return {"met_by": met}
-
-
-def _mean_cell(mean):
-    if mean is None:
-        return "-"
-    if mean["half_width"] is None:
-        return f"{mean['mean']:.2f} (n=1)"
-    return f"{mean['mean']:.2f} ± {mean['half_width']:.2f}"
-
-
-def _diff_cell(diff, is_reference):
-    if is_reference:
-        return "ref"
-    if diff is None:
-        return "-"
-    if diff["low"] is None:
-        return f"{diff['mean']:+.2f} (n=1)"
-    star = "*" if diff["significant"] else ""
-    return f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]{star}"
-
-
-def format_table(rows, reference=REFERENCE):
-    """Markdown cells of one protocol's rows: mean ± CI half-width, then Δ [CI] (* significant)."""
-    headers = ["method", "score", "seeds"]
-    for key, header in METRICS:
-        headers.append(header)
-        if key in PAIRED:
-            headers.append(f"Δ {header.split(' %')[0]}")
-    cells = []
-    for row in rows:
-        is_reference = (row["method"], row["score"]) == tuple(reference)
-        line = [row["method"], row["score"], str(len(row["seeds"]))]
-        for key, _ in METRICS:
-            line.append(_mean_cell(row[key]["mean"]))
-            if key in PAIRED:
-                # AP50 is the model's, whatever the score: the reference method's rows are it.
-                same = is_reference or (key == "AP50" and row["method"] == reference[0])
-                line.append(_diff_cell(row[key]["diff"], same))
-        cells.append(line)
-    return cells, headers
+    return {"met_by": target_met_by(rows, TARGET, reference)}
 
 
 def table_title(protocol, confidence=0.95, reference=REFERENCE):
@@ -537,9 +465,47 @@ def diagnostics_table(per_model_diagnostics, confidence=0.95):
         row = [method, len(values)]
         for key, _ in TRAINING_DIAGNOSTICS:
             stat = mean_ci([summary[key] for summary in values], confidence)
-            row.append(_mean_cell(stat.to_dict()))
+            row.append(format_mean(stat.to_dict()))
         cells.append(row)
     return cells, ["method", "seeds"] + [header for _, header in TRAINING_DIAGNOSTICS]
+
+
+def leaderboard_tables(per_model, diagnostics, protocols, confidence=0.95):
+    """The tables of every protocol and of the training diagnostics (also printed).
+
+    Args:
+        per_model (dict): ``{method: {seed: {protocol: summary}}}``.
+        diagnostics (dict): ``{method: {seed: training_diagnostics(...)}}``.
+        protocols (list[str]): the tables to make, in order.
+        confidence (float): of every interval.
+
+    Returns:
+        tuple[OrderedDict, str]: ``{protocol: {"title", "rows", "target"}}`` and the Markdown
+        text of the results file.
+    """
+    tables, markdown = OrderedDict(), []
+    for protocol in protocols:
+        rows = aggregate(per_model, protocol, confidence=confidence)
+        verdict = target_verdict(rows)
+        cells, headers = format_seed_table(rows, METRICS, REFERENCE)
+        title = table_title(protocol, confidence)
+        text = table(cells, headers, title=title)
+        met = ", ".join(verdict["met_by"]) or "no (method, score) pair"
+        line = (f"Target (FPR95 -30% relative on {' and '.join(TARGET_SETS)}, paired CI below 0, AP50 within 1, "
+                f"false alarms <= the reference's): met by {met}.")
+        print(line)
+        markdown += [f"### Protocol `{protocol}`", "", title, "", text, "", line, ""]
+        tables[protocol] = {"title": title, "rows": rows, "target": verdict}
+    cells, headers = diagnostics_table(diagnostics, confidence)
+    if cells:
+        title = (
+            "Uncertainty head at the end of training (metrics.json, mean of the last 200 iterations' "
+            f"entries; mean ± {confidence:.0%} CI half-width over seeds). The prior entropy is "
+            "that of the step's ID/outlier counts; accuracy = share of each kind the head calls right."
+        )
+        text = table(cells, headers, title=title)
+        markdown += ["### Uncertainty head (training diagnostics)", "", title, "", text, ""]
+    return tables, "\n".join(markdown)
 
 
 def _status(path, lines):
@@ -574,10 +540,7 @@ def main():
         "--skip-untrained", action="store_true",
         help="train nothing: evaluate and tabulate the models that exist (e.g. while another run trains)",
     )
-    parser.add_argument(
-        "--rerun", action="store_true",
-        help="evaluate again the cached records of models whose results are cached (the models are not run)",
-    )
+    parser.add_argument("--rerun", action="store_true", help="evaluate the cached records again (models are not run)")
     parser.add_argument("--status-file", default=None, help="a Markdown file kept up to date with the progress")
     parser.add_argument("--confidence", type=float, default=0.95, help="coverage of the intervals")
     parser.add_argument(
@@ -647,32 +610,11 @@ def main():
         )
     _status(args.status_file, [f"trained: {', '.join(done)}", "evaluation finished; nothing running"])
 
-    tables, markdown = OrderedDict(), []
-    for protocol in protocols:
-        rows = aggregate(per_model, protocol, confidence=args.confidence)
-        verdict = target_verdict(rows)
-        cells, headers = format_table(rows)
-        title = table_title(protocol, args.confidence)
-        text = table(cells, headers, title=title)
-        met = ", ".join(verdict["met_by"]) or "no (method, score) pair"
-        line = (f"Target (FPR95 -30% relative on {' and '.join(TARGET_SETS)}, paired CI below 0, AP50 within 1, "
-                f"false alarms <= the reference's): met by {met}.")
-        print(line)
-        markdown += [f"### Protocol `{protocol}`", "", title, "", text, "", line, ""]
-        tables[protocol] = {"title": title, "rows": rows, "target": verdict}
     diagnostics = OrderedDict(
         (method, OrderedDict((seed, training_diagnostics(model_dir)) for m, seed, model_dir in jobs if m == method))
         for method in methods
     )
-    cells, headers = diagnostics_table(diagnostics, args.confidence)
-    if cells:
-        title = (
-            "Uncertainty head at the end of training (metrics.json, mean of the last 200 iterations' "
-            f"entries; mean ± {args.confidence:.0%} CI half-width over seeds). The prior entropy is "
-            "that of the step's ID/outlier counts; accuracy = share of each kind the head calls right."
-        )
-        text = table(cells, headers, title=title)
-        markdown += ["### Uncertainty head (training diagnostics)", "", title, "", text, ""]
+    tables, markdown = leaderboard_tables(per_model, diagnostics, protocols, args.confidence)
     elapsed = time.perf_counter() - started
     payload = {
         "machine": machine_info("cpu"),
@@ -691,7 +633,7 @@ def main():
     write_json(args.output, payload)
     md_path = os.path.splitext(args.output)[0] + ".md"
     with open(md_path, "w") as f:
-        f.write("\n".join(markdown))
+        f.write(markdown)
     print(f"wrote {md_path}")
     print(f"wrote {plot_leaderboard_forest(payload, forest_path(args.output))}")
 

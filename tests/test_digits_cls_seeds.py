@@ -40,20 +40,25 @@ def test_summary_rows_and_target(seeds_benchmark, tmp_path):
         per_model["vos"][seed] = seeds_benchmark.model_summary(_write_results(
             tmp_path / f"vos{seed}.json", 98.8, {"energy": (vos_fpr[-1], 95.0), "vos": (base, 91.0)}))
 
-    rows = seeds_benchmark.aggregate(per_model)
+    rows, winners, markdown = seeds_benchmark.seed_tables(per_model)
 
-    assert list(rows) == [("vanilla", "energy"), ("vanilla", "msp"), ("vos", "energy"), ("vos", "vos")]
-    fpr = rows[("vos", "energy")]["FPR95"]
-    assert fpr["mean"].mean == pytest.approx(np.mean(vos_fpr))
+    assert [(row["method"], row["score"]) for row in rows] == [
+        ("vanilla", "energy"), ("vanilla", "msp"), ("vos", "energy"), ("vos", "vos")
+    ]
+    fpr = rows[2]["FPR95"]
+    assert fpr["mean"]["mean"] == pytest.approx(np.mean(vos_fpr))
     differences = np.subtract(vos_fpr, vanilla_fpr)
     half = stats.t.ppf(0.975, 4) * differences.std(ddof=1) / np.sqrt(5)
-    assert fpr["diff"].mean == pytest.approx(differences.mean())
-    assert fpr["diff"].half_width == pytest.approx(half)
-    assert rows[("vanilla", "energy")]["FPR95"]["diff"] is None
-    assert rows[("vos", "vos")]["FPR95"]["diff"].mean == pytest.approx(0.0)
-    assert rows[("vos", "energy")]["accuracy"]["diff"].mean == pytest.approx(-0.2)
+    assert fpr["diff"]["mean"] == pytest.approx(differences.mean())
+    assert fpr["diff"]["half_width"] == pytest.approx(half)
+    assert rows[0]["FPR95"]["diff"]["mean"] == 0.0
+    assert rows[3]["FPR95"]["diff"]["mean"] == pytest.approx(0.0)
+    assert rows[2]["accuracy"]["diff"]["mean"] == pytest.approx(-0.2)
     # Half the FPR95 on every seed, accuracy 0.2 lower: the target is met by (vos, energy) only.
-    assert seeds_benchmark.target_verdict(rows) == [("vos", "energy")]
-    cells, headers = seeds_benchmark.format_rows(rows)
-    assert cells[0][headers.index("FPR95 vs ref")] == "ref"
-    assert cells[2][headers.index("FPR95 vs ref")].endswith("*")
+    assert winners == ["vos/energy"]
+    assert "met by vos/energy." in markdown
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    headers = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert cells[0][headers.index("Δ FPR95")] == "ref"
+    assert cells[2][headers.index("Δ FPR95")].endswith("*")

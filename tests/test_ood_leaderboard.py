@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from vos_det.evaluation.seed_table import format_seed_table
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_rows_are_means_with_t_intervals_and_paired_differences(leaderboard):
     # AP50 does not depend on the score: the differences are between the models' AP50s.
     assert better["AP50"]["diff"]["mean"] == pytest.approx(-0.2)
     # The reference against itself: zero difference, shown as "ref".
-    cells, headers = leaderboard.format_table(rows)
+    cells, headers = format_seed_table(rows, leaderboard.METRICS, leaderboard.REFERENCE)
     assert cells[0][headers.index("Δ near FPR95")] == "ref"
     assert cells[2][headers.index("Δ near FPR95")].endswith("*")
     assert "shifted AP50" in headers and "Δ shifted AP50" not in headers

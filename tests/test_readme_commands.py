@@ -77,7 +77,6 @@ PARSE_ONLY = [
     (r"--num-gpus [2-9]|--num-gpus \d\d", "several GPUs"),
     (r"vos_rcnn\.yaml|vanilla_rcnn\.yaml|regnetx|bdd|coco_ood_val|openimages_ood_val",
      "PASCAL VOC / COCO / OpenImages / BDD100k and an R-50 on GPUs: not available here"),
-    (r"benchmarks/compare_ood_methods\.py", "trains every variant for 20 to 1200 iterations on the full digits-det (~35 min)"),
     (r"tools/vos_diagnostics\.py", "needs a model trained past the start of synthesis (full VOS queues), which the "
      "3-iteration model is not; tests/test_vos_diagnostics.py runs the tool's library call end to end"),
     (r"benchmarks/ood_leaderboard\.py", "trains every method for 5 seeds on the full digits-det (hours on 2 cores); "

@@ -25,13 +25,13 @@ import logging
 import os
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from vos_det.data.mapper import ImageNamingDatasetMapper
-from vos_det.engine.checkpoint import check_checkpoint_matches_model, check_weights_file
+from vos_det.engine import load_trained_model
+from vos_det.engine.checkpoint import check_weights_file
 from vos_det.export import compare_detections, export_torchscript, load_exported, ood_detections
 
 logger = logging.getLogger("vos_det.export")
@@ -82,13 +82,11 @@ def main(args):
     check_writable_dir(args.output, "--output")
     setup_logger(name="vos_det")
 
-    model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
+        model = load_trained_model(cfg)
     else:
         logger.warning("--random-init: exporting a randomly initialised model")
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    model.eval()
+        model = build_model(cfg).eval()
     try:
         images = sample_images(cfg, args.images, max(1, args.num_check_images))
     except ValueError as e:  # an unreadable image, named by the mapper

@@ -16,13 +16,11 @@ from vos_det.cli import ToolParser, add_launch_arguments, check_writable_dir, lo
 
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
-
 from vos_det.classification import ClassificationTrainer, is_image_classifier, register_image_folders_from_config
 from vos_det.config import resolve_config_file
 from vos_det.data.availability import check_dataset_files, load_datasets_now
-from vos_det.engine import Trainer
-from vos_det.engine.checkpoint import SaveCalibratedFinalModel, check_checkpoint_matches_model, check_weights_file
+from vos_det.engine import Trainer, load_trained_model
+from vos_det.engine.checkpoint import SaveCalibratedFinalModel, check_weights_file
 from vos_det.engine.launch import launch_from_args
 
 
@@ -59,16 +57,21 @@ def check_inputs(cfg, args):
     load_datasets_now(list(cfg.DATASETS.OOD_TEST) + [cfg.TEST.OOD.CALIBRATION_DATASET])
 
 
+def weights_to_evaluate(cfg, resume: bool) -> str:
+    """MODEL.WEIGHTS, or with --resume the last checkpoint of OUTPUT_DIR when there is one (the
+    file detectron2's ``resume_or_load`` would load)."""
+    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if not (resume and os.path.isfile(last)):
+        return cfg.MODEL.WEIGHTS
+    with open(last) as f:
+        return os.path.join(cfg.OUTPUT_DIR, f.read().strip())
+
+
 def main(args):
     cfg = setup(args)
     trainer_cls = trainer_class(cfg)
     if args.eval_only:
-        model = trainer_cls.build_model(cfg)
-        check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        return trainer_cls.test(cfg, model)
+        return trainer_cls.test(cfg, load_trained_model(cfg, weights_to_evaluate(cfg, args.resume)))
     trainer = trainer_cls(cfg)
     # After the final evaluation: model_final.pth gets the threshold it calibrated, if any.
     trainer.register_hooks([SaveCalibratedFinalModel()])

@@ -94,7 +94,57 @@ def load_coco_json_dataset(
     class_names, contiguous_id = category_mapping(
         json_file, coco.get("categories") or [], thing_classes
     )
+    annotations_by_image = _annotations_by_image(json_file, coco, contiguous_id, ood_role)
+    records = _image_records(json_file, image_root, coco["images"], annotations_by_image)
+    missing = [r["file_name"] for r in records if not os.path.isfile(r["file_name"])]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(records)} images listed in {json_file} are not in "
+            f"{image_root}, e.g. {missing[:_MISSING_IMAGES_SHOWN]}; see {DATASETS_README}"
+        )
 
+    if dataset_name is not None:
+        metadata = {"thing_dataset_id_to_contiguous_id": contiguous_id}
+        if class_names:
+            # An empty class list would break detectron2's class histogram of the dataset.
+            metadata["thing_classes"] = class_names
+        _set_metadata(dataset_name, **metadata)
+    logger.info("Loaded %d images from %s", len(records), json_file)
+    return records
+
+
+def _parsed_annotation(json_file: str, index: int, annotation) -> tuple:
+    """(image_id, category_id, bbox as 4 floats) of the json's annotation #index.
+
+    Raises:
+        ValueError: a field is missing or the bbox is not 4 numbers (the file and index named).
+    """
+    try:
+        image_id = annotation["image_id"]
+        category_id = annotation["category_id"]
+        bbox = [float(v) for v in annotation["bbox"]]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f'{json_file}: annotation #{index} needs "image_id", "category_id" and a numeric '
+            f'"bbox": {annotation!r}'
+        ) from None
+    if len(bbox) != _BOX_LENGTH:
+        raise ValueError(
+            f"{json_file}: annotation #{index} has a bbox of {len(bbox)} numbers, not "
+            f"[x, y, width, height]"
+        )
+    return image_id, category_id, bbox
+
+
+def _annotations_by_image(json_file: str, coco: Dict, contiguous_id: Dict, ood_role: str) -> Dict[Any, List[Dict]]:
+    """The detectron2 annotations of each image id, in the json's order.
+
+    A box outside its image or degenerate is dropped (one warning for all); so is, in an OOD
+    set, an annotation of a category the json does not list (one warning).
+
+    Raises:
+        ValueError: a malformed annotation, or (ID set) an unknown category_id.
+    """
     image_sizes = {
         image["id"]: (image.get("height"), image.get("width"))
         for image in coco["images"]
@@ -105,20 +155,7 @@ def load_coco_json_dataset(
     dropped_boxes: List[str] = []
     annotations = coco.get("annotations") or []
     for index, annotation in enumerate(annotations):
-        try:
-            image_id = annotation["image_id"]
-            category_id = annotation["category_id"]
-            bbox = [float(v) for v in annotation["bbox"]]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(
-                f'{json_file}: annotation #{index} needs "image_id", "category_id" and a numeric '
-                f'"bbox": {annotation!r}'
-            ) from None
-        if len(bbox) != _BOX_LENGTH:
-            raise ValueError(
-                f"{json_file}: annotation #{index} has a bbox of {len(bbox)} numbers, not "
-                f"[x, y, width, height]"
-            )
+        image_id, category_id, bbox = _parsed_annotation(json_file, index, annotation)
         if category_id not in contiguous_id:
             if ood_role == "ood":
                 num_unknown_category += 1
@@ -150,9 +187,20 @@ def load_coco_json_dataset(
             json_file,
             num_unknown_category,
         )
+    return annotations_by_image
 
+
+def _image_records(
+    json_file: str, image_root: str, images: List, annotations_by_image: Dict[Any, List[Dict]]
+) -> List[Dict]:
+    """One dataset dict per image of the json, in its order, with the image's annotations
+    (taken out of ``annotations_by_image``; those left refer to no image: one warning).
+
+    Raises:
+        ValueError: an image without "id" or "file_name", or an id listed twice.
+    """
     records, seen_ids = [], set()
-    for index, image in enumerate(coco["images"]):
+    for index, image in enumerate(images):
         try:
             image_id, file_name = image["id"], image["file_name"]
         except (KeyError, TypeError):
@@ -173,19 +221,4 @@ def load_coco_json_dataset(
             sum(len(a) for a in annotations_by_image.values()),
             len(annotations_by_image),
         )
-
-    missing = [r["file_name"] for r in records if not os.path.isfile(r["file_name"])]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of the {len(records)} images listed in {json_file} are not in "
-            f"{image_root}, e.g. {missing[:_MISSING_IMAGES_SHOWN]}; see {DATASETS_README}"
-        )
-
-    if dataset_name is not None:
-        metadata = {"thing_dataset_id_to_contiguous_id": contiguous_id}
-        if class_names:
-            # An empty class list would break detectron2's class histogram of the dataset.
-            metadata["thing_classes"] = class_names
-        _set_metadata(dataset_name, **metadata)
-    logger.info("Loaded %d images from %s", len(records), json_file)
     return records

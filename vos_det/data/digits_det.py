@@ -167,46 +167,24 @@ def generate_digits_det(
         ValueError: if ``image_size`` cannot hold the largest glyph or a split is too small
             for detectron2's loaders (ID splits need 2 images, the OOD splits 1).
     """
-    if image_size < MAX_GLYPH_SIZE:
-        raise ValueError(f"image_size must be at least {MAX_GLYPH_SIZE}, got {image_size}")
     num_far_ood = num_ood if num_far_ood is None else num_far_ood
     num_shifted_test = num_test if num_shifted_test is None else num_shifted_test
     num_ood_val = num_val if num_ood_val is None else num_ood_val
     num_far_ood_matched = num_far_ood if num_far_ood_matched is None else num_far_ood_matched
-    split_sizes = dict(
-        zip(VOC_SPLITS + (SHIFTED_TEST_SPLIT,), (num_train, num_val, num_test, num_shifted_test))
+    # In the order of meta.json.
+    parameters = _checked_parameters(
+        seed=seed,
+        image_size=image_size,
+        num_train=num_train,
+        num_val=num_val,
+        num_test=num_test,
+        num_ood=num_ood,
+        num_far_ood=num_far_ood,
+        num_shifted_test=num_shifted_test,
+        num_ood_val=num_ood_val,
+        num_far_ood_matched=num_far_ood_matched,
     )
-    for split, num_images in split_sizes.items():
-        if num_images < _MIN_VOC_SPLIT_SIZE:
-            raise ValueError(
-                f"num_{split} must be at least {_MIN_VOC_SPLIT_SIZE}, got {num_images}"
-            )
-    ood_split_sizes = {
-        OOD_SPLIT: num_ood,
-        FAR_OOD_SPLIT: num_far_ood,
-        OOD_VAL_SPLIT: num_ood_val,
-        FAR_OOD_MATCHED_SPLIT: num_far_ood_matched,
-    }
-    for split, num_images in ood_split_sizes.items():
-        if num_images < _MIN_OOD_SPLIT_SIZE:
-            raise ValueError(
-                f"num_{split} must be at least {_MIN_OOD_SPLIT_SIZE}, got {num_images}"
-            )
-
     paths = digits_det_paths(root)
-    parameters = {
-        "format_version": _FORMAT_VERSION,
-        "seed": seed,
-        "image_size": image_size,
-        "num_train": num_train,
-        "num_val": num_val,
-        "num_test": num_test,
-        "num_ood": num_ood,
-        "num_far_ood": num_far_ood,
-        "num_shifted_test": num_shifted_test,
-        "num_ood_val": num_ood_val,
-        _ADDED_SPLIT_PARAMETER: num_far_ood_matched,
-    }
     existing = {} if overwrite else read_meta(paths.meta_json)
     if existing == parameters:
         logger.info("digits-det already generated in %s", paths.dataset_dir)
@@ -218,11 +196,40 @@ def generate_digits_det(
         logger.info("Adding the %s split to %s", FAR_OOD_MATCHED_SPLIT, paths.dataset_dir)
         with tqdm(total=num_far_ood_matched, desc="digits-det", unit="img") as progress:
             _write_far_ood_matched(paths, num_far_ood_matched, seed, image_size, progress)
-        with atomic_open(paths.meta_json, "w") as f:
-            json.dump(parameters, f, indent=2)
-        return paths.dataset_dir
+    else:
+        _clear_dataset(paths)
+        logger.info("Generating digits-det in %s with %s", paths.dataset_dir, parameters)
+        num_images = sum(value for key, value in parameters.items() if key.startswith("num_"))
+        with tqdm(total=num_images, desc="digits-det", unit="img") as progress:
+            _write_splits(paths, parameters, progress)
+    with atomic_open(paths.meta_json, "w") as f:
+        json.dump(parameters, f, indent=2)
+    return paths.dataset_dir
 
-    # Invalidate first, so that a dataset interrupted below is never taken as complete.
+
+def _checked_parameters(*, seed: int, image_size: int, **split_sizes: int) -> dict:
+    """The parameters meta.json records: the format version, the seed, the image size and the
+    ``num_<split>`` of every split, checked.
+
+    Raises:
+        ValueError: ``image_size`` cannot hold the largest glyph, or a split is too small for
+            detectron2's loaders (ID splits need 2 images, the OOD splits 1).
+    """
+    if image_size < MAX_GLYPH_SIZE:
+        raise ValueError(f"image_size must be at least {MAX_GLYPH_SIZE}, got {image_size}")
+    minimum_sizes = [(split, _MIN_VOC_SPLIT_SIZE) for split in VOC_SPLITS + (SHIFTED_TEST_SPLIT,)]
+    minimum_sizes += [
+        (split, _MIN_OOD_SPLIT_SIZE) for split in (OOD_SPLIT, FAR_OOD_SPLIT, OOD_VAL_SPLIT, FAR_OOD_MATCHED_SPLIT)
+    ]
+    for split, minimum in minimum_sizes:
+        if split_sizes[f"num_{split}"] < minimum:
+            raise ValueError(f"num_{split} must be at least {minimum}, got {split_sizes[f'num_{split}']}")
+    return {"format_version": _FORMAT_VERSION, "seed": seed, "image_size": image_size, **split_sizes}
+
+
+def _clear_dataset(paths: DigitsDetPaths) -> None:
+    """Remove meta.json (first: a dataset interrupted later is never taken as complete) and
+    every generated folder, and make the empty folders of the splits."""
     if os.path.exists(paths.meta_json):
         os.remove(paths.meta_json)
     generated_dirs = (
@@ -241,55 +248,50 @@ def generate_digits_det(
     for image_dir in (paths.ood_image_dir, paths.far_ood_image_dir, paths.ood_val_image_dir):
         os.makedirs(image_dir)
 
-    logger.info("Generating digits-det in %s with %s", paths.dataset_dir, parameters)
-    pools = glyph_indices_per_split(seed)
 
+def _write_splits(paths: DigitsDetPaths, parameters: dict, progress: tqdm) -> None:
+    """Render every split of :func:`generate_digits_det`'s ``parameters`` into the empty
+    folders of :func:`_clear_dataset`: the original splits first, in their original order."""
+    seed, image_size = parameters["seed"], parameters["image_size"]
+    pools = glyph_indices_per_split(seed)
     glyph_images, digit_of_glyph = load_glyphs()
 
     def glyphs(split, digits):
         pool = pools[SPLIT_GLYPH_POOL[split]]
         return glyph_picker(glyph_images, digit_of_glyph, pool, [DIGIT_NAMES[d] for d in digits], digits)
 
-    total_images = sum(split_sizes.values()) + sum(ood_split_sizes.values())
-    with tqdm(total=total_images, desc="digits-det", unit="img") as progress:
-        # The original splits first, in their original order.
-        for split in VOC_SPLITS:
-            write_voc_split(
-                paths.voc_dir, split, split_sizes[split], seed, image_size,
-                glyphs(split, ID_DIGITS), progress,
-            )
-        write_coco_split(
-            paths.ood_image_dir, paths.ood_json, OOD_SPLIT, num_ood, seed, image_size,
-            glyphs(OOD_SPLIT, OOD_DIGITS), [(name, "digit") for name in DIGITS_DET_OOD_CLASSES],
-            "digits-det OOD split (digits 5-9)", progress,
-        )
-        write_coco_split(
-            paths.far_ood_image_dir, paths.far_ood_json, FAR_OOD_SPLIT, num_far_ood, seed,
-            image_size, shape_picker(TEST_SHAPES),
-            [(name, "shape") for name in DIGITS_DET_FAR_OOD_CLASSES],
-            "digits-det far-OOD split (non-digit shapes)", progress,
-        )
+    for split in VOC_SPLITS:
         write_voc_split(
-            paths.shifted_voc_dir, SHIFTED_TEST_SPLIT, num_shifted_test, seed, image_size,
-            glyphs(SHIFTED_TEST_SPLIT, ID_DIGITS), progress, styles=SHIFTED_CANVAS_STYLES,
+            paths.voc_dir, split, parameters[f"num_{split}"], seed, image_size, glyphs(split, ID_DIGITS), progress
         )
-        write_coco_split(
-            paths.ood_val_image_dir, paths.ood_val_json, OOD_VAL_SPLIT, num_ood_val, seed,
-            image_size,
-            mixed_picker(
-                glyphs(OOD_VAL_SPLIT, OOD_DIGITS), shape_picker(VALIDATION_SHAPES),
-                _OOD_VAL_DIGIT_FRACTION,
-            ),
-            [(name, "digit") for name in DIGITS_DET_OOD_CLASSES]
-            + [(name, "shape") for name in VALIDATION_SHAPES],
-            "digits-det OOD validation split (digits 5-9 of the val glyph pool, other shapes)",
-            progress,
-        )
-        _write_far_ood_matched(paths, num_far_ood_matched, seed, image_size, progress)
-
-    with atomic_open(paths.meta_json, "w") as f:
-        json.dump(parameters, f, indent=2)
-    return paths.dataset_dir
+    write_coco_split(
+        paths.ood_image_dir, paths.ood_json, OOD_SPLIT, parameters["num_ood"], seed, image_size,
+        glyphs(OOD_SPLIT, OOD_DIGITS), [(name, "digit") for name in DIGITS_DET_OOD_CLASSES],
+        "digits-det OOD split (digits 5-9)", progress,
+    )
+    write_coco_split(
+        paths.far_ood_image_dir, paths.far_ood_json, FAR_OOD_SPLIT, parameters["num_far_ood"], seed,
+        image_size, shape_picker(TEST_SHAPES),
+        [(name, "shape") for name in DIGITS_DET_FAR_OOD_CLASSES],
+        "digits-det far-OOD split (non-digit shapes)", progress,
+    )
+    write_voc_split(
+        paths.shifted_voc_dir, SHIFTED_TEST_SPLIT, parameters["num_shifted_test"], seed, image_size,
+        glyphs(SHIFTED_TEST_SPLIT, ID_DIGITS), progress, styles=SHIFTED_CANVAS_STYLES,
+    )
+    write_coco_split(
+        paths.ood_val_image_dir, paths.ood_val_json, OOD_VAL_SPLIT, parameters["num_ood_val"], seed,
+        image_size,
+        mixed_picker(
+            glyphs(OOD_VAL_SPLIT, OOD_DIGITS), shape_picker(VALIDATION_SHAPES),
+            _OOD_VAL_DIGIT_FRACTION,
+        ),
+        [(name, "digit") for name in DIGITS_DET_OOD_CLASSES]
+        + [(name, "shape") for name in VALIDATION_SHAPES],
+        "digits-det OOD validation split (digits 5-9 of the val glyph pool, other shapes)",
+        progress,
+    )
+    _write_far_ood_matched(paths, parameters[_ADDED_SPLIT_PARAMETER], seed, image_size, progress)
 
 
 def _write_far_ood_matched(

@@ -10,8 +10,6 @@ import os
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
-
 from ..classification import is_image_classifier
 from ..classification.trainer import ClassificationTrainer
 from ..evaluation.uncertainty_diagnostics import (
@@ -25,7 +23,7 @@ from ..evaluation.uncertainty_diagnostics import (
 )
 from ..errors import ConfigError
 from ..modeling.ood_scores.energy import weighted_energy
-from .checkpoint import check_checkpoint_matches_model
+from .trained_model import load_trained_model
 from .trainer import Trainer
 
 __all__ = ["DIAGNOSTICS_FILE", "diagnose_checkpoint", "format_diagnostics"]
@@ -59,10 +57,7 @@ def diagnose_checkpoint(cfg, *, id_dataset, ood_dataset, output_dir, num_draws=2
     """
     classifier = is_image_classifier(cfg)
     trainer = ClassificationTrainer if classifier else Trainer
-    model = trainer.build_model(cfg)
-    check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    model.eval()
+    model = load_trained_model(cfg)
     predictor = model.predictor if classifier else model.roi_heads.box_predictor
     threshold = cfg.TEST.OOD.SCORE_THRESHOLD if score_threshold is None else score_threshold
 

@@ -7,14 +7,14 @@
 """
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 
 from ..cli import check_writable_dir
 from ..data import check_class_names, register_from_cli
 from ..data.availability import check_dataset_files, load_datasets_now
 from ..errors import ConfigError
-from .checkpoint import check_checkpoint_matches_model, check_weights_file
+from .checkpoint import check_weights_file
+from .trained_model import load_trained_model
 from .trainer import Trainer
 
 __all__ = ["DEFAULT_OUTPUT_SUBDIR", "evaluate_checkpoint", "ood_eval_config"]
@@ -86,7 +86,4 @@ def evaluate_checkpoint(cfg):
         tuple[dict, dict]: (results, report) of :func:`vos_det.evaluation.evaluate_ood`
         (the report not logged: format it with :func:`vos_det.evaluation.format_ood_report`).
     """
-    model = Trainer.build_model(cfg)
-    check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, model)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    return Trainer.evaluate_ood_of(cfg, model, log_report=False)
+    return Trainer.evaluate_ood_of(cfg, load_trained_model(cfg), log_report=False)

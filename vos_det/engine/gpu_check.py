@@ -46,6 +46,7 @@ from ..modeling.ood_scores import POST_HOC_SCORES
 from ..utils.file_io import atomic_open
 from .checkpoint_evaluation import evaluate_checkpoint, ood_eval_config
 from .post_hoc_fitting import fit_post_hoc_scores
+from .trained_model import load_trained_model
 from .trainer import Trainer
 
 __all__ = ["GPU_CHECK_STEPS", "REPORT_FILE", "run_gpu_check"]
@@ -342,15 +343,10 @@ def run_gpu_check(output_dir, *, device="cuda", tiny=False, iterations=None, opt
 
 def _export(cfg, output_dir):
     """Trace the detector on a test image, reload the file on the device and compare."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_model
-
     from ..data.mapper import ImageNamingDatasetMapper
 
     os.makedirs(output_dir, exist_ok=True)
-    model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    model.eval()
+    model = load_trained_model(cfg)
     mapper = ImageNamingDatasetMapper(cfg, is_train=False)
     images = [mapper(dict(record))["image"].float() for record in DatasetCatalog.get(cfg.DATASETS.TEST[0])[:3]]
     path = os.path.join(output_dir, "model.ts")

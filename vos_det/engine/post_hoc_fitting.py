@@ -22,9 +22,6 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
-
 from ..cli import check_writable_dir
 from ..data.availability import check_dataset_files
 from ..data.catalog import is_test_split
@@ -39,10 +36,11 @@ from ..modeling.ood_scores import (
 )
 from ..modeling.ood_scores.knn import nearest_similarities, similarity_to_distance
 from ..modeling.ood_scores.safe import matching_layers
-from .checkpoint import check_checkpoint_matches_model, check_weights_file
+from .checkpoint import check_weights_file
 from .feature_extraction import box_head_features, build_annotated_test_loader, ground_truth_box_features
 from .post_hoc_weights import WEIGHTS_HASH_KEY, weights_fingerprint
 from .safe_fitting import fit_safe
+from .trained_model import load_trained_model
 from .fused_fitting import fit_fused_score
 
 __all__ = [
@@ -61,14 +59,6 @@ logger = logging.getLogger(__name__)
 KNN_K_CANDIDATES = (1, 5, 10, 20, 50, 100, 200)
 # The file fit_mahalanobis writes next to the weights.
 MAHALANOBIS_STATISTICS_FILE = "mahalanobis_stats.pth"
-
-
-def _load_trained_model(cfg, weights):
-    """The detector of ``cfg`` with ``weights`` loaded (checked to fit it), in eval mode."""
-    model = build_model(cfg)
-    check_checkpoint_matches_model(weights, model)
-    DetectionCheckpointer(model).load(weights)
-    return model.eval()
 
 
 @torch.no_grad()
@@ -247,7 +237,7 @@ def fit_post_hoc_scores(
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
     cfg.MODEL.VOS.POST_HOC.STATE = ""
-    model = _load_trained_model(cfg, weights)
+    model = load_trained_model(cfg, weights)
     scorers = model.roi_heads.box_predictor.post_hoc.scores
     names = list(scores) if scores else [name for name, s in scorers.items() if s.needs_fit]
     unknown = sorted(set(names) - set(scorers))
@@ -346,7 +336,7 @@ def fit_mahalanobis(
     check_dataset_files(fit_datasets + [name for _, name in add_classes])
     output = output or os.path.join(os.path.dirname(weights), MAHALANOBIS_STATISTICS_FILE)
     check_writable_dir(os.path.dirname(os.path.abspath(output)), "folder of the statistics file")
-    model = _load_trained_model(cfg, weights)
+    model = load_trained_model(cfg, weights)
     discriminant = model.roi_heads.box_predictor.mahalanobis
 
     def features_of(name):

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
 from PIL import Image
 from tqdm import tqdm
@@ -19,10 +20,10 @@ from ..cli import check_writable_dir
 from ..config import load_config
 from ..data.image_io import IMAGE_EXTENSIONS, read_image_file
 from ..modeling import VOSOutputLayers
-from ..modeling.ood_scores import attach_post_hoc_hooks
 from ..utils.file_io import atomic_open
 from ..utils.visualization import draw_ood_detections
-from .checkpoint import check_checkpoint_matches_model, check_weights_file
+from .checkpoint import check_weights_file
+from .trained_model import load_trained_model
 
 __all__ = ["PREDICTIONS_FILE", "OODPredictor", "find_images", "instances_to_records", "predict_images"]
 
@@ -55,9 +56,12 @@ class OODPredictor(DefaultPredictor):
             ValueError: the checkpoint's tensors do not fit the model built from cfg.
         """
         check_weights_file(cfg.MODEL.WEIGHTS)
-        super().__init__(cfg)
-        check_checkpoint_matches_model(cfg.MODEL.WEIGHTS, self.model)
-        attach_post_hoc_hooks(self.model)
+        # DefaultPredictor's fields, with the model loaded by load_trained_model: the checkpoint
+        # is checked before it is loaded, and a fitted SAFE gets its hooks.
+        self.cfg = cfg.clone()
+        self.model = load_trained_model(self.cfg)
+        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
         box_predictor = getattr(getattr(self.model, "roi_heads", None), "box_predictor", None)
         if not isinstance(box_predictor, VOSOutputLayers):
             raise TypeError(
