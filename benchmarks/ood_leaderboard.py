@@ -9,15 +9,17 @@ with a few config keys changed (``METHODS``, or ``--methods-file``), trained onc
    ``model_final.pth`` exists;
 2. fits the post-hoc OOD scores on digits_det_train (:func:`fit_posthoc`) unless their files
    exist;
-3. runs the model once over digits_det_test, _val, _shifted_test, _ood and _far_ood and
-   evaluates it with :func:`vos_det.evaluation.evaluate_ood_protocol` under every protocol of
-   ``PROTOCOLS`` (``TEST.OOD.PROTOCOL``; the detections are replayed, not recomputed, for the
-   second protocol): AP50 on the test and shifted sets; FPR95 / AUROC of test vs near-OOD
-   (digits_det_ood) and far-OOD (digits_det_far_ood) boxes for every OOD score the model
-   outputs; and the false-alarm rate on the covariate-shifted set: the percentage of its
+3. runs the model once over digits_det_test, _val, _shifted_test and the OOD sets
+   (:func:`vos_det.engine.ood_evaluation.collect_records`), caching the records of each set in
+   ``<model>/leaderboard/records/<set>.pth``, and evaluates those records with
+   :func:`vos_det.evaluation.evaluate_ood` under every protocol of ``PROTOCOLS``
+   (``TEST.OOD.PROTOCOL``): AP50 on the test and shifted sets; FPR95 / AUROC of test vs
+   near-OOD (digits_det_ood) and far-OOD (digits_det_far_ood) boxes for every OOD score the
+   model outputs; and the false-alarm rate on the covariate-shifted set: the percentage of its
    kept boxes flagged OOD at the threshold calibrated on digits_det_val (keeping 95% of its
-   kept ID boxes), one threshold per score. The result is cached in
-   ``<model>/leaderboard/<protocol>.json`` (``--rerun`` evaluates again).
+   kept ID boxes), one threshold per score (the library's ``flagged_by_score``). The result
+   is cached in ``<model>/leaderboard/<protocol>.json`` (``--rerun`` evaluates the cached
+   records again, without running the model; delete ``records/`` to run it again).
 
 Then, per protocol, one row per (method, score): the mean over seeds with its 95% Student-t
 interval, and the paired difference against (vanilla, energy) on the same seeds with its 95%
@@ -36,9 +38,10 @@ import shlex
 import sys
 import time
 from collections import OrderedDict
+from dataclasses import asdict
 
 import numpy as np
-import torch.nn as nn
+import torch
 
 from _common import (
     REPO_ROOT,
@@ -57,11 +60,10 @@ from leaderboard_plots import forest_path, plot_leaderboard_forest
 # datasets/ unless set, wherever the script is run from.
 os.environ.setdefault("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
 
-from detectron2.data import DatasetCatalog
-
 from vos_det.config import load_config
 from vos_det.engine import Trainer, load_trained_model
-from vos_det.evaluation import BoxOODScoreCollector, evaluate_ood_protocol, threshold_keeping
+from vos_det.engine.ood_evaluation import collect_records, ood_rule_of
+from vos_det.evaluation import DetectionRecords, OODRule, evaluate_ood
 from vos_det.evaluation.box_selection import PROTOCOL_DESCRIPTIONS
 from vos_det.evaluation.box_selection import PROTOCOLS as LIBRARY_PROTOCOLS
 from vos_det.evaluation.leaderboard import LEADERBOARD_ID_SET, LEADERBOARD_OOD_SETS
@@ -116,6 +118,8 @@ TRAIN, VAL, SHIFTED = "digits_det_train", "digits_det_val", "digits_det_shifted_
 OOD_VAL = "digits_det_ood_val"  # OOD validation set: the only OOD data a hyperparameter is chosen on
 # The ID test set and the OOD sets by column prefix: the library's, which compares a run with them.
 TEST, OOD_SETS = LEADERBOARD_ID_SET, LEADERBOARD_OOD_SETS
+# The sets a model is run over, once each.
+RECORD_SETS = [TEST, VAL, SHIFTED, *OOD_SETS.values()]
 # The target is judged on the splits that differ from ID in meaning only.
 TARGET_SETS = ("near", "far_matched")
 # Metric columns; AP50 and shifted AP50 are the model's, whatever the score. Every column but
@@ -188,78 +192,25 @@ def fit_posthoc(model_dir, overrides, env):
 # --- evaluation ----------------------------------------------------------------------------
 
 
-class ReplayedDetector(nn.Module):
-    """Runs the detector once per image and replays its outputs on later passes.
-
-    evaluate_ood_protocol makes one inference pass per dataset and protocol; the detections do
-    not depend on the protocol (only the box selection does), so the second protocol, and a
-    set listed both as ID and OOD, reuse them. Holds the detector as ``module`` so that
-    :func:`vos_det.evaluation.calibration.find_ood_head` finds its OOD head.
-    """
-
-    def __init__(self, module):
-        super().__init__()
-        self.module = module
-        self.outputs = {}  # file_name -> the detector's output dict of that image
-
-    def test_loader(self, cfg, dataset_name):
-        """Trainer's test loader, or, once every image of the set has been run, its dataset
-        dicts alone (batches of one; the replayed outputs need no image)."""
-        dicts = DatasetCatalog.get(dataset_name)
-        if all(d["file_name"] in self.outputs for d in dicts):
-            return [[{key: d[key] for key in ("file_name", "image_id", "height", "width")}] for d in dicts]
-        return Trainer.build_test_loader(cfg, dataset_name)
-
-    def forward(self, batched_inputs):
-        todo = [x for x in batched_inputs if x["file_name"] not in self.outputs]
-        if todo:
-            for x, output in zip(todo, self.module(todo)):
-                self.outputs[x["file_name"]] = output
-        return [self.outputs[x["file_name"]] for x in batched_inputs]
-
-
-def _records(replayed, dataset_name):
-    """The DetectionRecords of a dataset's replayed detections (every image must be cached)."""
-    collector = BoxOODScoreCollector()
-    for record in DatasetCatalog.get(dataset_name):
-        inputs = {"image_id": record["image_id"], "file_name": record["file_name"]}
-        collector.process([inputs], [replayed.outputs[record["file_name"]]])
-    collector.evaluate()
-    return collector.records
-
-
-def false_alarms(val_records, val_selection, shifted_records, test_selection, keep):
+def false_alarms(report):
     """Per OOD score, the percentage of the shifted set's kept boxes flagged OOD.
 
-    The threshold of each score keeps ``keep`` of the validation set's kept boxes
-    (:func:`vos_det.evaluation.threshold_keeping`, the calibration's rule); the shifted set's
-    boxes are kept by the ID test set's selection, as the protocol keeps an OOD set's.
-
-    Args:
-        val_records, shifted_records (DetectionRecords): all detections of each set.
-        val_selection, test_selection (dict): the protocol's ``box_selection`` entries
-            (``score_threshold`` and ``score_field``) of the validation and the test set.
-        keep (float): TEST.OOD.CALIBRATION_ID_KEEP.
+    The library's ``flagged_by_score`` of the protocol's calibration: the threshold of each
+    score keeps TEST.OOD.CALIBRATION_ID_KEEP of the validation set's kept boxes, and the
+    shifted set's boxes are kept by the ID test set's selection, as an OOD set's are.
 
     Returns:
         dict: score -> {"threshold", "false_alarm" (percent), "num_boxes"}.
     """
-    def kept(records, selection):
-        return records.select(selection["score_threshold"], selection.get("score_field", "scores"))
-
-    val_kept, shifted_kept = kept(val_records, val_selection), kept(shifted_records, test_selection)
-    result = {}
-    for name, shifted_scores in shifted_kept.ood_scores.items():
-        val_scores = val_kept.ood_scores.get(name)
-        if val_scores is None or not len(val_scores) or not len(shifted_scores):
-            continue
-        threshold = threshold_keeping(val_scores[~np.isnan(val_scores)], keep)
-        result[name] = {
-            "threshold": threshold,
-            "false_alarm": 100.0 * float(np.mean(shifted_scores > threshold)),
-            "num_boxes": int(len(shifted_scores)),
+    calibration = report["calibration"]
+    return {
+        score: {
+            "threshold": calibration["score_thresholds"][score],
+            "false_alarm": 100.0 * share,
+            "num_boxes": report["boxes"][TEST][SHIFTED]["selected"],
         }
-    return result
+        for score, share in calibration["flagged_by_score"][TEST][SHIFTED].items()
+    }
 
 
 def _summary(results, report, alarms):
@@ -287,71 +238,71 @@ def _summary(results, report, alarms):
     }
 
 
-def evaluate(model_dir, overrides, protocols, posthoc_opts, log):
-    """Evaluate one trained model under every protocol; returns {protocol: summary}."""
-    weights = os.path.join(model_dir, "model_final.pth")
+def _evaluation_config(overrides, posthoc_opts, weights):
+    """The config of a model's evaluation: its sets, calibrated on VAL, no plots."""
     cfg = load_config(
         CONFIG,
         list(overrides) + list(posthoc_opts) + ["MODEL.WEIGHTS", weights, "TEST.OOD.PLOTS", "False"],
         freeze=False,
     )
-    replayed = ReplayedDetector(load_trained_model(cfg, weights))
+    cfg.DATASETS.TEST = (TEST, VAL, SHIFTED)
+    cfg.DATASETS.OOD_TEST = tuple(OOD_SETS.values()) + (SHIFTED,)
+    cfg.TEST.OOD.CALIBRATION_DATASET = VAL
+    return cfg
+
+
+def model_records(model_dir, cfg, key, log):
+    """The records of every set and the model's is_ood rule, from ``<model>/leaderboard/records``
+    when cached there with the same ``key``, else from one inference pass per set (then cached).
+
+    Returns:
+        tuple[dict[str, DetectionRecords], OODRule]
+    """
+    folder = os.path.join(model_dir, "leaderboard", "records")
+    paths = {name: os.path.join(folder, f"{name}.pth") for name in RECORD_SETS}
+    cached = {}
+    for name, path in paths.items():
+        if os.path.exists(path):
+            stored = torch.load(path, weights_only=False)  # written below: plain arrays and dicts
+            if stored["key"] == key:
+                cached[name] = stored
+    if len(cached) == len(paths):
+        rule = OODRule(**next(iter(cached.values()))["ood_rule"])
+        return {name: DetectionRecords.from_dict(stored["records"]) for name, stored in cached.items()}, rule
+    log(f"  running {model_dir} over {', '.join(RECORD_SETS)} ...")
+    model = load_trained_model(cfg)
+    cfg.OUTPUT_DIR = os.path.join(model_dir, "leaderboard")  # the evaluators' COCO conversions
+    records = collect_records(
+        cfg, model, lambda name: Trainer.build_test_loader(cfg, name), lambda name: Trainer.build_evaluator(cfg, name)
+    )
+    rule = ood_rule_of(model)
+    os.makedirs(folder, exist_ok=True)
+    for name, path in paths.items():
+        torch.save({"key": key, "records": records[name].to_dict(), "ood_rule": asdict(rule)}, path)
+    return records, rule
+
+
+def evaluate(model_dir, overrides, protocols, posthoc_opts, key, log):
+    """Evaluate one trained model's records under every protocol; returns {protocol: summary}."""
+    weights = os.path.join(model_dir, "model_final.pth")
+    cfg = _evaluation_config(overrides, posthoc_opts, weights)
+    records, rule = model_records(model_dir, cfg, key, log)
     summaries = OrderedDict()
     for protocol in protocols:
         started = time.perf_counter()
         cfg_p = cfg.clone()
         cfg_p.TEST.OOD.PROTOCOL = protocol
         cfg_p.OUTPUT_DIR = os.path.join(model_dir, "leaderboard", protocol)
-        results, report = evaluate_ood_protocol(
-            cfg_p,
-            replayed,
-            output_dir=cfg_p.OUTPUT_DIR,
-            id_datasets=[TEST, VAL, SHIFTED],
-            ood_datasets=list(OOD_SETS.values()) + [SHIFTED],
-            build_test_loader=replayed.test_loader,
-            build_evaluator=lambda name, c=cfg_p: Trainer.build_evaluator(c, name),
-            calibration_dataset=VAL,
-            draw_plots=False,
-            log_report=False,
-        )
-        alarms = false_alarms(
-            _records(replayed, VAL), report["box_selection"][VAL],
-            _records(replayed, SHIFTED), report["box_selection"][TEST],
-            cfg_p.TEST.OOD.CALIBRATION_ID_KEEP,
-        )
-        summaries[protocol] = _summary(results, report, alarms)
-        summaries[protocol]["calibration_check"] = _check_against_calibration(report, alarms, log)
+        results, report = evaluate_ood(records, cfg_p, ood_rule=rule, log_report=False)
+        summaries[protocol] = _summary(results, report, false_alarms(report))
         summaries[protocol]["seconds"] = time.perf_counter() - started
     return summaries
 
 
-def _check_against_calibration(report, alarms, log):
-    """Compare the false alarms of the model's own score with the protocol's calibration.
-
-    Returns:
-        str: "" when the threshold and the rate agree, else the disagreement (also logged).
-    """
-    calibration = report.get("calibration")
-    if not calibration or calibration.get("ood_score") not in alarms:
-        return "the protocol did not calibrate a score of the table"
-    mine = alarms[calibration["ood_score"]]
-    theirs = 100.0 * calibration["ood_flagged"][TEST][SHIFTED]
-    # The protocol stores its threshold in a float32 buffer.
-    if abs(mine["threshold"] - calibration["threshold"]) <= 1e-6 * max(1.0, abs(mine["threshold"])) and abs(
-        mine["false_alarm"] - theirs
-    ) <= 1e-9:
-        return ""
-    message = (
-        f"false alarms of {calibration['ood_score']}: threshold {mine['threshold']:.6g} / "
-        f"{mine['false_alarm']:.4f}% here, {calibration['threshold']:.6g} / {theirs:.4f}% in the protocol"
-    )
-    log("  WARNING " + message)
-    return message
-
-
 def evaluate_cached(model_dir, overrides, protocols, posthoc_opts, rerun, log):
     """evaluate() unless ``<model>/leaderboard/<protocol>.json`` holds a result of the same
-    weights, overrides and post-hoc files; returns {protocol: summary}."""
+    weights, overrides and post-hoc files (``rerun``: evaluate the cached records again);
+    returns {protocol: summary}."""
     weights = os.path.join(model_dir, "model_final.pth")
     key = {
         "config": CONFIG,
@@ -360,7 +311,7 @@ def evaluate_cached(model_dir, overrides, protocols, posthoc_opts, rerun, log):
         "files_mtime": {
             path: os.path.getmtime(path) for path in [weights] + [p for p in posthoc_opts if os.path.isfile(p)]
         },
-        "datasets": [TEST, VAL, SHIFTED, *OOD_SETS.values()],
+        "datasets": RECORD_SETS,
     }
     paths = {protocol: os.path.join(model_dir, "leaderboard", f"{protocol}.json") for protocol in protocols}
     cached = {}
@@ -373,7 +324,7 @@ def evaluate_cached(model_dir, overrides, protocols, posthoc_opts, rerun, log):
     missing = [protocol for protocol in protocols if protocol not in cached]
     if missing:
         log(f"  evaluating {model_dir} under {', '.join(missing)} ...")
-        for protocol, summary in evaluate(model_dir, overrides, missing, posthoc_opts, log).items():
+        for protocol, summary in evaluate(model_dir, overrides, missing, posthoc_opts, key, log).items():
             os.makedirs(os.path.dirname(paths[protocol]), exist_ok=True)
             with open(paths[protocol], "w") as f:
                 json.dump({"key": key, "summary": summary}, f, indent=1)
@@ -589,7 +540,7 @@ def main():
         "--skip-untrained", action="store_true",
         help="train nothing: evaluate and tabulate the models that exist (e.g. while another run trains)",
     )
-    parser.add_argument("--rerun", action="store_true", help="evaluate again models whose results are cached")
+    parser.add_argument("--rerun", action="store_true", help="evaluate the cached records again (models are not run)")
     parser.add_argument("--status-file", default=None, help="a Markdown file kept up to date with the progress")
     parser.add_argument("--confidence", type=float, default=0.95, help="coverage of the intervals")
     parser.add_argument(

@@ -178,7 +178,7 @@ def _detection_records(rows, score_names=("vos",), proposal_scores=None):
         boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
         classes=np.asarray(classes, dtype=np.int64),
         scores=scores,
-        ood_scores={name: -scores for name in score_names},
+        ood_score_table={name: -scores for name in score_names},
         num_images=len(set(image_ids)),
         proposal_scores=None if proposal_scores is None else np.asarray(proposal_scores, dtype=np.float64),
     )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vos_det.evaluation.box_scores import DetectionRecords
+from vos_det.evaluation.records import DetectionRecords
 from vos_det.evaluation.gallery import plot_detection_examples, plot_failure_gallery
 from vos_det.evaluation.plots import histogram_range, plot_score_histograms
 
@@ -62,7 +62,7 @@ def _scene(tmp_path, name, count):
         boxes=np.tile([10.0, 12.0, 30.0, 40.0], (count, 1)),
         classes=np.zeros(count, dtype=np.int64),
         scores=np.full(count, 0.9),
-        ood_scores={"vos": np.arange(count, dtype=np.float64) / count},
+        ood_score_table={"vos": np.arange(count, dtype=np.float64) / count},
         num_images=count,
     )
     return records, files

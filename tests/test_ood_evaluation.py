@@ -3,6 +3,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from vos_det.evaluation import (
     Comparison,
     GroundTruthBoxes,
     ScoredSet,
-    calibrate_threshold,
+    calibrate,
     format_ood_report,
     format_ood_table,
     match_detections,
@@ -32,7 +33,13 @@ from vos_det.evaluation import (
     summarize_ood_evaluation,
     threshold_keeping,
 )
-from vos_det.evaluation.calibration import CALIBRATED_MODEL_FILE, THRESHOLD_FILE, find_ood_head, save_calibrated_model
+from vos_det.engine.ood_evaluation import (
+    CALIBRATED_MODEL_FILE,
+    THRESHOLD_FILE,
+    find_ood_head,
+    save_calibrated_model,
+    set_ood_threshold,
+)
 from vos_det.evaluation.plots import plot_roc_curves, plot_score_histograms
 from vos_det.evaluation.report import write_json
 
@@ -203,7 +210,7 @@ def test_collector_records_every_detection_once():
     assert collector.evaluate() == {}
     records = collector.records
     assert len(records) == 5 and records.num_images == 3
-    assert set(records.ood_scores) == {"vos", "energy"}
+    assert set(records.ood_score_table) == {"vos", "energy"}
     assert list(records.image_ids) == ["img0"] * 3 + ["img2"] * 2
     kept = records.select(0.5)
     assert len(kept) == int((records.scores >= 0.5).sum()) and kept.boxes.shape == (len(kept), 4)
@@ -267,7 +274,8 @@ def test_calibration_sets_buffer_drives_is_ood_and_is_saved(tmp_path):
         table, _ = head.ood_score_table(logits)
     id_scores = table[head.ood_score].numpy()
     assert len(np.unique(id_scores)) == len(id_scores)
-    calibration = calibrate_threshold(model, id_scores, 0.95, dataset="synthetic")
+    calibration = calibrate({head.ood_score: id_scores}, head.ood_score, 0.95, dataset="synthetic")
+    set_ood_threshold(model, calibration)
     assert calibration.kept_fraction == 0.95 and calibration.num_boxes == 200
     assert float(head.calibrated_ood_threshold) == calibration.threshold
     assert head.current_ood_threshold() == calibration.threshold
@@ -293,6 +301,29 @@ def test_calibration_sets_buffer_drives_is_ood_and_is_saved(tmp_path):
 
 
 # --- reports ------------------------------------------------------------------------------
+
+
+def test_calibration_reports_the_false_alarm_rate_of_every_score(tmp_path):
+    rng = np.random.default_rng(1)
+    val = {"energy": rng.normal(size=200), "msp": np.r_[rng.uniform(size=199), np.nan]}
+    calibration = calibrate(val, "energy", 0.95, dataset="val")
+    test = ScoredSet({"energy": rng.normal(size=80), "msp": rng.uniform(size=80)}, 80, 90, 30)
+    shifted = ScoredSet({"energy": rng.normal(0.5, 1.0, 60), "msp": rng.uniform(0.2, 1.0, 60)}, 60, 70, 20)
+    comparison = Comparison("test", {"test": test, "shifted": shifted}, [], "kept by a test rule")
+    _, report = summarize_ood_evaluation(
+        [comparison], unit="boxes", fpr_method="first_at_least", ood_rule=None,
+        output_dir=str(tmp_path), results={}, calibration=calibration,
+    )
+    summary = report["calibration"]
+    for name, values in val.items():
+        kept = np.sort(values[~np.isnan(values)])
+        threshold = kept[math.ceil(0.95 * kept.size) - 1]  # the ceil(0.95 n)-th smallest
+        assert summary["score_thresholds"][name] == threshold
+        assert summary["flagged_by_score"]["test"]["shifted"][name] == np.mean(shifted.ood_score_table[name] > threshold)
+    # The calibrated score's own threshold is the one its model's float32 buffer stores.
+    assert calibration.threshold == float(np.float32(summary["score_thresholds"]["energy"]))
+    assert summary["ood_flagged"]["test"]["shifted"] == np.mean(shifted.ood_score_table["energy"] > calibration.threshold)
+
 
 
 def test_report_writes_json_and_png_files(tmp_path):
@@ -332,7 +363,7 @@ def test_back_half_leaves_nan_scores_out_for_boxes_and_images_alike(tmp_path):
             "kept by a test rule",
         )
         results, report = summarize_ood_evaluation(
-            [comparison], unit=unit, fpr_method="first_at_least", model=torch.nn.Linear(1, 1),
+            [comparison], unit=unit, fpr_method="first_at_least", ood_rule=None,
             output_dir=str(tmp_path / unit), results={}, draw_plots=True,
         )
         metrics = results["ood"]["id"]["ood"]
@@ -386,6 +417,34 @@ def _load_tool():
     return module
 
 
+def _vos_det_walk(function):
+    """Run ``function()``; return its result, the vos_det modules whose functions ran, and the
+    (caller, callee) pairs of modules: a call's caller is the nearest vos_det frame above it,
+    third-party frames (detectron2's inference loop, torch) skipped."""
+    modules, edges = set(), set()
+
+    def module_of(frame):
+        return frame.f_globals.get("__name__", "")
+
+    def profile(frame, event, arg):
+        if event != "call" or not module_of(frame).startswith("vos_det"):
+            return
+        callee = module_of(frame)
+        modules.add(callee)
+        caller = frame.f_back
+        while caller is not None and not module_of(caller).startswith("vos_det"):
+            caller = caller.f_back
+        if caller is not None and module_of(caller) != callee:
+            edges.add((module_of(caller), callee))
+
+    sys.setprofile(profile)
+    try:
+        result = function()
+    finally:
+        sys.setprofile(None)
+    return result, modules, edges
+
+
 def test_ood_eval_tool_end_to_end(trained_model, tiny_digits_root, tmp_path, capsys):
     tool = _load_tool()
     paths = digits_det_paths(tiny_digits_root)
@@ -403,11 +462,20 @@ def test_ood_eval_tool_end_to_end(trained_model, tiny_digits_root, tmp_path, cap
         ]
     )
     try:
-        results, report = tool.main(args)
+        (results, report), modules, edges = _vos_det_walk(lambda: tool.main(args))
     finally:
         DatasetCatalog.remove(spec_name)
         MetadataCatalog.remove(spec_name)
     printed = capsys.readouterr().out
+
+    # The evaluation library calls nothing of the engine or the command line back.
+    callbacks = {
+        (caller, callee) for caller, callee in edges
+        if caller.startswith("vos_det.evaluation") and callee.startswith(("vos_det.engine", "vos_det.cli"))
+    }
+    assert not callbacks
+    # Through the evaluation library's front (records.py, protocol.py) and back half.
+    assert {"vos_det.evaluation.records", "vos_det.evaluation.protocol", "vos_det.evaluation.ood_summary"} <= modules
 
     # The table, the rule and the convention are printed.
     assert "Box selection for ID set digits_det_test: fixed score threshold" in printed

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vos_det.evaluation import DetectionRecords
 from vos_det.evaluation.seed_table import format_seed_table
 
 
@@ -89,28 +88,19 @@ def test_missing_seeds_pair_only_common_ones(leaderboard):
     assert leaderboard.aggregate(per_model, "vos_official") == []  # no result under that protocol
 
 
-def test_false_alarms_use_the_validation_threshold_of_each_score(leaderboard):
-    def records(scores, energy, msp):
-        n = len(scores)
-        return DetectionRecords(
-            image_ids=np.arange(n).astype(object), boxes=np.zeros((n, 4)), classes=np.zeros(n, dtype=np.int64),
-            scores=np.asarray(scores, float), ood_scores={"energy": np.asarray(energy, float), "msp": np.asarray(msp, float)},
-            num_images=n,
-        )
-
-    rng = np.random.default_rng(1)
-    val = records(rng.uniform(size=200), rng.normal(size=200), rng.uniform(size=200))
-    shifted = records(rng.uniform(size=100), rng.normal(0.5, 1.0, size=100), rng.uniform(size=100))
-    alarms = leaderboard.false_alarms(
-        val, {"score_threshold": 0.3, "score_field": "scores"}, shifted, {"score_threshold": 0.6}, keep=0.95
-    )
-    for name in ("energy", "msp"):
-        kept_val = np.sort(val.ood_scores[name][val.scores >= 0.3])
-        threshold = kept_val[int(np.ceil(0.95 * kept_val.size)) - 1]
-        kept_shifted = shifted.ood_scores[name][shifted.scores >= 0.6]
-        assert alarms[name]["threshold"] == threshold
-        assert alarms[name]["false_alarm"] == pytest.approx(100 * np.mean(kept_shifted > threshold))
-        assert alarms[name]["num_boxes"] == kept_shifted.size
+def test_false_alarms_are_the_librarys_rate_on_the_shifted_set(leaderboard):
+    test, shifted = leaderboard.TEST, leaderboard.SHIFTED
+    report = {
+        "calibration": {
+            "score_thresholds": {"energy": 1.5, "msp": 0.25},
+            "flagged_by_score": {test: {shifted: {"energy": 0.125, "msp": 0.5}, "other": {"energy": 1.0}}},
+        },
+        "boxes": {test: {shifted: {"selected": 40}}},
+    }
+    assert leaderboard.false_alarms(report) == {
+        "energy": {"threshold": 1.5, "false_alarm": 12.5, "num_boxes": 40},
+        "msp": {"threshold": 0.25, "false_alarm": 50.0, "num_boxes": 40},
+    }
 
 
 def test_methods_file(leaderboard, tmp_path):

@@ -19,14 +19,16 @@ from vos_det.evaluation import (
     BoxSelection,
     DetectionRecords,
     GroundTruthBoxes,
+    OODRule,
     coco_optimal_f1_threshold,
-    evaluate_ood_protocol,
+    collect_detections,
+    evaluate_ood,
     format_ood_report,
     ood_metrics,
     optimal_f1_threshold,
     select_boxes,
 )
-from vos_det.evaluation.box_scores import _image_records
+from vos_det.evaluation.records import _image_records
 from vos_det.evaluation.protocol import fpr95_method
 from vos_det.modeling import VOSOutputLayers
 
@@ -302,17 +304,18 @@ def protocol_sets():
 def test_protocol_keeps_boxes_by_its_rule_and_names_itself(protocol, protocol_sets, tmp_path):
     model, dataset_dicts, detections = protocol_sets
     # The base config: every TEST.OOD key at its default but these two.
-    cfg = load_config("Base-RCNN-FPN.yaml", ["TEST.OOD.PROTOCOL", protocol, "TEST.OOD.PLOTS", "False"])
-    results, report = evaluate_ood_protocol(
-        cfg,
-        model,
-        output_dir=str(tmp_path),
-        id_datasets=[ID_SET],
-        ood_datasets=[OOD_SET],
-        build_test_loader=lambda cfg, name: [[d] for d in dataset_dicts[name]],
-        build_evaluator=lambda name: _NoDetectionMetrics(),
-        calibration_dataset="",
+    cfg = load_config(
+        "Base-RCNN-FPN.yaml",
+        [
+            "TEST.OOD.PROTOCOL", protocol, "TEST.OOD.PLOTS", "False", "TEST.OOD.CALIBRATION_DATASET", "",
+            "DATASETS.TEST", f"('{ID_SET}',)", "DATASETS.OOD_TEST", f"('{OOD_SET}',)", "OUTPUT_DIR", str(tmp_path),
+        ],
     )
+    records = {
+        ID_SET: collect_detections(model, [[d] for d in dataset_dicts[ID_SET]], _NoDetectionMetrics()),
+        OOD_SET: collect_detections(model, [[d] for d in dataset_dicts[OOD_SET]]),
+    }
+    results, report = evaluate_ood(records, cfg)
     saved = json.loads((tmp_path / OOD_RESULTS_FILE).read_text())
     assert saved["protocol"]["name"] == protocol == report["box_selection"][ID_SET]["protocol"]
     assert f"OOD protocol: {protocol}" in format_ood_report(report)
@@ -344,3 +347,41 @@ def test_protocol_keeps_boxes_by_its_rule_and_names_itself(protocol, protocol_se
     expected = ood_metrics(np.array(kept[ID_SET]), np.array(kept[OOD_SET]), fpr_method=method)
     assert results["ood"][ID_SET][OOD_SET]["energy"]["FPR95"] == pytest.approx(expected["FPR95"])
     assert results["ood"][ID_SET][OOD_SET]["energy"]["AUROC"] == pytest.approx(expected["AUROC"])
+
+
+def _protocol_cfg(tmp_path, *overrides):
+    return load_config(
+        "Base-RCNN-FPN.yaml",
+        [
+            "TEST.OOD.PLOTS", "False", "DATASETS.TEST", f"('{ID_SET}',)", "DATASETS.OOD_TEST", f"('{OOD_SET}',)",
+            "OUTPUT_DIR", str(tmp_path), *overrides,
+        ],
+    )
+
+
+def test_evaluation_of_saved_records_needs_no_model(protocol_sets, tmp_path):
+    model, dataset_dicts, _ = protocol_sets
+    records = {name: collect_detections(model, [[d] for d in dicts]) for name, dicts in dataset_dicts.items()}
+    path = tmp_path / "records.pth"
+    torch.save({name: r.to_dict() for name, r in records.items()}, path)
+    reloaded = {name: DetectionRecords.from_dict(d) for name, d in torch.load(path, weights_only=False).items()}
+    cfg = _protocol_cfg(tmp_path, "TEST.OOD.CALIBRATION_DATASET", ID_SET)
+    rule = OODRule("energy", threshold=0.0)
+    first, report = evaluate_ood(records, cfg, ood_rule=rule)
+    again, _ = evaluate_ood(reloaded, cfg, ood_rule=rule)
+    assert again == first
+    # The calibration kept 95% of the ID set's kept boxes; each score's false alarms are reported.
+    calibration = report["calibration"]
+    kept = report["boxes"][ID_SET][ID_SET]["selected"]
+    assert calibration["num_boxes"] == kept and calibration["kept_fraction"] >= 0.95
+    assert set(calibration["flagged_by_score"][ID_SET][OOD_SET]) == {"energy"}
+
+
+def test_evaluation_names_what_it_lacks(protocol_sets, tmp_path):
+    model, dataset_dicts, _ = protocol_sets
+    records = {ID_SET: collect_detections(model, [[d] for d in dataset_dicts[ID_SET]])}
+    with pytest.raises(ValueError, match=f"no detection records of \\['{OOD_SET}'\\]"):
+        evaluate_ood(records, _protocol_cfg(tmp_path))
+    records[OOD_SET] = collect_detections(model, [[d] for d in dataset_dicts[OOD_SET]])
+    with pytest.raises(ValueError, match="has no VOS OOD head"):
+        evaluate_ood(records, _protocol_cfg(tmp_path, "TEST.OOD.CALIBRATION_DATASET", ID_SET), ood_rule=None)

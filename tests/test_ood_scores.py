@@ -463,10 +463,10 @@ def test_a_score_without_its_state_names_the_tool(fitted_tiny_detector):
 def test_evaluation_records_collect_the_new_scores(fitted_tiny_detector):
     from detectron2.data import build_detection_test_loader
 
-    from vos_det.evaluation.box_scores import collect_detections
+    from vos_det.evaluation.records import collect_detections
 
     cfg, weights, state = fitted_tiny_detector
     model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state)
-    _, records = collect_detections(model, build_detection_test_loader(cfg, "digits_det_test"))
-    assert set(TINY_SCORES) <= set(records.ood_scores)
-    assert all(len(values) == len(records) for values in records.ood_scores.values())
+    records = collect_detections(model, build_detection_test_loader(cfg, "digits_det_test"))
+    assert set(TINY_SCORES) <= set(records.ood_score_table)
+    assert all(len(values) == len(records) for values in records.ood_score_table.values())

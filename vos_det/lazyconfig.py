@@ -3,7 +3,7 @@
 :func:`add_vos` turns the box predictor of any LazyCall R-CNN model into
 :class:`VOSOutputLayers` (with the defaults of ``MODEL.VOS``); :func:`ood_evaluation_config`
 turns a LazyConfig's ``ood_evaluation`` settings into the config that
-:func:`vos_det.evaluation.protocol.evaluate_ood_protocol` reads, so a LazyConfig model is
+:func:`vos_det.evaluation.evaluate_ood` reads, so a LazyConfig model is
 evaluated exactly as a yacs one; :func:`train_lazy_config` and :func:`evaluate_lazy_checkpoint`
 are what tools/lazyconfig_train_net.py runs::
 
@@ -15,6 +15,7 @@ are what tools/lazyconfig_train_net.py runs::
 """
 import copy
 import logging
+import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
@@ -26,8 +27,8 @@ from .config import default_config, resolve_config_file
 from .config.vos_keys import vos_arguments
 from .engine.checkpoint import AtomicWritePathManager, CaptureRandomStates, RandomState
 from .engine.launch import create_ddp_model
-from .evaluation import evaluate_ood_protocol
-from .evaluation.detection import log_detection_results
+from .engine.ood_evaluation import collect_records, evaluate_model
+from .evaluation.detection import build_detection_evaluator, log_detection_results
 from .modeling import VOSOutputLayers, VOSROIHeads
 
 __all__ = [
@@ -96,7 +97,7 @@ def add_vos(model, **overrides):
     return model
 
 
-def ood_evaluation_config(ood_evaluation, weights: str = ""):
+def ood_evaluation_config(ood_evaluation, weights: str = "", output_dir=None):
     """The config of the OOD evaluation of a LazyConfig, as the yacs tools have it.
 
     Args:
@@ -106,9 +107,11 @@ def ood_evaluation_config(ood_evaluation, weights: str = ""):
             ``calibration_id_keep``, ``fpr95_method``, ``plots``, ...); the others keep
             their defaults (:func:`vos_det.config.add_vos_config`).
         weights (str): the model's checkpoint (named in the calibration's outputs).
+        output_dir (str, optional): where the report, plots and calibrated model go
+            (``OUTPUT_DIR``; the default config's when None).
 
     Returns:
-        CfgNode: a frozen config for :func:`vos_det.evaluation.protocol.evaluate_ood_protocol`.
+        CfgNode: a frozen config for :func:`vos_det.evaluation.evaluate_ood`.
 
     Raises:
         ValueError: an unknown key (the message lists the known ones).
@@ -123,6 +126,8 @@ def ood_evaluation_config(ood_evaluation, weights: str = ""):
             known = sorted(list(_DATASET_KEYS) + [k.lower() for k in cfg.TEST.OOD])
             raise ValueError(f"ood_evaluation.{key} is not a setting; the settings are {known}")
     cfg.MODEL.WEIGHTS = weights
+    if output_dir is not None:
+        cfg.OUTPUT_DIR = output_dir
     cfg.freeze()
     return cfg
 
@@ -163,18 +168,20 @@ def evaluate_lazy_model(cfg, model):
     re-targeted at each ID, OOD and calibration set; the detection metrics are printed.
 
     Returns:
-        dict: the results of :func:`vos_det.evaluation.protocol.evaluate_ood_protocol`.
+        dict: the results of :func:`vos_det.evaluation.evaluate_ood`.
     """
-    ood_cfg = ood_evaluation_config(cfg.ood_evaluation, cfg.train.init_checkpoint)
+    ood_cfg = ood_evaluation_config(cfg.ood_evaluation, cfg.train.init_checkpoint, cfg.train.output_dir)
 
-    def build_test_loader(_, dataset_name):
+    def build_test_loader(dataset_name):
         loader = copy.deepcopy(cfg.dataloader.test)
         loader.dataset.names = dataset_name
         return instantiate(loader)
 
-    results, _ = evaluate_ood_protocol(
-        ood_cfg, model, output_dir=cfg.train.output_dir, build_test_loader=build_test_loader
-    )
+    def build_evaluator(dataset_name):
+        return build_detection_evaluator(dataset_name, os.path.join(ood_cfg.OUTPUT_DIR, "inference", dataset_name))
+
+    records = collect_records(ood_cfg, model, build_test_loader, build_evaluator)
+    results, _ = evaluate_model(ood_cfg, model, records)
     log_detection_results(results, ood_cfg.DATASETS.TEST)
     return results
 

@@ -13,8 +13,8 @@ __all__ = ["ClassificationOODEvaluator"]
 class ClassificationOODEvaluator(DatasetEvaluator):
     """Gathers every image's predicted class and OOD scores; computes accuracy on ID sets.
 
-    After :meth:`evaluate`, :attr:`scores` maps each OOD score name (larger = more OOD) to a
-    (num_images,) float64 array, identical on every rank: the ``ood_scores`` of the set's
+    After :meth:`evaluate`, :attr:`ood_score_table` maps each OOD score name (larger = more
+    OOD) to a (num_images,) float64 array, identical on every rank: the ``ood_score_table`` of the set's
     :class:`vos_det.evaluation.ScoredSet` (every image is kept).
     """
 
@@ -29,7 +29,7 @@ class ClassificationOODEvaluator(DatasetEvaluator):
         self.reset()
 
     def reset(self):
-        self.scores = {}
+        self.ood_score_table = {}
         self._score_parts = defaultdict(list)
         self._labels = []
         self._predictions = []
@@ -58,7 +58,7 @@ class ClassificationOODEvaluator(DatasetEvaluator):
             (dict(self._score_parts), self._labels, self._predictions, self._flagged)
         )
         names = sorted({name for parts, *_ in gathered for name in parts})
-        self.scores = {
+        self.ood_score_table = {
             name: np.asarray(
                 [v for parts, *_ in gathered for v in parts.get(name, [])], dtype=np.float64
             )

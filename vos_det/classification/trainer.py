@@ -5,9 +5,10 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 
 from ..data.catalog import get_ood_role
+from ..engine.ood_evaluation import find_ood_head, keep_calibration, ood_rule_of, set_ood_threshold
 from ..engine.trainer import Trainer
 from ..engine.trainer_registry import register_trainer
-from ..evaluation.calibration import calibrate_on_samples
+from ..evaluation.calibration import calibrate
 from ..evaluation.ood_summary import summarize_ood_evaluation
 from ..evaluation.scored_sets import Comparison, ScoredSet
 from .evaluation import ClassificationOODEvaluator
@@ -71,16 +72,15 @@ class ClassificationTrainer(Trainer):
         """One inference pass: (the evaluator's figures, every image as a ScoredSet)."""
         metrics = inference_on_dataset(model, cls.build_test_loader(cfg, dataset_name), evaluator)["classification"]
         num_images = int(metrics["num_images"])
-        return metrics, ScoredSet(evaluator.scores, num_images, num_images, num_images)
+        return metrics, ScoredSet(evaluator.ood_score_table, num_images, num_images, num_images)
 
     @classmethod
     def calibrate(cls, cfg, model, dataset_name):
         """Calibrate the model's OOD threshold on the images of an ID validation set.
 
         The threshold on the model's ``ood_score`` keeps ``TEST.OOD.CALIBRATION_ID_KEEP``
-        (95%) of the images as ID; it is stored in the model and, from the main process,
-        saved with it to ``OUTPUT_DIR/model_calibrated.pth`` (see
-        :mod:`vos_det.evaluation.calibration`).
+        (95%) of the images as ID (:func:`vos_det.evaluation.calibration.calibrate`); it is
+        stored in the model (:meth:`test` then saves the model).
 
         Returns:
             Calibration
@@ -88,16 +88,16 @@ class ClassificationTrainer(Trainer):
         if get_ood_role(dataset_name) != "id":
             raise ValueError(f"calibration set {dataset_name!r} must be an ID set (ood_role 'id')")
         _, images = cls._collect(cfg, model, dataset_name, ClassificationOODEvaluator(compute_accuracy=False))
-        return calibrate_on_samples(
-            model,
-            images.ood_scores,
+        calibration = calibrate(
+            images.ood_score_table,
+            find_ood_head(model).ood_score,
             cfg.TEST.OOD.get("CALIBRATION_ID_KEEP", _DEFAULT_ID_KEEP),
             unit="images",
-            output_dir=cfg.OUTPUT_DIR,
-            weights=cfg.MODEL.WEIGHTS,
             dataset=dataset_name,
             box_selection=_SAMPLE_SELECTION,
         )
+        set_ood_threshold(model, calibration)
+        return calibration
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
@@ -140,15 +140,16 @@ class ClassificationTrainer(Trainer):
             Comparison(name, OrderedDict([(name, images), *ood_sets.items()]), list(ood_sets), _SAMPLE_SELECTION)
             for name, images in id_sets.items()
         ]
-        results, _ = summarize_ood_evaluation(
+        results, report = summarize_ood_evaluation(
             comparisons,
             unit="images",
             fpr_method=cfg.TEST.OOD.get("FPR95_METHOD", _DEFAULT_FPR95_METHOD),
-            model=model,
+            ood_rule=ood_rule_of(model),
             output_dir=cfg.OUTPUT_DIR,
             results=results,
             selection_report={"sample_selection": _SAMPLE_SELECTION},
             calibration=calibration,
             draw_plots=cfg.TEST.OOD.get("PLOTS", False),
         )
+        keep_calibration(model, report, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS)
         return results

@@ -15,8 +15,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..errors import UserError
-from ..evaluation.calibration import find_ood_head
 from ..utils.file_io import atomic_open
+from .ood_evaluation import find_ood_head
 from .post_hoc_weights import check_post_hoc_states
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ from detectron2.data import MetadataCatalog
 from ..data import check_class_names, register_from_cli
 from ..data.availability import check_dataset_files, load_datasets_now
 from ..errors import ConfigError
-from ..evaluation import evaluate_ood_protocol
 from ..utils.file_io import check_writable_dir
 from .checkpoint import check_weights_file
 from .trained_model import load_trained_model
@@ -84,15 +83,7 @@ def evaluate_checkpoint(cfg):
         cfg (CfgNode): from :func:`ood_eval_config`.
 
     Returns:
-        tuple[dict, dict]: (results, report) of
-        :func:`vos_det.evaluation.protocol.evaluate_ood_protocol` (the report not logged:
-        format it with :func:`vos_det.evaluation.format_ood_report`).
+        tuple[dict, dict]: (results, report) of :func:`vos_det.evaluation.evaluate_ood`
+        (the report not logged: format it with :func:`vos_det.evaluation.format_ood_report`).
     """
-    return evaluate_ood_protocol(
-        cfg,
-        load_trained_model(cfg),
-        output_dir=cfg.OUTPUT_DIR,
-        build_test_loader=Trainer.build_test_loader,
-        build_evaluator=lambda name: Trainer.build_evaluator(cfg, name),
-        log_report=False,
-    )
+    return Trainer.evaluate_ood_of(cfg, load_trained_model(cfg), log_report=False)

@@ -20,10 +20,11 @@ from ..data.resumable_sampler import ResumableTrainingSampler
 from ..errors import TrainingDivergedError
 from ..evaluation.detection import build_detection_evaluator, log_detection_results
 from ..evaluation.leaderboard import log_leaderboard_comparison
-from ..evaluation.protocol import OOD_RESULTS_FILE, evaluate_ood_protocol
+from ..evaluation.ood_summary import OOD_RESULTS_FILE
 from ..modeling.ood_scores import attach_post_hoc_hooks
 from .checkpoint import AtomicWritePathManager, CaptureRandomStates, RandomState
 from .launch import cpu_ddp_in_default_trainer
+from .ood_evaluation import collect_records, evaluate_model
 
 # OOD_RESULTS_FILE: the name of the report Trainer.test writes in OUTPUT_DIR.
 __all__ = ["OOD_RESULTS_FILE", "Trainer", "divergence_message"]
@@ -236,6 +237,24 @@ class Trainer(DefaultTrainer):
         return build_detection_evaluator(dataset_name, output_folder)
 
     @classmethod
+    def evaluate_ood_of(cls, cfg, model, evaluators=None, log_report=True):
+        """The OOD evaluation of a model with this trainer's test loaders and evaluators:
+        its records (:func:`vos_det.engine.ood_evaluation.collect_records`), then the report
+        (:func:`vos_det.engine.ood_evaluation.evaluate_model`).
+
+        Returns:
+            tuple[OrderedDict, dict]: (results, report) of :func:`vos_det.evaluation.evaluate_ood`.
+        """
+        records = collect_records(
+            cfg,
+            model,
+            lambda name: cls.build_test_loader(cfg, name),
+            lambda name: cls.build_evaluator(cfg, name),
+            evaluators,
+        )
+        return evaluate_model(cfg, model, records, log_report)
+
+    @classmethod
     def test(cls, cfg, model, evaluators=None):
         """Evaluate ID detection quality and per-box OOD detection (the VOS protocol).
 
@@ -248,7 +267,7 @@ class Trainer(DefaultTrainer):
         When the config is one of the OOD leaderboard's methods, the FPR95 / AUROC of each
         score are also logged beside the leaderboard's seed spread
         (:func:`vos_det.evaluation.leaderboard.log_leaderboard_comparison`).
-        See :func:`vos_det.evaluation.protocol.evaluate_ood_protocol`.
+        See :meth:`evaluate_ood_of` and :func:`vos_det.evaluation.evaluate_ood`.
 
         Args:
             cfg (CfgNode): the config.
@@ -262,14 +281,7 @@ class Trainer(DefaultTrainer):
             {"score_threshold": t}}}`` (plus ``"calibration"`` when calibrated).
         """
         cls.check_datasets(cfg)
-        results, _ = evaluate_ood_protocol(
-            cfg,
-            model,
-            output_dir=cfg.OUTPUT_DIR,
-            build_test_loader=cls.build_test_loader,
-            detection_evaluators=evaluators,
-            build_evaluator=lambda name: cls.build_evaluator(cfg, name),
-        )
+        results, _ = cls.evaluate_ood_of(cfg, model, evaluators)
         log_detection_results(results, cfg.DATASETS.TEST)
         if comm.is_main_process():
             log_leaderboard_comparison(cfg, results)

@@ -1,9 +1,11 @@
 """OOD evaluation of vos_det: the OOD metrics of :mod:`vos_det.metrics`, box selection, calibration, reports.
 
-A task-specific front (:func:`evaluate_ood_protocol` for detectors, ``ClassificationTrainer.test``
-for classifiers) collects the kept samples of each set as :class:`ScoredSet` records; one back
-half, :func:`summarize_ood_evaluation`, turns them into metrics, calibration summary, plots,
-JSON and text.
+Records in, report out. :func:`collect_detections` is the inference pass (model + loader ->
+:class:`DetectionRecords`); :func:`evaluate_ood` takes the records of every set and returns the
+report, without a model. A task-specific front (:func:`evaluate_ood` for detectors,
+``ClassificationTrainer.test`` for classifiers) keeps the samples of each set as
+:class:`ScoredSet` records; one back half, :func:`summarize_ood_evaluation`, turns them into
+metrics, calibration summary, plots, JSON and text.
 """
 from ..metrics import (
     FPR_METHODS,
@@ -16,14 +18,14 @@ from ..metrics import (
     ood_metrics,
     roc_curve,
 )
-from .box_scores import BoxOODScoreCollector, DetectionRecords, collect_detections
 from .box_selection import BOX_SELECTION_RULES, PROTOCOLS, BoxSelection, select_boxes, select_boxes_for_config
-from .calibration import Calibration, calibrate_on_samples, calibrate_threshold, threshold_keeping
+from .calibration import Calibration, OODRule, calibrate, threshold_keeping
 from .coco_optimal_f1 import coco_optimal_f1_threshold
 from .detection import VOCDetectionEvaluator, build_detection_evaluator, log_detection_results
 from .ground_truth import GroundTruthBoxes, load_ground_truth
 from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, summarize_ood_evaluation
-from .protocol import calibrate_on_dataset, evaluate_ood_protocol
+from .protocol import evaluate_ood
+from .records import BoxOODScoreCollector, DetectionRecords, collect_detections
 from .report import format_ood_report, format_ood_table
 from .scored_sets import Comparison, ScoredSet
 from .voc_optimal_f1 import match_detections, optimal_f1_threshold
@@ -38,6 +40,7 @@ __all__ = [
     "FPR_METHODS",
     "GroundTruthBoxes",
     "OODMetrics",
+    "OODRule",
     "OOD_RESULTS_FILE",
     "PLOTS_DIR",
     "PROTOCOLS",
@@ -47,12 +50,10 @@ __all__ = [
     "aupr_out",
     "auroc",
     "build_detection_evaluator",
-    "calibrate_on_dataset",
-    "calibrate_on_samples",
-    "calibrate_threshold",
+    "calibrate",
     "coco_optimal_f1_threshold",
     "collect_detections",
-    "evaluate_ood_protocol",
+    "evaluate_ood",
     "format_ood_report",
     "format_ood_table",
     "fpr_at_tpr",

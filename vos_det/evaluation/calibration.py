@@ -1,47 +1,26 @@
-"""Calibration of the OOD threshold (gamma of eq. 9) on ID validation boxes.
+"""Calibration of the OOD threshold (gamma of eq. 9) on ID validation samples (boxes or images).
 
-The threshold is the one on ``Instances.ood_scores`` (the score named by the box predictor's
-``ood_score``, larger = more OOD) that keeps a fraction ``keep`` (95%) of the ID boxes as ID:
-a box is flagged ``is_ood`` when its OOD score is > the threshold, so the threshold is the
-smallest score value t with ``#{ID boxes with score <= t} >= keep * #ID boxes`` (exactly
-``keep`` of the boxes when ``keep * n`` is an integer and the scores are distinct). For the
-"vos" score (1 - p(ID)) it is 1 - gamma: a box is OOD when p(ID) < gamma.
+The threshold is the one on the score behind a model's ``is_ood`` (``MODEL.VOS.OOD_SCORE``,
+larger = more OOD) that keeps a fraction ``keep`` (95%) of the ID samples as ID: a sample is
+flagged OOD when its score is > the threshold, so the threshold is the smallest score value t
+with ``#{ID samples with score <= t} >= keep * #ID samples`` (exactly ``keep`` of them when
+``keep * n`` is an integer and the scores are distinct). For the "vos" score (1 - p(ID)) it is
+1 - gamma: a box is OOD when p(ID) < gamma. The same rule gives every other score its own
+threshold, from which the report reads each score's false-alarm rate.
 
-It is written into the model's ``calibrated_ood_threshold`` buffer, which is saved with the
-model's state dict and used by ``is_ood`` from then on (unless
-``MODEL.VOS.USE_CALIBRATED_THRESHOLD`` is False). The same rule serves images (a classifier's
-samples): :func:`calibrate_on_samples` takes the kept samples its caller already scored.
+:func:`calibrate` only computes; storing the threshold in a model and saving that model is the
+engine's (:mod:`vos_det.engine.ood_evaluation`).
 """
-import json
 import logging
 import math
-import os
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, Optional
 
 import numpy as np
-import torch
 
-from detectron2.utils import comm
-
-from ..utils.file_io import atomic_open
-
-__all__ = [
-    "CALIBRATED_MODEL_FILE",
-    "THRESHOLD_FILE",
-    "Calibration",
-    "calibrate_on_samples",
-    "calibrate_threshold",
-    "find_ood_head",
-    "save_calibrated_model",
-    "threshold_keeping",
-]
+__all__ = ["Calibration", "OODRule", "calibrate", "threshold_keeping"]
 
 logger = logging.getLogger(__name__)
-
-# Files written next to each other in the output folder by save_calibrated_model.
-CALIBRATED_MODEL_FILE = "model_calibrated.pth"
-THRESHOLD_FILE = "ood_threshold.json"
 
 
 def threshold_keeping(id_ood_scores, keep: float = 0.95) -> float:
@@ -66,28 +45,12 @@ def threshold_keeping(id_ood_scores, keep: float = 0.95) -> float:
     return float(scores[count - 1])
 
 
-def find_ood_head(model):
-    """The module of ``model`` that holds the ``calibrated_ood_threshold`` buffer.
-
-    Raises:
-        TypeError: no such module (a model without VOS OOD scores), or several.
-    """
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    heads = [m for m in model.modules() if "calibrated_ood_threshold" in dict(m.named_buffers(recurse=False))]
-    if len(heads) != 1:
-        raise TypeError(
-            f"expected one module with a calibrated_ood_threshold buffer (the VOS box "
-            f"predictor), found {len(heads)} in {type(model).__name__}"
-        )
-    return heads[0]
-
-
 @dataclass
 class Calibration:
     """The result of a calibration.
 
     Attributes:
-        ood_score: name of the score behind ``ood_scores`` / ``is_ood``.
+        ood_score: name of the score behind ``Instances.ood_scores`` / ``is_ood``.
         threshold: a box is OOD when its ood_score is > this.
         gamma: for the "vos" score, the threshold on p(ID) (1 - threshold); else None.
         keep: the requested fraction of ID boxes kept.
@@ -96,6 +59,9 @@ class Calibration:
         dataset: the calibration set.
         box_selection: the box-selection rule applied to its detections.
         protocol: the OOD protocol whose box selection that is (``TEST.OOD.PROTOCOL``).
+        score_thresholds (dict[str, float]): every score of the calibration samples -> its
+            own threshold by the same rule (float64; ``threshold`` is ``ood_score``'s as the
+            model's float32 buffer holds it).
     """
 
     ood_score: str
@@ -107,6 +73,7 @@ class Calibration:
     dataset: str = ""
     box_selection: str = ""
     protocol: str = ""
+    score_thresholds: Dict[str, float] = field(default_factory=dict)
 
     def describe(self, unit: str = "boxes") -> str:
         """One sentence: the threshold and the share of the ID samples (``unit``) it keeps."""
@@ -122,88 +89,66 @@ class Calibration:
         return asdict(self)
 
 
-def calibrate_threshold(model, id_ood_scores, keep: float = 0.95, **info) -> Calibration:
-    """Compute the threshold keeping ``keep`` of the ID boxes and store it in ``model``.
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Calibration":
+        """The calibration of :meth:`to_dict`'s dict (other keys, e.g. a report's, ignored)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+@dataclass
+class OODRule:
+    """A model's ``is_ood`` rule: a sample is OOD when its ``ood_score`` is > ``threshold``.
+
+    Attributes:
+        ood_score: the score behind ``is_ood`` (``MODEL.VOS.OOD_SCORE``).
+        threshold: the threshold ``is_ood`` uses now (calibrated, or MODEL.VOS.OOD_THRESHOLD).
+        calibrated_threshold: the calibrated threshold stored with the model (NaN: none).
+    """
+
+    ood_score: str
+    threshold: float
+    calibrated_threshold: float = float("nan")
+
+
+def calibrate(ood_score_table, ood_score: str, keep: float, *, unit: str = "boxes", **info) -> Calibration:
+    """The thresholds keeping ``keep`` of the kept samples of an ID validation set.
 
     Args:
-        model (nn.Module): the detector; its OOD head's ``calibrated_ood_threshold`` is set.
-        id_ood_scores: 1-D array, the ``ood_scores`` (the head's score) of the ID boxes.
-        keep: fraction of ID boxes to keep as ID.
-        info: ``dataset``, ``box_selection`` and ``protocol`` strings, recorded in the result.
-
-    Returns:
-        Calibration
-    """
-    head = find_ood_head(model)
-    scores = np.asarray(id_ood_scores, dtype=np.float64).reshape(-1)
-    threshold = threshold_keeping(scores, keep)
-    head.calibrated_ood_threshold.fill_(threshold)
-    if not getattr(head, "use_calibrated_threshold", True):
-        logger.warning(
-            "the calibrated threshold is stored, but MODEL.VOS.USE_CALIBRATED_THRESHOLD is "
-            "False: is_ood keeps using MODEL.VOS.OOD_THRESHOLD"
-        )
-    stored = float(head.calibrated_ood_threshold)  # float32 buffer: compare what is_ood uses
-    ood_score = getattr(head, "ood_score", "")
-    return Calibration(
-        ood_score=ood_score,
-        threshold=stored,
-        gamma=(1.0 - stored) if ood_score == "vos" else None,
-        keep=keep,
-        kept_fraction=float(np.mean(scores <= stored)),
-        num_boxes=int(scores.size),
-        **info,
-    )
-
-
-def save_calibrated_model(model, output_dir: str, calibration: Calibration, weights: str = ""):
-    """Write the model (with its calibrated threshold) and a small JSON next to it.
-
-    Files: ``<output_dir>/model_calibrated.pth`` (``{"model": state_dict}``, loadable by
-    DetectionCheckpointer and ``torch.load(weights_only=True)``) and
-    ``<output_dir>/ood_threshold.json``. Neither touches ``last_checkpoint``.
-
-    Returns:
-        dict: ``{"model": path, "json": path}``.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    model_path = os.path.join(output_dir, CALIBRATED_MODEL_FILE)
-    json_path = os.path.join(output_dir, THRESHOLD_FILE)
-    state = getattr(model, "module", model).state_dict()
-    with atomic_open(model_path, "wb") as f:
-        torch.save({"model": state}, f)
-    with atomic_open(json_path, "w") as f:
-        json.dump({**calibration.to_dict(), "weights": weights, "calibrated_model": model_path}, f, indent=2)
-    return {"model": model_path, "json": json_path}
-
-
-def calibrate_on_samples(model, ood_scores, keep: float, *, unit="boxes", output_dir=None, weights="", **info):
-    """Calibrate the OOD threshold on the kept samples of an ID validation set, and save it.
-
-    Args:
-        model (nn.Module): the model; its OOD head's threshold buffer is set.
-        ood_scores (dict[str, np.ndarray]): score name -> (N,) OOD scores of the kept ID
-            samples; the head's own score is used, its NaN values left out.
+        ood_score_table (dict[str, np.ndarray]): all OOD scores of the kept ID samples:
+            score name -> (N,) values (larger = more OOD); NaN values are left out.
+        ood_score: the score behind the model's ``is_ood``: its threshold is the calibration's.
         keep: fraction of ID samples to keep as ID (``TEST.OOD.CALIBRATION_ID_KEEP``).
         unit: "boxes" or "images", for the messages.
-        output_dir (str, optional): where the main process saves the model and
-            ``ood_threshold.json`` (:func:`save_calibrated_model`).
-        weights: the weights the model was loaded from, recorded in the JSON.
         info: ``dataset``, ``box_selection`` and ``protocol`` strings, recorded in the result.
 
     Returns:
         Calibration
+
+    Raises:
+        ValueError: no sample has a value of ``ood_score``.
     """
-    head = find_ood_head(model)
-    scores = np.asarray(ood_scores.get(head.ood_score, ()), dtype=np.float64).reshape(-1)
+    valid = {}
+    for name, values in ood_score_table.items():
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        valid[name] = values[~np.isnan(values)]
+    scores = valid.get(ood_score, np.zeros(0))
     if not scores.size:
         raise ValueError(
-            f"no {unit} of {info.get('dataset', 'the calibration set')} kept "
-            f"({info.get('box_selection', '')}): cannot calibrate the OOD threshold"
+            f"no {unit} of {info.get('dataset', 'the calibration set')} kept with a {ood_score!r} "
+            f"score ({info.get('box_selection', '')}): cannot calibrate the OOD threshold"
         )
-    calibration = calibrate_threshold(model, scores[~np.isnan(scores)], keep, **info)
+    # is_ood compares with the model's float32 buffer: the threshold is the value it stores.
+    threshold = float(np.float32(threshold_keeping(scores, keep)))
+    calibration = Calibration(
+        ood_score=ood_score,
+        threshold=threshold,
+        gamma=(1.0 - threshold) if ood_score == "vos" else None,
+        keep=keep,
+        kept_fraction=float(np.mean(scores <= threshold)),
+        num_boxes=int(scores.size),
+        score_thresholds={name: threshold_keeping(values, keep) for name, values in valid.items() if values.size},
+        **info,
+    )
     logger.info("Calibration on %s: %s", calibration.dataset, calibration.describe(unit))
-    if output_dir and comm.is_main_process():
-        paths = save_calibrated_model(model, output_dir, calibration, weights)
-        logger.info("Calibrated model written to %s (threshold also in %s)", paths["model"], paths["json"])
     return calibration

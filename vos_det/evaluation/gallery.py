@@ -8,7 +8,7 @@
   reader of the results should see.
 
 Both read the images from disk (``id_files`` / ``ood_files``: image id -> path) and the boxes from
-:class:`~vos_det.evaluation.box_scores.DetectionRecords`; they draw with matplotlib's object
+:class:`~vos_det.evaluation.records.DetectionRecords`; they draw with matplotlib's object
 API on the Agg canvas, like :mod:`.plots`.
 """
 import numpy as np
@@ -61,7 +61,7 @@ def _gallery_row(figure, rows, row, records, order, title, files, class_names, s
         axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.0))
         axes.set_title(
             f"{_class_name(class_names, int(records.classes[index]))} {records.scores[index]:.2f}\n"
-            f"OOD {records.ood_scores[score][index]:.3g}",
+            f"OOD {records.ood_score_table[score][index]:.3g}",
             fontsize=7,
         )
         if column == 0:
@@ -87,7 +87,7 @@ def plot_failure_gallery(id_records, ood_records, path, *, score, id_files, ood_
         (ood_records, ood_files, True, f"OOD boxes ({ood_name})\nscored most ID-like"),
         (id_records, id_files, False, f"ID boxes ({id_name})\nscored most OOD-like"),
     ):
-        values = records.ood_scores.get(score, np.zeros(0))
+        values = records.ood_score_table.get(score, np.zeros(0))
         finite = np.flatnonzero(np.isfinite(values))
         order = finite[np.argsort(values[finite] if most_id_like else -values[finite], kind="stable")]
         if order.size:
@@ -113,7 +113,7 @@ def _image_instances(records, image_id, threshold, score):
     instances.pred_boxes = Boxes(torch.as_tensor(records.boxes[mask], dtype=torch.float32))
     instances.scores = torch.as_tensor(records.scores[mask])
     instances.pred_classes = torch.as_tensor(records.classes[mask])
-    ood = torch.as_tensor(records.ood_scores[score][mask])
+    ood = torch.as_tensor(records.ood_score_table[score][mask])
     instances.ood_scores = ood
     instances.is_ood = ood > threshold
     return instances
@@ -156,7 +156,7 @@ def plot_detection_examples(
         for records, files, kind, name in (
             (id_records, id_files, "ID", id_name), (ood_records, ood_files, "OOD", ood_name)
         )
-        if score in records.ood_scores and len(records)
+        if score in records.ood_score_table and len(records)
     ]
     if not sets:
         return None

@@ -1,13 +1,14 @@
 """The back half of every OOD evaluation, shared by boxes (detection) and images (classification).
 
 From the :class:`~.scored_sets.Comparison` records of a task-specific front
-(:func:`vos_det.evaluation.protocol.evaluate_ood_protocol`, ``ClassificationTrainer.test``):
+(:func:`vos_det.evaluation.protocol.evaluate_ood`, ``ClassificationTrainer.test``):
 
 1. FPR95 / AUROC / AUPR-In / AUPR-Out / OOD-positive FPR95 of every OOD score, ID set against
    each OOD set; NaN scores are left out with a warning, and a pair without any score left is
    listed under ``skipped``;
 2. with a calibration, the share of each set's kept samples its threshold accepts as ID or
-   flags as OOD;
+   flags as OOD, and the share each score flags at its own threshold (the false-alarm rate
+   of every score on an ID set such as a covariate-shifted one);
 3. the ROC curves and score histograms (PNG), the JSON report (``ood_results.json``) and its
    text (:func:`vos_det.evaluation.report.format_ood_report`), written by the main process.
 """
@@ -19,12 +20,12 @@ import numpy as np
 
 from detectron2.utils import comm
 
-from .calibration import CALIBRATED_MODEL_FILE, THRESHOLD_FILE, find_ood_head
 from ..metrics.ood_metrics import ood_metrics
 from .plots import plot_comparisons
+from .records import numbers_only
 from .report import format_ood_report, write_json
 
-__all__ = ["OOD_RESULTS_FILE", "PLOTS_DIR", "fpr95_convention", "numbers_only", "summarize_ood_evaluation"]
+__all__ = ["OOD_RESULTS_FILE", "PLOTS_DIR", "fpr95_convention", "summarize_ood_evaluation"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +54,11 @@ def fpr95_convention(unit: str, fpr_method: str) -> str:
     )
 
 
-def numbers_only(metrics: dict) -> dict:
-    """The numeric entries of a metrics dict, as floats (detectron2's EvalHook takes no other)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
-
-
 def _pair_metrics(id_set, ood_set, fpr_method, unit, skipped, pair):
     """OOD metrics per score of one pair; records why a score could not be evaluated."""
     metrics = {}
-    for name in sorted(set(id_set.ood_scores) & set(ood_set.ood_scores)):
-        id_all, ood_all = id_set.ood_scores[name], ood_set.ood_scores[name]
+    for name in sorted(set(id_set.ood_score_table) & set(ood_set.ood_score_table)):
+        id_all, ood_all = id_set.ood_score_table[name], ood_set.ood_score_table[name]
         id_values, ood_values = id_all[~np.isnan(id_all)], ood_all[~np.isnan(ood_all)]
         dropped = (id_all.size - id_values.size) + (ood_all.size - ood_values.size)
         if dropped:
@@ -74,46 +70,51 @@ def _pair_metrics(id_set, ood_set, fpr_method, unit, skipped, pair):
     return metrics
 
 
-def _calibration_summary(calibration, comparisons, unit, output_dir):
-    """The calibration, and the share of each set's kept samples its threshold accepts / flags."""
+def _flagged_shares(scored_set, thresholds):
+    """score -> the share of a set's kept samples whose score is > that score's threshold
+    (a score the set has no sample of is left out)."""
+    shares = {}
+    for score, threshold in thresholds.items():
+        values = scored_set.ood_score_table.get(score, ())
+        if len(values):
+            shares[score] = float(np.mean(values > threshold))
+    return shares
+
+
+def _calibration_summary(calibration, comparisons, unit):
+    """The calibration; the share of each set's kept samples its threshold accepts / flags;
+    and the share each score flags at its own threshold (``flagged_by_score``)."""
     summary = calibration.to_dict()
     summary["description"] = calibration.describe(unit)
     score, threshold = calibration.ood_score, calibration.threshold
     summary["id_kept"] = {
-        c.id_name: float(np.mean(c.sets[c.id_name].ood_scores[score] <= threshold))
+        c.id_name: float(np.mean(c.sets[c.id_name].ood_score_table[score] <= threshold))
         for c in comparisons
-        if len(c.sets[c.id_name].ood_scores.get(score, ()))
+        if len(c.sets[c.id_name].ood_score_table.get(score, ()))
     }
-    summary["ood_flagged"] = {
-        c.id_name: {
-            name: float(np.mean(c.sets[name].ood_scores[score] > threshold))
-            for name in c.others
-            if len(c.sets[name].ood_scores.get(score, ()))
-        }
-        for c in comparisons
-    }
-    if comm.is_main_process():
-        summary["files"] = {
-            "model": os.path.join(output_dir, CALIBRATED_MODEL_FILE),
-            "json": os.path.join(output_dir, THRESHOLD_FILE),
-        }
+    summary["ood_flagged"], summary["flagged_by_score"] = {}, {}
+    for c in comparisons:
+        flagged = summary["ood_flagged"][c.id_name] = {}
+        by_score = summary["flagged_by_score"][c.id_name] = {}
+        for name in c.others:
+            shares = _flagged_shares(c.sets[name], {score: threshold})
+            if score in shares:
+                flagged[name] = shares[score]
+            by_score[name] = _flagged_shares(c.sets[name], calibration.score_thresholds)
     return summary
 
 
-def _plotted_threshold(model, calibration):
+def _plotted_threshold(ood_rule, calibration):
     """(score name, threshold) marked on the histograms: the new calibration or the stored one."""
     if calibration is not None:
         return calibration.ood_score, calibration.threshold
-    try:
-        head = find_ood_head(model)
-    except TypeError:  # a model without a calibrated_ood_threshold buffer
+    if ood_rule is None or not np.isfinite(ood_rule.calibrated_threshold):
         return None
-    stored = float(head.calibrated_ood_threshold)
-    return (head.ood_score, stored) if np.isfinite(stored) else None
+    return ood_rule.ood_score, ood_rule.calibrated_threshold
 
 
 def summarize_ood_evaluation(
-    comparisons, *, unit, fpr_method, model, output_dir, results, results_tail=None, report_head=None,
+    comparisons, *, unit, fpr_method, ood_rule, output_dir, results, results_tail=None, report_head=None,
     selection_report=None, calibration=None, draw_plots=False, log_report=True,
 ):
     """Pair metrics, calibration summary, plots, JSON and text of an OOD evaluation.
@@ -122,8 +123,8 @@ def summarize_ood_evaluation(
         comparisons (list[Comparison]): one per ID set.
         unit (str): what a sample is, in the report's words: "boxes" or "images".
         fpr_method (str): one of ``FPR_METHODS``.
-        model (nn.Module): the evaluated model (its stored OOD threshold is marked on the
-            histograms when nothing was calibrated now).
+        ood_rule (OODRule or None): the evaluated model's ``is_ood`` rule (its stored
+            calibrated threshold is marked on the histograms when nothing was calibrated now).
         output_dir (str): where ``ood_results.json`` and ``ood_plots/`` go.
         results (dict): the task's figures per set (detection AP, accuracy), first in
             ``results``; ``"ood"`` follows, then ``results_tail`` and ``"calibration"``.
@@ -156,7 +157,7 @@ def summarize_ood_evaluation(
     report.update(selection_report or {})
     report["skipped"] = skipped
     if calibration is not None:
-        report["calibration"] = _calibration_summary(calibration, comparisons, unit, output_dir)
+        report["calibration"] = _calibration_summary(calibration, comparisons, unit)
         results["calibration"] = {
             "threshold": float(calibration.threshold),
             "kept_percent": 100.0 * calibration.kept_fraction,
@@ -165,7 +166,7 @@ def summarize_ood_evaluation(
         os.makedirs(output_dir, exist_ok=True)
         if draw_plots and any(c.ood_names for c in comparisons):
             report["plots"] = plot_comparisons(
-                os.path.join(output_dir, PLOTS_DIR), comparisons, _plotted_threshold(model, calibration)
+                os.path.join(output_dir, PLOTS_DIR), comparisons, _plotted_threshold(ood_rule, calibration)
             )
         write_json(report, os.path.join(output_dir, OOD_RESULTS_FILE))
         if log_report:

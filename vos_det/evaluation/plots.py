@@ -198,9 +198,9 @@ def plot_comparisons(plots_dir, comparisons, calibrated=None):
     paths = []
     for comparison in comparisons:
         id_name = comparison.id_name
-        id_scores = _without_nan(comparison.sets[id_name].ood_scores)
+        id_scores = _without_nan(comparison.sets[id_name].ood_score_table)
         for ood_name in comparison.others:
-            ood_scores = _without_nan(comparison.sets[ood_name].ood_scores)
+            ood_scores = _without_nan(comparison.sets[ood_name].ood_score_table)
             if not any(len(v) for v in id_scores.values()) or not any(len(v) for v in ood_scores.values()):
                 continue
             stem = safe_file_name(id_name, ood_name)

@@ -1,44 +1,45 @@
-"""The VOS OOD-detection evaluation protocol of detectors, shared by ``Trainer.test`` and tools.
+"""The VOS OOD-detection evaluation protocol of detectors: records in, report out.
 
 This is the detection front of the OOD evaluation; the back half, shared with image
-classification, is :func:`vos_det.evaluation.ood_summary.summarize_ood_evaluation`.
+classification, is :func:`vos_det.evaluation.ood_summary.summarize_ood_evaluation`. It takes
+the :class:`~.records.DetectionRecords` of one inference pass per dataset
+(:func:`~.records.collect_detections`: ID test sets with their detection metrics, OOD sets,
+and the calibration set), never a model:
 
-1. One inference pass per dataset (ID test sets, OOD sets, and the calibration set if it is
-   not an ID test set) records every detection with its class score and all its OOD scores.
-2. ID detection quality comes from the detection evaluators of the same pass (COCO-style
-   AP / AP50 / AP75 and, for VOC-format sets, the VOC AP).
-3. The protocol's box selection (``TEST.OOD.PROTOCOL``, see :mod:`.box_selection`) is
+1. ID detection quality is the records' ``detection_metrics`` (COCO-style AP / AP50 / AP75
+   and, for VOC-format sets, the VOC AP).
+2. The protocol's box selection (``TEST.OOD.PROTOCOL``, see :mod:`.box_selection`) is
    resolved on each ID set to a score threshold; the detections of the ID set and of every
    OOD set whose score reaches it are kept ("vos_official": the proposal's maximum
    foreground probability against the released code's threshold; "vos_det": the class
    score against ``TEST.OOD.BOX_SELECTION``'s).
-4. Optionally the OOD threshold is calibrated on the kept boxes of an ID validation set and
-   saved with the model.
-5. The back half: for each (ID set, OOD set) pair and each OOD score, FPR95 (ID positive; the
+3. With ``TEST.OOD.CALIBRATION_DATASET``, the OOD threshold of the model's score (and one
+   threshold per other score) is calibrated on the kept boxes of that ID validation set; the
+   engine stores it in the model (:mod:`vos_det.engine.ood_evaluation`).
+4. The back half: for each (ID set, OOD set) pair and each OOD score, FPR95 (ID positive; the
    ROC point closest to 95% ID recall under "vos_official", ``TEST.OOD.FPR95_METHOD`` under
-   "vos_det"), AUROC, AUPR-In, AUPR-Out and the OOD-positive FPR95; the table is printed and
-   written to JSON, the ROC curves and histograms to PNG.
+   "vos_det"), AUROC, AUPR-In, AUPR-Out and the OOD-positive FPR95; the share of each set's
+   kept boxes every score flags at its calibrated threshold; the table is printed and written
+   to JSON, the ROC curves and histograms to PNG.
 """
 import logging
 import os
 from collections import OrderedDict
 
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
 from ..data.catalog import get_ood_role
-from .box_scores import collect_detections
 from .box_selection import PROTOCOL_DESCRIPTIONS, PROTOCOLS, select_boxes_for_config
-from .calibration import calibrate_on_samples, find_ood_head
-from .detection import build_detection_evaluator
+from .calibration import calibrate
 from .gallery import plot_detection_examples, plot_failure_gallery
+from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, summarize_ood_evaluation
 from .plots import safe_file_name
-from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, numbers_only, summarize_ood_evaluation
 from ..metrics.score_curves import FPR_METHODS
 from .scored_sets import Comparison, ScoredSet
 
-# OOD_RESULTS_FILE and PLOTS_DIR: the files evaluate_ood_protocol writes, named here too.
-__all__ = ["OOD_RESULTS_FILE", "PLOTS_DIR", "calibrate_on_dataset", "evaluate_ood_protocol", "fpr95_method"]
+# OOD_RESULTS_FILE and PLOTS_DIR: the files evaluate_ood writes, named here too.
+__all__ = ["OOD_RESULTS_FILE", "PLOTS_DIR", "check_calibration_set", "evaluate_ood", "fpr95_method"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,64 +55,28 @@ def fpr95_method(cfg) -> str:
     return method
 
 
-def _check_calibration_set(dataset_name):
+def check_calibration_set(dataset_name):
+    """Refuse a calibration set that is not an ID set (before any inference pass)."""
     role = get_ood_role(dataset_name)
     if role != "id":
         raise ValueError(f"calibration set {dataset_name!r} has ood_role {role!r}; it must be an ID set")
 
 
-def calibrate_on_dataset(cfg, model, dataset_name: str, *, records, selection=None, output_dir=None):
-    """Calibrate the OOD threshold of ``model`` on the kept boxes of an ID validation set.
-
-    The detections are kept by the box selection of ``cfg.TEST.OOD.PROTOCOL`` on that set
-    itself (its optimal-F1 threshold uses its ground truth), and the threshold keeps
-    ``cfg.TEST.OOD.CALIBRATION_ID_KEEP`` of them (see :mod:`.calibration`).
-
-    Args:
-        cfg (CfgNode): the config.
-        model (nn.Module): the detector; its threshold buffer is set.
-        dataset_name: a registered ID set with ground truth.
-        records (DetectionRecords): its detections (:func:`collect_detections`).
-        selection (BoxSelection, optional): its box selection, if already resolved.
-        output_dir (str, optional): where the main process saves the calibrated model.
-
-    Returns:
-        Calibration
-    """
-    _check_calibration_set(dataset_name)
-    selection = selection or select_boxes_for_config(cfg, records, dataset_name)
-    return calibrate_on_samples(
-        model,
-        selection.apply(records).ood_scores,
+def _calibrate(cfg, records, dataset_name, selection, ood_rule):
+    """The calibration on the boxes of an ID validation set kept by its own box selection."""
+    if ood_rule is None:
+        raise ValueError(
+            f"TEST.OOD.CALIBRATION_DATASET {dataset_name!r}: calibration needs the score behind the "
+            "model's is_ood, and the model has no VOS OOD head"
+        )
+    return calibrate(
+        selection.apply(records).ood_score_table,
+        ood_rule.ood_score,
         cfg.TEST.OOD.CALIBRATION_ID_KEEP,
-        output_dir=output_dir,
-        weights=cfg.MODEL.WEIGHTS,
         dataset=dataset_name,
         box_selection=selection.describe(),
         protocol=selection.protocol,
     )
-
-
-def _collect(cfg, model, build_test_loader, evaluators, other_sets):
-    """One inference pass per set: the ID sets' detection metrics and every set's detections.
-
-    Args:
-        evaluators (OrderedDict[str, DatasetEvaluator]): each ID set's detection evaluator.
-        other_sets (list[str]): the OOD sets and the calibration set, run without evaluator
-            (unless already run as an ID set).
-
-    Returns:
-        tuple[OrderedDict, dict]: ``{id_set: {task: {metric: float}}}`` and
-        ``{set: DetectionRecords}``.
-    """
-    metrics, records = OrderedDict(), {}
-    for name, evaluator in evaluators.items():
-        results, records[name] = collect_detections(model, build_test_loader(cfg, name), evaluator)
-        metrics[name] = {task: numbers_only(values) for task, values in results.items() if isinstance(values, dict)}
-    for name in other_sets:
-        if name not in records:
-            records[name] = collect_detections(model, build_test_loader(cfg, name))[1]
-    return metrics, records
 
 
 def _box_counts(comparison):
@@ -125,19 +90,17 @@ def _box_counts(comparison):
 def _kept(records, selection):
     """The boxes of ``records`` that ``selection`` keeps, as the back half's ScoredSet."""
     kept = selection.apply(records)
-    return ScoredSet(kept.ood_scores, len(kept), len(records), records.num_images)
+    return ScoredSet(kept.ood_score_table, len(kept), len(records), records.num_images)
 
 
-def _verdict_rule(model, calibration):
+def _verdict_rule(ood_rule, calibration):
     """(score, threshold) behind ``is_ood``: the new calibration's, else the model's; None for
     a model without a VOS OOD head."""
     if calibration is not None:
         return calibration.ood_score, float(calibration.threshold)
-    try:
-        head = find_ood_head(model)
-    except TypeError:
+    if ood_rule is None:
         return None
-    return head.ood_score, float(head.current_ood_threshold())
+    return ood_rule.ood_score, ood_rule.threshold
 
 
 def _image_files(dataset_name):
@@ -145,11 +108,11 @@ def _image_files(dataset_name):
     return {d["image_id"]: d["file_name"] for d in DatasetCatalog.get(dataset_name)}
 
 
-def draw_pictures(model, records, selections, ood_datasets, plots_dir, calibration=None):
+def draw_pictures(ood_rule, records, selections, ood_datasets, plots_dir, calibration=None):
     """The failure gallery and the detection examples of every (ID set, OOD set) pair.
 
     Args:
-        model (nn.Module): the detector (its OOD score and threshold label the pictures).
+        ood_rule (OODRule or None): the model's is_ood rule (it labels the pictures).
         records (dict[str, DetectionRecords]): every detection of each set.
         selections (dict[str, BoxSelection]): the box selection of each ID set.
         ood_datasets (list[str]): the OOD sets.
@@ -159,7 +122,7 @@ def draw_pictures(model, records, selections, ood_datasets, plots_dir, calibrati
     Returns:
         list[str]: the paths written.
     """
-    rule = _verdict_rule(model, calibration)
+    rule = _verdict_rule(ood_rule, calibration)
     if rule is None:
         return []
     score, threshold = rule
@@ -185,27 +148,33 @@ def draw_pictures(model, records, selections, ood_datasets, plots_dir, calibrati
     return [path for path in paths if path is not None]
 
 
-def evaluate_ood_protocol(
-    cfg, model, *, output_dir, id_datasets=None, ood_datasets=None, build_test_loader=None,
-    detection_evaluators=None, build_evaluator=None, calibration_dataset=None, draw_plots=None,
-    log_report=True,
-):
-    """Run the whole protocol (see the module doc) and write its files.
+def _check_sets(records_by_set, id_datasets, ood_datasets, calibration_dataset):
+    """Every set has records; warn about OOD sets whose role is not "ood"."""
+    for name, role in ((name, get_ood_role(name)) for name in ood_datasets):
+        if role != "ood":
+            logger.warning("OOD test set %s has ood_role %r", name, role)
+    if calibration_dataset:
+        check_calibration_set(calibration_dataset)
+    missing = [
+        name for name in id_datasets + ood_datasets + ([calibration_dataset] if calibration_dataset else [])
+        if name not in records_by_set
+    ]
+    if missing:
+        raise ValueError(f"no detection records of {missing} (collect_detections of each set first)")
+
+
+def evaluate_ood(records_by_set, cfg, *, ood_rule=None, log_report=True):
+    """Evaluate the detections of every set (see the module doc) and write the report.
 
     Args:
-        cfg (CfgNode): the config (``TEST.OOD`` keys, ``DATASETS.TEST`` / ``OOD_TEST``).
-        model (nn.Module): the detector.
-        output_dir (str): where ``ood_results.json``, ``ood_plots/``, the COCO conversions
-            (``inference/<set>/``) and the calibrated model go.
-        id_datasets (list[str], optional): ID test sets; ``cfg.DATASETS.TEST`` by default.
-        ood_datasets (list[str], optional): OOD sets; ``cfg.DATASETS.OOD_TEST`` by default.
-        build_test_loader (callable, optional): ``(cfg, name) -> loader``.
-        detection_evaluators (list, optional): a detection evaluator (or None) per ID set.
-        build_evaluator (callable, optional): ``name -> DatasetEvaluator`` for the ID sets
-            without one; :func:`build_detection_evaluator` by default.
-        calibration_dataset (str, optional): ID validation set to calibrate the OOD threshold
-            on; ``cfg.TEST.OOD.CALIBRATION_DATASET`` by default ("" = no calibration).
-        draw_plots (bool, optional): ``cfg.TEST.OOD.PLOTS`` by default.
+        records_by_set (dict[str, DetectionRecords]): the records of every set of
+            ``DATASETS.TEST`` (with their ``detection_metrics``), ``DATASETS.OOD_TEST`` and
+            ``TEST.OOD.CALIBRATION_DATASET``.
+        cfg (CfgNode): the config: those sets, the ``TEST.OOD`` keys and ``OUTPUT_DIR``
+            (where ``ood_results.json`` and ``ood_plots/`` go).
+        ood_rule (OODRule, optional): the evaluated model's ``is_ood`` rule
+            (:func:`vos_det.engine.ood_evaluation.ood_rule_of`): the score calibrated on,
+            and the threshold the pictures mark; None for a model without OOD head.
         log_report (bool): log the text report (main process).
 
     Returns:
@@ -215,66 +184,38 @@ def evaluate_ood_protocol(
         ``report``, everything written to ``ood_results.json`` (rule descriptions,
         conventions, box counts, calibration, plot paths).
     """
-    id_datasets = list(cfg.DATASETS.TEST if id_datasets is None else id_datasets)
-    ood_datasets = list(cfg.DATASETS.OOD_TEST if ood_datasets is None else ood_datasets)
-    build_test_loader = build_test_loader or build_detection_test_loader
-    if calibration_dataset is None:
-        calibration_dataset = cfg.TEST.OOD.CALIBRATION_DATASET
+    id_datasets, ood_datasets = list(cfg.DATASETS.TEST), list(cfg.DATASETS.OOD_TEST)
+    calibration_dataset = cfg.TEST.OOD.CALIBRATION_DATASET
     protocol, fpr_method = cfg.TEST.OOD.PROTOCOL, fpr95_method(cfg)
-    if detection_evaluators is not None and len(detection_evaluators) != len(id_datasets):
-        raise ValueError(
-            f"got {len(detection_evaluators)} evaluators for {len(id_datasets)} ID test sets"
-        )
-    if build_evaluator is None:
-        def build_evaluator(name):
-            return build_detection_evaluator(name, os.path.join(output_dir, "inference", name))
-
-    for name, role in ((name, get_ood_role(name)) for name in ood_datasets):
-        if role != "ood":
-            logger.warning("OOD test set %s has ood_role %r", name, role)
-    if calibration_dataset:
-        _check_calibration_set(calibration_dataset)  # before any inference pass
-
-    evaluators = OrderedDict()
-    for index, name in enumerate(id_datasets):
-        evaluator = detection_evaluators[index] if detection_evaluators is not None else None
-        evaluators[name] = evaluator if evaluator is not None else build_evaluator(name)
-    detection_results, records = _collect(
-        cfg, model, build_test_loader, evaluators, ood_datasets + ([calibration_dataset] if calibration_dataset else [])
-    )
-    selections = OrderedDict((name, select_boxes_for_config(cfg, records[name], name)) for name in id_datasets)
+    _check_sets(records_by_set, id_datasets, ood_datasets, calibration_dataset)
+    selections = OrderedDict((name, select_boxes_for_config(cfg, records_by_set[name], name)) for name in id_datasets)
     calibration = None
     if calibration_dataset:
-        calibration = calibrate_on_dataset(
-            cfg,
-            model,
-            calibration_dataset,
-            records=records[calibration_dataset],
-            selection=selections.get(calibration_dataset),
-            output_dir=output_dir,
+        selection = selections.get(calibration_dataset) or select_boxes_for_config(
+            cfg, records_by_set[calibration_dataset], calibration_dataset
         )
+        calibration = _calibrate(cfg, records_by_set[calibration_dataset], calibration_dataset, selection, ood_rule)
 
     comparisons = [
         Comparison(
             id_name,
-            OrderedDict((name, _kept(records[name], selection)) for name in [id_name] + ood_datasets),
+            OrderedDict((name, _kept(records_by_set[name], selection)) for name in [id_name] + ood_datasets),
             ood_datasets,
             "Box selection: " + selection.describe(),
         )
         for id_name, selection in selections.items()
     ]
-    draw_plots = cfg.TEST.OOD.PLOTS if draw_plots is None else draw_plots
     pictures = []
-    if draw_plots and comm.is_main_process():
-        plots_dir = os.path.join(output_dir, PLOTS_DIR)
-        pictures = draw_pictures(model, records, selections, ood_datasets, plots_dir, calibration)
+    if cfg.TEST.OOD.PLOTS and comm.is_main_process():
+        plots_dir = os.path.join(cfg.OUTPUT_DIR, PLOTS_DIR)
+        pictures = draw_pictures(ood_rule, records_by_set, selections, ood_datasets, plots_dir, calibration)
     return summarize_ood_evaluation(
         comparisons,
         unit="boxes",
         fpr_method=fpr_method,
-        model=model,
-        output_dir=output_dir,
-        results=detection_results,
+        ood_rule=ood_rule,
+        output_dir=cfg.OUTPUT_DIR,
+        results=OrderedDict((name, dict(records_by_set[name].detection_metrics)) for name in id_datasets),
         results_tail={
             "box_selection": {name: {"score_threshold": float(s.score_threshold)} for name, s in selections.items()}
         },
@@ -285,6 +226,6 @@ def evaluate_ood_protocol(
             "pictures": pictures,
         },
         calibration=calibration,
-        draw_plots=draw_plots,
+        draw_plots=cfg.TEST.OOD.PLOTS,
         log_report=log_report,
     )

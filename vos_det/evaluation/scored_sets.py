@@ -18,7 +18,8 @@ class ScoredSet:
     """The samples of one dataset that enter the OOD metrics, with their OOD scores.
 
     Attributes:
-        ood_scores (dict[str, np.ndarray]): score name -> (N,) float64 OOD scores of the
+        ood_score_table (dict[str, np.ndarray]): all OOD scores of the kept samples: score
+            name -> (N,) float64 OOD scores of the
             kept samples (larger = more OOD); a NaN is left out of the metrics with a warning.
         num_kept (int): N, the kept samples.
         num_candidates (int): samples before the selection (every detection; for images,
@@ -26,7 +27,7 @@ class ScoredSet:
         num_images (int): images of the dataset.
     """
 
-    ood_scores: Dict[str, np.ndarray]
+    ood_score_table: Dict[str, np.ndarray]
     num_kept: int
     num_candidates: int
     num_images: int

@@ -1,11 +1,13 @@
-"""Record every detection of a model over a dataset, with its class score and OOD scores.
+"""The inference pass: every detection of a model over a dataset, with its scores.
 
-One inference pass per dataset: the records keep every detection the model outputs (no
-score threshold), so that the box-selection rule (see :mod:`.box_selection`) can be chosen
-and applied afterwards, and the same records serve the detection metrics, the OOD metrics
-and the calibration.
+:func:`collect_detections` runs the model once over a dataset (detectron2's
+``inference_on_dataset``) and returns its :class:`DetectionRecords`: every detection the
+model outputs (no score threshold), with its class score and all its OOD scores, and the
+detection metrics (AP) of the same pass when a detection evaluator is given. Everything after
+it (box selection, calibration, OOD metrics, reports: :func:`vos_det.evaluation.evaluate_ood`)
+takes records, not a model, so records can be cached and evaluated again.
 """
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional
 
 import numpy as np
@@ -13,7 +15,7 @@ import numpy as np
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset
 from detectron2.utils import comm
 
-__all__ = ["BoxOODScoreCollector", "DetectionRecords", "collect_detections"]
+__all__ = ["BoxOODScoreCollector", "DetectionRecords", "collect_detections", "numbers_only"]
 
 # Instances fields named ood_scores_<name> hold one OOD score per box (larger = more OOD).
 OOD_FIELD_PREFIX = "ood_scores_"
@@ -33,18 +35,23 @@ class DetectionRecords:
             detection's proposal (``Instances.proposal_scores``; NaN for a model without it).
             A proposal yields one detection per class above the test score threshold, so a
             secondary-class detection has a proposal score above its own class score.
-        ood_scores (dict[str, np.ndarray]): score name -> (N,) float64 OOD scores
-            (larger = more OOD), from the ``ood_scores_<name>`` fields.
+        ood_score_table (dict[str, np.ndarray]): all OOD scores of the boxes: score name ->
+            (N,) float64 OOD scores (larger = more OOD), from the ``ood_scores_<name>``
+            fields (``Instances.ood_scores`` is only the one behind ``is_ood``).
         num_images (int): images seen, those without any detection included.
+        detection_metrics (dict): ``{task: {metric: float}}`` of the detection evaluator run
+            in the same pass (e.g. ``{"bbox": {"AP50": ...}, "voc": {...}}``; empty without
+            one, and in a :meth:`subset`).
     """
 
     image_ids: np.ndarray
     boxes: np.ndarray
     classes: np.ndarray
     scores: np.ndarray
-    ood_scores: Dict[str, np.ndarray] = field(default_factory=dict)
+    ood_score_table: Dict[str, np.ndarray] = field(default_factory=dict)
     num_images: int = 0
     proposal_scores: Optional[np.ndarray] = None
+    detection_metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.proposal_scores is None:
@@ -61,7 +68,7 @@ class DetectionRecords:
             boxes=np.zeros((0, 4)),
             classes=np.zeros(0, dtype=np.int64),
             scores=np.zeros(0),
-            ood_scores={name: np.zeros(0) for name in score_names},
+            ood_score_table={name: np.zeros(0) for name in score_names},
         )
 
     def subset(self, mask):
@@ -71,7 +78,7 @@ class DetectionRecords:
             boxes=self.boxes[mask],
             classes=self.classes[mask],
             scores=self.scores[mask],
-            ood_scores={name: values[mask] for name, values in self.ood_scores.items()},
+            ood_score_table={name: values[mask] for name, values in self.ood_score_table.items()},
             num_images=self.num_images,
             proposal_scores=self.proposal_scores[mask],
         )
@@ -81,6 +88,15 @@ class DetectionRecords:
         "proposal_scores": their proposal's maximum foreground probability) is >=
         ``score_threshold``."""
         return self.subset(getattr(self, score_field) >= score_threshold)
+
+    def to_dict(self) -> dict:
+        """Every field as plain arrays, numbers and dicts (for ``torch.save``; see :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DetectionRecords":
+        """The records of :meth:`to_dict`'s dict."""
+        return cls(**values)
 
 
 def _image_records(image_id, instances):
@@ -97,7 +113,7 @@ def _image_records(image_id, instances):
             if instances.has("proposal_scores")
             else np.full(num, np.nan)
         ),
-        "ood_scores": {
+        "ood_score_table": {
             name[len(OOD_FIELD_PREFIX) :]: values.detach().cpu().double().numpy()
             for name, values in fields.items()
             if name.startswith(OOD_FIELD_PREFIX)
@@ -128,11 +144,11 @@ class BoxOODScoreCollector(DatasetEvaluator):
     def evaluate(self):
         """Gather the detections of all ranks into :attr:`records`; returns ``{}``."""
         parts = [part for rank_parts in comm.all_gather(self._parts) for part in rank_parts]
-        score_names = sorted({name for part in parts for name in part["ood_scores"]})
+        score_names = sorted({name for part in parts for name in part["ood_score_table"]})
         if not parts:
             self.records = DetectionRecords.empty(score_names)
             return {}
-        missing = [sorted(set(score_names) - set(p["ood_scores"])) for p in parts if len(p["scores"])]
+        missing = [sorted(set(score_names) - set(p["ood_score_table"])) for p in parts if len(p["scores"])]
         missing = [m for m in missing if m]
         if missing:
             raise ValueError(f"some detections lack the OOD score fields {missing[0]}")
@@ -142,8 +158,8 @@ class BoxOODScoreCollector(DatasetEvaluator):
             classes=np.concatenate([p["classes"] for p in parts]),
             scores=np.concatenate([p["scores"] for p in parts]),
             proposal_scores=np.concatenate([p["proposal_scores"] for p in parts]),
-            ood_scores={
-                name: np.concatenate([p["ood_scores"].get(name, np.zeros(0)) for p in parts])
+            ood_score_table={
+                name: np.concatenate([p["ood_score_table"].get(name, np.zeros(0)) for p in parts])
                 for name in score_names
             },
             num_images=len(parts),
@@ -151,19 +167,29 @@ class BoxOODScoreCollector(DatasetEvaluator):
         return {}
 
 
-def collect_detections(model, data_loader, detection_evaluator=None):
-    """One inference pass: the detection metrics (if an evaluator is given) and the records.
+def numbers_only(metrics: dict) -> dict:
+    """The numeric entries of a metrics dict, as floats (detectron2's EvalHook takes no other)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
+
+
+def collect_detections(model, data_loader, detection_evaluator=None) -> DetectionRecords:
+    """One inference pass: every detection of the dataset, and its detection metrics.
 
     Args:
         model (nn.Module): the detector (put in eval mode for the pass).
         data_loader: a detectron2 test loader of one dataset.
-        detection_evaluator (DatasetEvaluator, optional): e.g. a COCO / VOC evaluator.
+        detection_evaluator (DatasetEvaluator, optional): e.g. a COCO / VOC evaluator; its
+            results become the records' ``detection_metrics`` (none on the ranks where it
+            returns nothing).
 
     Returns:
-        tuple[dict, DetectionRecords]: the evaluator's results (``{}`` without one, or on
-        the ranks where it returns nothing) and every detection of the dataset.
+        DetectionRecords
     """
     collector = BoxOODScoreCollector()
     evaluators = [collector] if detection_evaluator is None else [detection_evaluator, collector]
     results = inference_on_dataset(model, data_loader, DatasetEvaluators(evaluators))
-    return dict(results or {}), collector.records
+    records = collector.records
+    records.detection_metrics = {
+        task: numbers_only(values) for task, values in (results or {}).items() if isinstance(values, dict)
+    }
+    return records
