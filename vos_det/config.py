@@ -83,7 +83,8 @@ def add_vos_config(cfg):
     #        `main-MLP`, which produced the paper's final (OpenReview) numbers and the released
     #        checkpoints. Both take ID as label 1.
     cfg.MODEL.VOS.UNCERTAINTY_HEAD = "logistic"
-    # Score written to Instances.ood_scores and thresholded into is_ood:
+    # Score written to Instances.ood_scores and thresholded into is_ood, the only OOD score
+    # inference computes (the evaluation computes every one):
     # "vos": p(outlier | box) = 1 - p(ID | box), the logistic regression on the weighted energy (paper eq. 8);
     # "energy": the free energy -logsumexp of the foreground logits (the released branch
     #           main's test-time score on a VOS-trained model);
@@ -99,9 +100,9 @@ def add_vos_config(cfg):
     # Use the threshold calibrated on ID validation boxes when the checkpoint has one.
     cfg.MODEL.VOS.USE_CALIBRATED_THRESHOLD = True
     # Class Gaussians of the box features written by tools/fit_mahalanobis.py; when set,
-    # every detection also gets ood_scores_mahalanobis ("" = none).
+    # the evaluation also records ood_scores_mahalanobis ("" = none).
     cfg.MODEL.VOS.MAHALANOBIS_STATS = ""
-    # Post-hoc OOD scores (vos_det/modeling/ood_scores/): every detection gets
+    # Post-hoc OOD scores (vos_det/modeling/ood_scores/): the evaluation records
     # ood_scores_maxlogit and ood_scores_gen, plus ood_scores_<name> of every score fitted in
     # STATE (knn, vim, react, mahalanobis_multilayer, safe, fused). Any of them can be OOD_SCORE.
     cfg.MODEL.VOS.POST_HOC = CN()
