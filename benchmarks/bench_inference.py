@@ -114,60 +114,10 @@ def main():
 
     rows, results = [], {}
     for threshold in args.thresholds:
-        vos_predictor.test_score_thresh = threshold
-        plain_predictor.test_score_thresh = threshold
-        with torch.no_grad():
-            vos_out = vos_model(batch)
-            plain_out = plain_model(batch)
-        same = all(
-            torch.equal(a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor)
-            and torch.equal(a["instances"].scores, b["instances"].scores)
-            and torch.equal(a["instances"].pred_classes, b["instances"].pred_classes)
-            for a, b in zip(vos_out, plain_out)
+        results[str(threshold)], threshold_rows = time_threshold(
+            args, threshold, (vos_model, plain_model), batch, predictions, proposals, device
         )
-        detections = statistics.mean(len(o["instances"]) for o in vos_out)
-
-        def run(function):
-            def timed():
-                with torch.no_grad():
-                    function()
-            return timed
-
-        def all_scores(function):
-            def timed():
-                with computing_all_ood_scores(vos_predictor):
-                    function()
-            return timed
-
-        variants = {
-            "model_plain": run(lambda: plain_model(batch)),
-            "model_vos": run(lambda: vos_model(batch)),
-            "model_vos_all": all_scores(run(lambda: vos_model(batch))),
-            "predictor_plain": run(lambda: plain_predictor.inference(predictions[:2], proposals)),
-            "predictor_vos": run(lambda: vos_predictor.inference(predictions, proposals)),
-            "predictor_vos_all": all_scores(run(lambda: vos_predictor.inference(predictions, proposals))),
-        }
-        times = C.interleaved(variants, args.repeats, warmup=args.warmup, device=device)
-        summaries = {name: C.summary(values) for name, values in times.items()}
-        ratios = {
-            f"{kind}{scores}_ratio": summaries[f"{kind}_vos{scores}"]["median_s"] / summaries[f"{kind}_plain"]["median_s"]
-            for kind in ("model", "predictor") for scores in ("", "_all")
-        }
-        results[str(threshold)] = {
-            "summaries": summaries, **ratios,
-            "detections_per_image": detections, "same_detections_as_plain": same,
-            "model_overhead_s": summaries["model_vos"]["median_s"] - summaries["model_plain"]["median_s"],
-            "target_met": ratios["model_ratio"] <= TARGET_RATIO,
-        }
-        for kind in ("model", "predictor"):
-            for scores in ("", "_all"):
-                plain_s, vos_s = summaries[f"{kind}_plain"]["median_s"], summaries[f"{kind}_vos{scores}"]["median_s"]
-                what = "whole model forward" if kind == "model" else "box predictor inference()"
-                rows.append([
-                    what + (", all scores" if scores else ""),
-                    f"{threshold:g}", f"{detections:.1f}", C.ms(plain_s), C.ms(vos_s),
-                    f"{1e3 * (vos_s - plain_s) / args.images:.3f}", f"{ratios[f'{kind}{scores}_ratio']:.3f}", str(same),
-                ])
+        rows += threshold_rows
     C.table(rows, ["what", "score thresh", "dets/image", "plain ms", "VOS ms", "overhead ms/image",
                    "ratio", "same boxes"],
             title=f"Inference, {args.images} images, {args.repeats} interleaved repeats (medians)")
@@ -187,19 +137,87 @@ def main():
     })
 
 
-def post_hoc_costs(args, model, batch, fit_batch, device):
-    """Added inference cost of the post-hoc OOD scores, all together and one by one."""
+def time_threshold(args, threshold, models, batch, predictions, proposals, device):
+    """Whole model and box predictor, VOS (the score behind is_ood; all scores) vs plain.
+
+    Returns:
+        tuple[dict, list]: the results at this score threshold and the rows of the table.
+    """
+    vos_model, plain_model = models
+    vos_predictor = vos_model.roi_heads.box_predictor
+    plain_predictor = plain_model.roi_heads.box_predictor
+    vos_predictor.test_score_thresh = threshold
+    plain_predictor.test_score_thresh = threshold
+    with torch.no_grad():
+        vos_out = vos_model(batch)
+        plain_out = plain_model(batch)
+    same = all(
+        torch.equal(a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor)
+        and torch.equal(a["instances"].scores, b["instances"].scores)
+        and torch.equal(a["instances"].pred_classes, b["instances"].pred_classes)
+        for a, b in zip(vos_out, plain_out)
+    )
+    detections = statistics.mean(len(o["instances"]) for o in vos_out)
+
+    def run(function):
+        def timed():
+            with torch.no_grad():
+                function()
+        return timed
+
+    def all_scores(function):
+        def timed():
+            with computing_all_ood_scores(vos_predictor):
+                function()
+        return timed
+
+    variants = {
+        "model_plain": run(lambda: plain_model(batch)),
+        "model_vos": run(lambda: vos_model(batch)),
+        "model_vos_all": all_scores(run(lambda: vos_model(batch))),
+        "predictor_plain": run(lambda: plain_predictor.inference(predictions[:2], proposals)),
+        "predictor_vos": run(lambda: vos_predictor.inference(predictions, proposals)),
+        "predictor_vos_all": all_scores(run(lambda: vos_predictor.inference(predictions, proposals))),
+    }
+    times = C.interleaved(variants, args.repeats, warmup=args.warmup, device=device)
+    summaries = {name: C.summary(values) for name, values in times.items()}
+    median = {name: summary["median_s"] for name, summary in summaries.items()}
+    ratios = {
+        f"{kind}{scores}_ratio": median[f"{kind}_vos{scores}"] / median[f"{kind}_plain"]
+        for kind in ("model", "predictor") for scores in ("", "_all")
+    }
+    result = {
+        "summaries": summaries, **ratios,
+        "detections_per_image": detections, "same_detections_as_plain": same,
+        "model_overhead_s": median["model_vos"] - median["model_plain"],
+        "target_met": ratios["model_ratio"] <= TARGET_RATIO,
+    }
+    rows = []
+    for kind in ("model", "predictor"):
+        for scores in ("", "_all"):
+            plain_s, vos_s = median[f"{kind}_plain"], median[f"{kind}_vos{scores}"]
+            what = "whole model forward" if kind == "model" else "box predictor inference()"
+            rows.append([
+                what + (", all scores" if scores else ""),
+                f"{threshold:g}", f"{detections:.1f}", C.ms(plain_s), C.ms(vos_s),
+                f"{1e3 * (vos_s - plain_s) / args.images:.3f}", f"{ratios[f'{kind}{scores}_ratio']:.3f}", str(same),
+            ])
+    return result, rows
+
+
+def fit_every_score(model, fit_batch):
+    """Fit every post-hoc score of ``model`` on the boxes of ``fit_batch``.
+
+    Returns:
+        BoxFitData: the boxes they were fitted on.
+    """
     from vos_det.engine.post_hoc_fitting import extract_box_fit_data
     from vos_det.engine.safe_fitting import extract_safe_features
-    from vos_det.modeling.ood_scores import attach_post_hoc_hooks, pool_box_layers
+    from vos_det.modeling.ood_scores import attach_post_hoc_hooks
     from vos_det.modeling.ood_scores.fused import logit_part_score
     from vos_det.modeling.ood_scores.safe import matching_layers
 
-    predictor = model.roi_heads.box_predictor
-    # Every score, as the evaluation computes them.
-    predictor.compute_all_ood_scores = True
-    scoring = predictor.post_hoc
-    fitted = scoring.scores
+    fitted = model.roi_heads.box_predictor.post_hoc.scores
     data = extract_box_fit_data(model, [fit_batch], description="fit boxes")
     for name, score in fitted.items():
         if score.needs_fit and name not in ("safe", "fused"):
@@ -216,6 +234,17 @@ def post_hoc_costs(args, model, batch, fit_batch, device):
     else:
         # SAFE reads residual projection shortcuts; the tiny backbone has none.
         del fitted["safe"]
+    return data
+
+
+def post_hoc_costs(args, model, batch, fit_batch, device):
+    """Added inference cost of the post-hoc OOD scores, all together and one by one."""
+    predictor = model.roi_heads.box_predictor
+    # Every score, as the evaluation computes them.
+    predictor.compute_all_ood_scores = True
+    scoring = predictor.post_hoc
+    fitted = scoring.scores
+    data = fit_every_score(model, fit_batch)
     knn = fitted["knn"]
     k = knn.fitted_config["k"] = 50
     generator = torch.Generator().manual_seed(args.seed + 2)
@@ -265,7 +294,31 @@ def post_hoc_costs(args, model, batch, fit_batch, device):
             title=f"Post-hoc scores in the model forward ({args.images} images, {detections} detections, "
                   f"k = {k}, {args.post_hoc_repeats} repeats, medians)")
 
-    # Each score alone on the captured detections (k-NN with each bank, exact and chunked).
+    score_summaries = each_score_alone(args, model, batch, captured, banks, device)
+    return {
+        "detections": detections,
+        "knn_k": k,
+        "knn_chunk": args.knn_chunk,
+        "feature_dim": int(captured["features"].shape[1]),
+        "model": summaries,
+        "added_ms_per_image": {name: 1e3 * (s["median_s"] - base) / args.images for name, s in summaries.items()},
+        "per_score": score_summaries,
+    }
+
+
+def each_score_alone(args, model, batch, captured, banks, device):
+    """Each post-hoc score alone on the captured detections (k-NN with each bank, exact and
+    chunked), and the pooling of their boxes.
+
+    Returns:
+        dict: variant -> summary of its times.
+    """
+    from vos_det.modeling.ood_scores import pool_box_layers
+
+    predictor = model.roi_heads.box_predictor
+    scoring = predictor.post_hoc
+    fitted, knn = scoring.scores, scoring.scores["knn"]
+    detections = len(captured["logits"])
     features, logits = captured["features"], captured["logits"]
     strides = model.roi_heads.feature_strides
     with torch.no_grad():
@@ -305,15 +358,7 @@ def post_hoc_costs(args, model, batch, fit_batch, device):
              for name, s in score_summaries.items()],
             ["score", "ms (all detections)", "ms / detection"],
             title=f"Each post-hoc score alone on the {detections} detections of the batch")
-    return {
-        "detections": detections,
-        "knn_k": k,
-        "knn_chunk": args.knn_chunk,
-        "feature_dim": int(features.shape[1]),
-        "model": summaries,
-        "added_ms_per_image": {name: 1e3 * (s["median_s"] - base) / args.images for name, s in summaries.items()},
-        "per_score": score_summaries,
-    }
+    return score_summaries
 
 
 if __name__ == "__main__":

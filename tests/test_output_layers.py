@@ -317,7 +317,8 @@ def test_inference_sets_the_field_of_the_score_behind_is_ood_with_its_values_amo
         assert len(score_fields) < len([n for n in image_all.get_fields() if n.startswith("ood_scores_")])
         assert torch.equal(kept, kept_all)
         # Same ops on the same rows in this process: each value is the one it has among all.
-        for name in ("scores", "pred_classes", "id_scores", "ood_scores", "is_ood", "proposal_scores", f"ood_scores_{ood_score}"):
+        fields = ("scores", "pred_classes", "id_scores", "ood_scores", "is_ood", "proposal_scores")
+        for name in (*fields, f"ood_scores_{ood_score}"):
             assert torch.equal(image.get(name), image_all.get(name)), name
         assert torch.equal(image.pred_boxes.tensor, image_all.pred_boxes.tensor)
         table, id_scores = _reference_table(layer, logits[kept])

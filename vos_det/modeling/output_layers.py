@@ -41,9 +41,10 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
     * at inference adds to every output box ``id_scores`` = p(ID | box) (eq. 8),
       ``ood_scores`` (the score named by ``ood_score``; larger = more OOD) and
       ``is_ood`` = ood_scores > threshold (eq. 9), plus ``ood_scores_<name>`` of that
-      score; with ``compute_all_ood_scores`` (set by the evaluation, see
-      :func:`vos_det.utils.ood_score_request.computing_all_ood_scores`) one ``ood_scores_<name>`` field per score of
-      :data:`OOD_SCORES` the model has. The other scores are not computed.
+      score; with ``compute_all_ood_scores`` (set by the evaluation through
+      :func:`~vos_det.utils.ood_score_request.computing_all_ood_scores`) one
+      ``ood_scores_<name>`` field per score of :data:`OOD_SCORES` the model has. The other
+      scores are not computed.
 
     ``forward`` returns ``(scores, proposal_deltas, features)``: the features are passed
     along so that ``losses(predictions, proposals)`` keeps detectron2's signature.
@@ -350,4 +351,3 @@ def _proposal_indices(boxes, probs, kept_indices):
         finite = torch.isfinite(image_boxes).all(dim=1) & torch.isfinite(image_probs).all(dim=1)
         proposal_indices.append(torch.nonzero(finite).flatten()[kept])
     return proposal_indices
-
