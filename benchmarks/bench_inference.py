@@ -5,8 +5,11 @@ plain detectron2 model of the same config with StandardROIHeads (FastRCNNOutputL
 every weight; both run in eval mode under no_grad on the same synthetic images. Timed
 interleaved: (1) the whole model forward; (2) the box predictor's ``inference`` alone, on
 predictions and proposals captured from the VOS model (the plain predictor gets the same
-(scores, deltas)). Done at two score thresholds: the config's (0.05; here every image keeps
-its 100 top detections, the most OOD-field work) and 0.5 (a few tens). The class-score layer of the
+(scores, deltas)). The VOS model computes the score behind ``is_ood`` alone, as any inference
+does; "all scores" rows time it computing every OOD score it has, as the evaluation does
+(``computing_all_ood_scores``). Done at two score thresholds: the config's (0.05; here every
+image keeps its 100 top detections, the most OOD-field work) and 0.5 (a few tens). The
+class-score layer of the
 random-init model is re-drawn (shared by both) so that its logits have a std of
 ``--logit-std`` (2): the init's logits are nearly uniform (no box passes 0.05), while a
 naive re-scale gives logits so wide that softmax returns denormal floats, which are very
@@ -14,8 +17,9 @@ slow on CPUs and distort every timing.
 
 Target: whole-model ratio (VOS / plain) <= 1.02.
 
-Post-hoc OOD scores (vos_det/modeling/ood_scores/): fitted on the boxes of another synthetic
-batch (SAFE with one FGSM step, only on a backbone with residual shortcuts), the k-NN bank then
+Post-hoc OOD scores (vos_det/modeling/ood_scores/), all computed: fitted on the boxes of another
+synthetic batch (SAFE with one FGSM step, only on a backbone with residual shortcuts; the fused
+score's scale on the energy and k-NN scores of those boxes), the k-NN bank then
 replaced by ``--knn-bank-sizes`` unit vectors (training features resampled with jitter), the
 whole VOS model forward is timed with no post-hoc score vs all of them, the k-NN search exact (one matrix product) and chunked
 (``--knn-chunk`` bank rows at a time), at the config's score threshold; then each score
@@ -30,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import _common as C
+from vos_det.utils.ood_score_request import computing_all_ood_scores
 
 TARGET_RATIO = 1.02
 
@@ -109,53 +114,15 @@ def main():
 
     rows, results = [], {}
     for threshold in args.thresholds:
-        vos_predictor.test_score_thresh = threshold
-        plain_predictor.test_score_thresh = threshold
-        with torch.no_grad():
-            vos_out = vos_model(batch)
-            plain_out = plain_model(batch)
-        same = all(
-            torch.equal(a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor)
-            and torch.equal(a["instances"].scores, b["instances"].scores)
-            and torch.equal(a["instances"].pred_classes, b["instances"].pred_classes)
-            for a, b in zip(vos_out, plain_out)
+        results[str(threshold)], threshold_rows = time_threshold(
+            args, threshold, (vos_model, plain_model), batch, predictions, proposals, device
         )
-        detections = statistics.mean(len(o["instances"]) for o in vos_out)
-
-        def run(function):
-            def timed():
-                with torch.no_grad():
-                    function()
-            return timed
-
-        variants = {
-            "model_plain": run(lambda: plain_model(batch)),
-            "model_vos": run(lambda: vos_model(batch)),
-            "predictor_plain": run(lambda: plain_predictor.inference(predictions[:2], proposals)),
-            "predictor_vos": run(lambda: vos_predictor.inference(predictions, proposals)),
-        }
-        times = C.interleaved(variants, args.repeats, warmup=args.warmup, device=device)
-        summaries = {name: C.summary(values) for name, values in times.items()}
-        model_ratio = summaries["model_vos"]["median_s"] / summaries["model_plain"]["median_s"]
-        predictor_ratio = summaries["predictor_vos"]["median_s"] / summaries["predictor_plain"]["median_s"]
-        results[str(threshold)] = {
-            "summaries": summaries, "model_ratio": model_ratio, "predictor_ratio": predictor_ratio,
-            "detections_per_image": detections, "same_detections_as_plain": same,
-            "model_overhead_s": summaries["model_vos"]["median_s"] - summaries["model_plain"]["median_s"],
-            "target_met": model_ratio <= TARGET_RATIO,
-        }
-        for kind, ratio in (("model", model_ratio), ("predictor", predictor_ratio)):
-            plain_s, vos_s = summaries[f"{kind}_plain"]["median_s"], summaries[f"{kind}_vos"]["median_s"]
-            rows.append([
-                "whole model forward" if kind == "model" else "box predictor inference()",
-                f"{threshold:g}", f"{detections:.1f}", C.ms(plain_s), C.ms(vos_s),
-                f"{1e3 * (vos_s - plain_s) / args.images:.3f}", f"{ratio:.3f}", str(same),
-            ])
+        rows += threshold_rows
     C.table(rows, ["what", "score thresh", "dets/image", "plain ms", "VOS ms", "overhead ms/image",
                    "ratio", "same boxes"],
             title=f"Inference, {args.images} images, {args.repeats} interleaved repeats (medians)")
     worst = max(r["model_ratio"] for r in results.values())
-    print(f"whole-model target <= {TARGET_RATIO} (worst threshold): "
+    print(f"whole-model target <= {TARGET_RATIO} (score behind is_ood, worst threshold): "
           f"{C.verdict(worst, TARGET_RATIO, higher_is_better=False)}")
     vos_predictor.test_score_thresh = cfg_vos.MODEL.ROI_HEADS.SCORE_THRESH_TEST
     post_hoc = post_hoc_costs(args, vos_model, batch, fit_batch, device)
@@ -170,20 +137,94 @@ def main():
     })
 
 
-def post_hoc_costs(args, model, batch, fit_batch, device):
-    """Added inference cost of the post-hoc OOD scores, all together and one by one."""
+def time_threshold(args, threshold, models, batch, predictions, proposals, device):
+    """Whole model and box predictor, VOS (the score behind is_ood; all scores) vs plain.
+
+    Returns:
+        tuple[dict, list]: the results at this score threshold and the rows of the table.
+    """
+    vos_model, plain_model = models
+    vos_predictor = vos_model.roi_heads.box_predictor
+    plain_predictor = plain_model.roi_heads.box_predictor
+    vos_predictor.test_score_thresh = threshold
+    plain_predictor.test_score_thresh = threshold
+    with torch.no_grad():
+        vos_out = vos_model(batch)
+        plain_out = plain_model(batch)
+    same = all(
+        torch.equal(a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor)
+        and torch.equal(a["instances"].scores, b["instances"].scores)
+        and torch.equal(a["instances"].pred_classes, b["instances"].pred_classes)
+        for a, b in zip(vos_out, plain_out)
+    )
+    detections = statistics.mean(len(o["instances"]) for o in vos_out)
+
+    def run(function):
+        def timed():
+            with torch.no_grad():
+                function()
+        return timed
+
+    def all_scores(function):
+        def timed():
+            with computing_all_ood_scores(vos_predictor):
+                function()
+        return timed
+
+    variants = {
+        "model_plain": run(lambda: plain_model(batch)),
+        "model_vos": run(lambda: vos_model(batch)),
+        "model_vos_all": all_scores(run(lambda: vos_model(batch))),
+        "predictor_plain": run(lambda: plain_predictor.inference(predictions[:2], proposals)),
+        "predictor_vos": run(lambda: vos_predictor.inference(predictions, proposals)),
+        "predictor_vos_all": all_scores(run(lambda: vos_predictor.inference(predictions, proposals))),
+    }
+    times = C.interleaved(variants, args.repeats, warmup=args.warmup, device=device)
+    summaries = {name: C.summary(values) for name, values in times.items()}
+    median = {name: summary["median_s"] for name, summary in summaries.items()}
+    ratios = {
+        f"{kind}{scores}_ratio": median[f"{kind}_vos{scores}"] / median[f"{kind}_plain"]
+        for kind in ("model", "predictor") for scores in ("", "_all")
+    }
+    result = {
+        "summaries": summaries, **ratios,
+        "detections_per_image": detections, "same_detections_as_plain": same,
+        "model_overhead_s": median["model_vos"] - median["model_plain"],
+        "target_met": ratios["model_ratio"] <= TARGET_RATIO,
+    }
+    rows = []
+    for kind in ("model", "predictor"):
+        for scores in ("", "_all"):
+            plain_s, vos_s = median[f"{kind}_plain"], median[f"{kind}_vos{scores}"]
+            what = "whole model forward" if kind == "model" else "box predictor inference()"
+            rows.append([
+                what + (", all scores" if scores else ""),
+                f"{threshold:g}", f"{detections:.1f}", C.ms(plain_s), C.ms(vos_s),
+                f"{1e3 * (vos_s - plain_s) / args.images:.3f}", f"{ratios[f'{kind}{scores}_ratio']:.3f}", str(same),
+            ])
+    return result, rows
+
+
+def fit_every_score(model, fit_batch):
+    """Fit every post-hoc score of ``model`` on the boxes of ``fit_batch``.
+
+    Returns:
+        BoxFitData: the boxes they were fitted on.
+    """
     from vos_det.engine.post_hoc_fitting import extract_box_fit_data
     from vos_det.engine.safe_fitting import extract_safe_features
-    from vos_det.modeling.ood_scores import attach_post_hoc_hooks, pool_box_layers
+    from vos_det.modeling.ood_scores import attach_post_hoc_hooks
+    from vos_det.modeling.ood_scores.fused import logit_part_score
     from vos_det.modeling.ood_scores.safe import matching_layers
 
-    predictor = model.roi_heads.box_predictor
-    scoring = predictor.post_hoc
-    fitted = scoring.scores
+    fitted = model.roi_heads.box_predictor.post_hoc.scores
     data = extract_box_fit_data(model, [fit_batch], description="fit boxes")
     for name, score in fitted.items():
-        if score.needs_fit and name != "safe":
+        if score.needs_fit and name not in ("safe", "fused"):
             score.fit(data)
+    # The fused score is scaled on ID validation boxes: the fit boxes stand in for them.
+    knn_of_fit_boxes = fitted["knn"](data.features, data.logits)
+    fitted["fused"].fit(id_parts={"energy": logit_part_score("energy", data.logits), "knn": knn_of_fit_boxes})
     safe = fitted["safe"]
     safe_layers = matching_layers(model, safe.layer_patterns)
     if safe_layers:
@@ -193,6 +234,17 @@ def post_hoc_costs(args, model, batch, fit_batch, device):
     else:
         # SAFE reads residual projection shortcuts; the tiny backbone has none.
         del fitted["safe"]
+    return data
+
+
+def post_hoc_costs(args, model, batch, fit_batch, device):
+    """Added inference cost of the post-hoc OOD scores, all together and one by one."""
+    predictor = model.roi_heads.box_predictor
+    # Every score, as the evaluation computes them.
+    predictor.compute_all_ood_scores = True
+    scoring = predictor.post_hoc
+    fitted = scoring.scores
+    data = fit_every_score(model, fit_batch)
     knn = fitted["knn"]
     k = knn.fitted_config["k"] = 50
     generator = torch.Generator().manual_seed(args.seed + 2)
@@ -242,14 +294,47 @@ def post_hoc_costs(args, model, batch, fit_batch, device):
             title=f"Post-hoc scores in the model forward ({args.images} images, {detections} detections, "
                   f"k = {k}, {args.post_hoc_repeats} repeats, medians)")
 
-    # Each score alone on the captured detections (k-NN with each bank, exact and chunked).
+    score_summaries = each_score_alone(args, model, batch, captured, banks, device)
+    return {
+        "detections": detections,
+        "knn_k": k,
+        "knn_chunk": args.knn_chunk,
+        "feature_dim": int(captured["features"].shape[1]),
+        "model": summaries,
+        "added_ms_per_image": {name: 1e3 * (s["median_s"] - base) / args.images for name, s in summaries.items()},
+        "per_score": score_summaries,
+    }
+
+
+def each_score_alone(args, model, batch, captured, banks, device):
+    """Each post-hoc score alone on the captured detections (k-NN with each bank, exact and
+    chunked), and the pooling of their boxes.
+
+    Returns:
+        dict: variant -> summary of its times.
+    """
+    from vos_det.modeling.ood_scores import pool_box_layers
+
+    predictor = model.roi_heads.box_predictor
+    scoring = predictor.post_hoc
+    fitted, knn = scoring.scores, scoring.scores["knn"]
+    detections = len(captured["logits"])
     features, logits = captured["features"], captured["logits"]
     strides = model.roi_heads.feature_strides
     with torch.no_grad():
         maps = model.backbone(model.preprocess_image(batch).tensor)
     layers = pool_box_layers(maps, strides, scoring.layer_names(), captured["boxes"])
+    # A score that combines others (fused) is timed on their values, computed once here.
+    with torch.no_grad():
+        part_scores = {
+            part: fitted[part](features, logits, layer_features=layers, logits_of=predictor.foreground_logits)
+            for score in fitted.values() for part in score.part_names()
+        }
 
     def alone(name, bank=None, chunk=0):
+        parts = {part: part_scores[part] for part in fitted[name].part_names()}
+        extra = {"part_scores": parts} if parts else {}
+
         def timed():
             if bank is not None:
                 knn.bank, knn.chunk_size = bank, chunk
@@ -257,7 +342,7 @@ def post_hoc_costs(args, model, batch, fit_batch, device):
                 if getattr(fitted[name], "reads_module_outputs", False):
                     fitted[name](features, logits, boxes=captured["boxes"])
                 else:
-                    fitted[name](features, logits, layer_features=layers, logits_of=predictor.foreground_logits)
+                    fitted[name](features, logits, layer_features=layers, logits_of=predictor.foreground_logits, **extra)
         return timed
 
     score_variants = {"pool_box_layers": lambda: pool_box_layers(maps, strides, scoring.layer_names(), captured["boxes"])}
@@ -273,15 +358,7 @@ def post_hoc_costs(args, model, batch, fit_batch, device):
              for name, s in score_summaries.items()],
             ["score", "ms (all detections)", "ms / detection"],
             title=f"Each post-hoc score alone on the {detections} detections of the batch")
-    return {
-        "detections": detections,
-        "knn_k": k,
-        "knn_chunk": args.knn_chunk,
-        "feature_dim": int(features.shape[1]),
-        "model": summaries,
-        "added_ms_per_image": {name: 1e3 * (s["median_s"] - base) / args.images for name, s in summaries.items()},
-        "per_score": score_summaries,
-    }
+    return score_summaries
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from vos_det.modeling.ood_scores.mahalanobis_multilayer import MultiLayerMahalan
 from vos_det.modeling.ood_scores.maxlogit import MaxLogitScore
 from vos_det.modeling.ood_scores.react import ReActScore
 from vos_det.modeling.ood_scores.vim import ViMScore, vim_ood_score
+from vos_det.utils.ood_score_request import computing_all_ood_scores
 
 K, D = 4, 12
 # The post-hoc scores of the tiny detector (SAFE needs residual shortcuts: tests/test_safe.py).
@@ -375,7 +376,7 @@ def test_fitted_state_is_next_to_the_weights_and_loads_with_weights_only(fitted_
 def test_every_detection_gets_every_post_hoc_score_and_any_can_back_is_ood(fitted_tiny_detector):
     cfg, weights, state = fitted_tiny_detector
     model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state, "MODEL.VOS.OOD_SCORE", "vim")
-    with torch.no_grad():
+    with torch.no_grad(), computing_all_ood_scores(model):
         outputs = model(_test_batch(cfg))
     assert sum(len(o["instances"]) for o in outputs) > 0
     for output in outputs:
@@ -396,7 +397,7 @@ def test_every_detection_gets_every_post_hoc_score_and_any_can_back_is_ood(fitte
         return original(instances, logits, features, boxes)
 
     predictor.add_ood_fields = capture
-    with torch.no_grad():
+    with torch.no_grad(), computing_all_ood_scores(model):
         outputs = model(_test_batch(cfg))
     knn = predictor.post_hoc.scores["knn"]
     expected = kth_neighbour_distance(F.normalize(captured["features"], dim=1), knn.bank, knn.fitted_config["k"])
@@ -419,7 +420,7 @@ def test_fused_is_chosen_on_validation_and_recomputes_from_the_detections_fields
     assert report["num_virtual_outliers"] == 200 * cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
     model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state, "MODEL.VOS.OOD_SCORE", "fused")
-    with torch.no_grad():
+    with torch.no_grad(), computing_all_ood_scores(model):
         outputs = model(_test_batch(cfg))
     instances = [o["instances"] for o in outputs]
     fused = torch.cat([i.ood_scores_fused for i in instances]).double().numpy()

@@ -14,6 +14,7 @@ from detectron2.utils.events import EventStorage
 
 from vos_det.modeling.ood_scores import POST_HOC_SCORES
 from vos_det.modeling.output_layers import OOD_SCORES
+from vos_det.utils.ood_score_request import computing_all_ood_scores
 
 NUM_CLASSES = 3
 DIM = 8
@@ -267,7 +268,7 @@ def test_inference_adds_ood_fields_of_kept_boxes(ood_score, new_layer):
     fit_features = torch.randn(30, DIM, generator=torch.Generator().manual_seed(5))
     layer.mahalanobis.fit(fit_features, torch.arange(30) % NUM_CLASSES, NUM_CLASSES)
     predictions, proposals = _inference_inputs(layer, nan_rows=(1, 14))
-    with torch.no_grad():
+    with torch.no_grad(), computing_all_ood_scores(layer):
         instances, kept_indices = layer.inference(predictions, proposals)
     logits_per_image = predictions[0].split([len(p) for p in proposals])
     assert len(instances) == len(kept_indices) == len(proposals)
@@ -293,6 +294,58 @@ def test_inference_adds_ood_fields_of_kept_boxes(ood_score, new_layer):
             torch.testing.assert_close(image.ood_scores, 1 - image.id_scores)
         assert torch.equal(image.is_ood, image.ood_scores > 0.4)
     assert total > 0
+
+
+@pytest.mark.parametrize("nan_rows", [(), (1, 14)])
+@pytest.mark.parametrize("ood_score", SCORES_WITHOUT_POST_HOC_STATE)
+def test_inference_sets_the_field_of_the_score_behind_is_ood_with_its_values_among_all(ood_score, nan_rows, new_layer):
+    layer = new_layer(ood_score=ood_score, ood_threshold=0.4)
+    layer.eval()
+    fit_features = torch.randn(30, DIM, generator=torch.Generator().manual_seed(5))
+    layer.mahalanobis.fit(fit_features, torch.arange(30) % NUM_CLASSES, NUM_CLASSES)
+    predictions, proposals = _inference_inputs(layer, nan_rows=nan_rows)
+    with torch.no_grad():
+        asked, asked_indices = layer.inference(predictions, proposals)
+        with computing_all_ood_scores(layer):
+            every, every_indices = layer.inference(predictions, proposals)
+    assert not layer.compute_all_ood_scores
+    logits_per_image = predictions[0].split([len(p) for p in proposals])
+    for image, image_all, logits, kept, kept_all in zip(asked, every, logits_per_image, asked_indices, every_indices):
+        assert len(image) > 0
+        score_fields = {name for name in image.get_fields() if name.startswith("ood_scores_")}
+        assert score_fields == {f"ood_scores_{ood_score}"}
+        assert len(score_fields) < len([n for n in image_all.get_fields() if n.startswith("ood_scores_")])
+        assert torch.equal(kept, kept_all)
+        # Same ops on the same rows in this process: each value is the one it has among all.
+        fields = ("scores", "pred_classes", "id_scores", "ood_scores", "is_ood", "proposal_scores")
+        for name in (*fields, f"ood_scores_{ood_score}"):
+            assert torch.equal(image.get(name), image_all.get(name)), name
+        assert torch.equal(image.pred_boxes.tensor, image_all.pred_boxes.tensor)
+        table, id_scores = _reference_table(layer, logits[kept])
+        if ood_score in table:
+            torch.testing.assert_close(image.ood_scores.double(), table[ood_score], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(image.id_scores.double(), id_scores, rtol=1e-5, atol=1e-6)
+        assert torch.equal(image.is_ood, image.ood_scores > 0.4)
+
+
+def test_scores_not_asked_for_are_not_computed(new_layer, monkeypatch):
+    layer = new_layer(ood_score="vos")
+    layer.eval()
+    layer.mahalanobis.fit(torch.randn(30, DIM), torch.arange(30) % NUM_CLASSES, NUM_CLASSES)
+
+    def not_asked(*args, **kwargs):
+        raise AssertionError("a score nobody asked for was computed")
+
+    for scorer in layer.post_hoc.scores.values():
+        monkeypatch.setattr(scorer, "forward", not_asked)
+    monkeypatch.setattr(layer.mahalanobis, "ood_scores", not_asked)
+    monkeypatch.setattr("vos_det.modeling.vos.virtual_outliers.max_softmax_ood_score", not_asked)
+    predictions, proposals = _inference_inputs(layer)
+    with torch.no_grad():
+        instances, _ = layer.inference(predictions, proposals)
+        assert sum(len(image) for image in instances) > 0
+        with computing_all_ood_scores(layer), pytest.raises(AssertionError, match="nobody asked"):
+            layer.inference(predictions, proposals)
 
 
 def test_calibrated_threshold_overrides_configured_one_only_when_wanted(new_layer):
@@ -373,7 +426,7 @@ def test_mahalanobis_field_scores_the_kept_boxes_features(new_layer):
     fit_features = torch.randn(30, DIM, generator=torch.Generator().manual_seed(5))
     layer.mahalanobis.fit(fit_features, torch.arange(30) % NUM_CLASSES, NUM_CLASSES)
     predictions, proposals = _inference_inputs(layer, nan_rows=())
-    with torch.no_grad():
+    with torch.no_grad(), computing_all_ood_scores(layer):
         instances, kept_indices = layer.inference(predictions, proposals)
     features_per_image = predictions[2].split([len(p) for p in proposals])
     for image, features, kept in zip(instances, features_per_image, kept_indices):

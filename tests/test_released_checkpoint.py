@@ -35,6 +35,7 @@ from vos_det.engine.released_checkpoint import (
     load_released_state_dict,
 )
 from vos_det.errors import UserError
+from vos_det.utils.ood_score_request import computing_all_ood_scores
 
 RELEASE_VOC = RELEASED_CLASS_ORDERS["voc"]
 NUM_CLASSES = 20
@@ -176,7 +177,7 @@ def test_converted_model_matches_the_release_forward(head):
     expected = _release_forward(release, inputs, head)
     perm = torch.tensor([RELEASE_VOC.index(name) for name in VOC_CLASSES])
 
-    with torch.no_grad():
+    with torch.no_grad(), computing_all_ood_scores(model):
         images = model.preprocess_image([inputs])
         features = model.backbone(images.tensor)
         proposals, _ = model.proposal_generator(images, features, None)

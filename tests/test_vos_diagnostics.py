@@ -16,6 +16,7 @@ from vos_det.modeling.vos.diagnostics import (
     prior_entropy,
     random_energy_weight_aurocs,
 )
+from vos_det.utils.ood_score_request import computing_all_ood_scores
 
 NUM_CLASSES = 3
 DIM = 8
@@ -220,7 +221,7 @@ def test_detection_logits_are_those_of_the_output_boxes():
     generator = torch.Generator().manual_seed(0)
     inputs = [{"image": torch.randint(0, 255, (3, 128, 128), generator=generator, dtype=torch.uint8),
                "height": 128, "width": 128} for _ in range(2)]
-    with torch.no_grad():
+    with torch.no_grad(), computing_all_ood_scores(model):
         instances = [output["instances"] for output in model(inputs)]
     threshold = 0.1
     logits = detection_logits(model, [inputs], threshold)

@@ -7,8 +7,9 @@
 Every ground-truth box of DATASETS.TRAIN (or --dataset) is pooled through the trained box
 head; the class means, the shared covariance and the priors are written next to the weights
 as ``mahalanobis_stats.pth`` (or --output). With ``MODEL.VOS.MAHALANOBIS_STATS <file>``
-every detection gets ``ood_scores_mahalanobis`` (the minimum Mahalanobis distance; larger =
-more OOD); ``MODEL.VOS.OOD_SCORE mahalanobis`` makes it the score behind ``is_ood``.
+the evaluation records ``ood_scores_mahalanobis`` of every detection (the minimum Mahalanobis
+distance; larger = more OOD); ``MODEL.VOS.OOD_SCORE mahalanobis`` makes it the score behind
+``is_ood``, which every inference computes.
 
 ``--add-class NAME=DATASET`` adds a class from the boxes of another dataset alone, without
 retraining: the means, the shared covariance and the priors are updated as a refit would.

@@ -12,9 +12,9 @@ and SAFE as released (an MLP on the residual shortcuts' features of the boxes th
 predicts on the training images, clean vs after one FGSM step; skipped on a backbone without
 shortcuts unless --scores names it). The states are written next to the
 weights as ``post_hoc_scores.pth`` (or --output), a file ``torch.load(weights_only=True)``
-reads. With ``MODEL.VOS.POST_HOC.STATE <file>`` every detection gets ``ood_scores_<name>``
-of each (larger = more OOD), and ``MODEL.VOS.OOD_SCORE <name>`` makes one the score behind
-``is_ood``.
+reads. With ``MODEL.VOS.POST_HOC.STATE <file>`` the evaluation records ``ood_scores_<name>``
+of each for every detection (larger = more OOD), and ``MODEL.VOS.OOD_SCORE <name>`` makes one
+the score behind ``is_ood``, which every inference computes.
 
 k of the k-NN score and SAFE's FGSM step are chosen on --val-id vs --val-ood boxes (lowest
 FPR95) when both are given, else MODEL.VOS.POST_HOC.KNN.K or the paper's 50 and

@@ -254,8 +254,8 @@ def ood_methods_page():
     lines += [
         "## OOD scores",
         "",
-        "Every detection gets `ood_scores_<name>` of each score; `MODEL.VOS.OOD_SCORE` names the one",
-        "behind `ood_scores` and `is_ood`. The energy scores (`vos`, `energy`, `weighted_energy`,",
+        "The evaluation records `ood_scores_<name>` of each score; `MODEL.VOS.OOD_SCORE` names the one",
+        "behind `ood_scores` and `is_ood`, the only one plain inference computes. The energy scores (`vos`, `energy`, `weighted_energy`,",
         "`msp`) need nothing fitted; `mahalanobis` needs `tools/fit_mahalanobis.py`, the post-hoc",
         "scores with fitted state `tools/fit_ood_scores.py`.",
         "",

@@ -27,9 +27,9 @@ def add_vos_config(cfg):
     # Name of the box predictor of VOSROIHeads in BOX_PREDICTOR_REGISTRY.
     cfg.MODEL.VOS.BOX_PREDICTOR = "VOSOutputLayers"
     # Class Gaussians of the box features written by tools/fit_mahalanobis.py; when set,
-    # every detection also gets ood_scores_mahalanobis ("" = none).
+    # the evaluation also records ood_scores_mahalanobis ("" = none).
     cfg.MODEL.VOS.MAHALANOBIS_STATS = ""
-    # Post-hoc OOD scores (vos_det/modeling/ood_scores/): every detection gets
+    # Post-hoc OOD scores (vos_det/modeling/ood_scores/): the evaluation records
     # ood_scores_maxlogit and ood_scores_gen, plus ood_scores_<name> of every score fitted in
     # STATE (knn, vim, react, mahalanobis_multilayer, safe, fused). Any of them can be OOD_SCORE.
     cfg.MODEL.VOS.POST_HOC = CN()

@@ -94,7 +94,8 @@ VOS_KEYS = (
            "ReLU - Linear(512, 1) with binary cross-entropy, as the branch `main-MLP`, which produced "
            "the paper's final (OpenReview) numbers and the released checkpoints. Both take ID as label 1."),
     VOSKey("OOD_SCORE", "vos", one_of(OOD_SCORES),
-           'Score written to Instances.ood_scores and thresholded into is_ood: "vos": p(outlier | box) '
+           'Score written to Instances.ood_scores and thresholded into is_ood, the only OOD score '
+           'inference computes (the evaluation computes every one): "vos": p(outlier | box) '
            "= 1 - p(ID | box), the logistic regression on the weighted energy (paper eq. 8); "
            '"energy": the free energy -logsumexp of the foreground logits (the released branch '
            "main's test-time score on a VOS-trained model); \"vos_release\": -p(ID) of the "

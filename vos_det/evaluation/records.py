@@ -15,6 +15,8 @@ import numpy as np
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset
 from detectron2.utils import comm
 
+from ..utils.ood_score_request import computing_all_ood_scores
+
 __all__ = ["BoxOODScoreCollector", "DetectionRecords", "collect_detections", "numbers_only"]
 
 # Instances fields named ood_scores_<name> hold one OOD score per box (larger = more OOD).
@@ -187,7 +189,8 @@ def collect_detections(model, data_loader, detection_evaluator=None) -> Detectio
     """
     collector = BoxOODScoreCollector()
     evaluators = [collector] if detection_evaluator is None else [detection_evaluator, collector]
-    results = inference_on_dataset(model, data_loader, DatasetEvaluators(evaluators))
+    with computing_all_ood_scores(model):
+        results = inference_on_dataset(model, data_loader, DatasetEvaluators(evaluators))
     records = collector.records
     records.detection_metrics = {
         task: numbers_only(values) for task, values in (results or {}).items() if isinstance(values, dict)

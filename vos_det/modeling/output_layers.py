@@ -41,8 +41,11 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
       (label 1) against outliers (label 0), adding ``loss_vos = beta * CE`` to the losses,
     * at inference adds to every output box ``id_scores`` = p(ID | box) (eq. 8),
       ``ood_scores`` (the score named by ``ood_score``; larger = more OOD) and
-      ``is_ood`` = ood_scores > threshold (eq. 9), plus one ``ood_scores_<name>`` field
-      per score in :data:`OOD_SCORES` for evaluation.
+      ``is_ood`` = ood_scores > threshold (eq. 9), plus ``ood_scores_<name>`` of that
+      score; with ``compute_all_ood_scores`` (set by the evaluation through
+      :func:`~vos_det.utils.ood_score_request.computing_all_ood_scores`) one
+      ``ood_scores_<name>`` field per score of :data:`OOD_SCORES` the model has. The other
+      scores are not computed.
 
     ``forward`` returns ``(scores, proposal_deltas, features)``: the features are passed
     along so that ``losses(predictions, proposals)`` keeps detectron2's signature.
@@ -125,6 +128,9 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
             post_hoc_scores = build_post_hoc_scores()
         self.post_hoc = PostHocScoring(post_hoc_scores, post_hoc_state, feature_dim, self.num_classes)
         self.nms_before_clip = nms_before_clip
+        # Inference computes every OOD score the model has when True, else ood_score alone
+        # (vos_det.utils.ood_score_request sets it for the evaluation).
+        self.compute_all_ood_scores = False
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -213,9 +219,9 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         Returns:
             tuple[list[Instances], list[Tensor]]: per image, the detections with
             pred_boxes, scores, pred_classes, id_scores, ood_scores, is_ood,
-            ood_scores_<name> and proposal_scores (the maximum foreground probability of the
-            detection's proposal, which the released VOS evaluation selects boxes by); and
-            the indices of the proposals they came from.
+            ood_scores_<name> (see :meth:`ood_field_names`) and proposal_scores (the maximum
+            foreground probability of the detection's proposal, which the released VOS
+            evaluation selects boxes by); and the indices of the proposals they came from.
         """
         boxes = self.predict_boxes(predictions, proposals)
         probs = self.predict_probs(predictions, proposals)
@@ -228,25 +234,39 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
             self.test_nms_thresh,
             self.test_topk_per_image,
         )
-        # fast_rcnn_inference drops non-finite rows first and indexes the rows left: map its
-        # indices back to proposal rows, then score the kept rows of all images at once.
-        proposal_indices = []
-        for image_boxes, image_probs, kept in zip(boxes, probs, kept_indices):
-            finite = torch.isfinite(image_boxes).all(dim=1) & torch.isfinite(image_probs).all(dim=1)
-            proposal_indices.append(torch.nonzero(finite).flatten()[kept])
+        proposal_indices = _proposal_indices(boxes, probs, kept_indices)
+        # The kept rows of all images, scored at once.
         offsets = torch.tensor([0] + [len(p) for p in proposals[:-1]]).cumsum(0).tolist()
         rows = cat([indices + offset for indices, offset in zip(proposal_indices, offsets)])
-        kept_proposal_boxes = [p.proposal_boxes.tensor[i] for p, i in zip(proposals, proposal_indices)]
-        self.add_ood_fields(
-            instances, predictions[0][rows, : self.num_classes], predictions[2][rows], kept_proposal_boxes
-        )
+        features = kept_proposal_boxes = None
+        if self._reads_box_inputs(self.ood_field_names()):
+            features = predictions[2][rows]
+            kept_proposal_boxes = [p.proposal_boxes.tensor[i] for p, i in zip(proposals, proposal_indices)]
+        self.add_ood_fields(instances, predictions[0][rows, : self.num_classes], features, kept_proposal_boxes)
         proposal_scores = cat([p[i, : self.num_classes] for p, i in zip(probs, proposal_indices)]).max(dim=1).values
         for image_instances, scores in zip(instances, proposal_scores.split([len(i) for i in instances])):
             image_instances.proposal_scores = scores
         return instances, proposal_indices
 
-    def ood_score_table(self, logits, features=None, boxes=None):
-        """Every OOD score of :data:`OOD_SCORES` the model has (larger = more OOD) and p(ID).
+    def ood_field_names(self):
+        """The scores whose ``ood_scores_<name>`` fields inference sets.
+
+        Returns:
+            tuple[str] or None: ``(ood_score,)``, or None (every score the model has) while
+            :attr:`compute_all_ood_scores` is set.
+        """
+        return None if self.compute_all_ood_scores else (self.ood_score,)
+
+    def _reads_box_inputs(self, names):
+        """Whether any score of ``names`` (None = all) reads the box features or proposal
+        boxes, beyond the logits: the Mahalanobis score and the fitted post-hoc scores."""
+        if names is None:
+            return True
+        scores = self.post_hoc.scores
+        return any(name == "mahalanobis" or (name in scores and scores[name].needs_fit) for name in names)
+
+    def ood_score_table(self, logits, features=None, boxes=None, names=None):
+        """The OOD scores of :data:`OOD_SCORES` the model has (larger = more OOD) and p(ID).
 
         Args:
             logits (Tensor): (N, K) foreground logits of N boxes.
@@ -255,15 +275,17 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
                 post-hoc scores (see :attr:`post_hoc`).
             boxes (list[Tensor], optional): per image, the (n_i, 4) proposal boxes of the N
                 rows, for the post-hoc scores that pool the backbone's feature maps.
+            names (Collection[str], optional): the scores wanted (None = all); the others
+                are not computed, and those computed have the values they have among all.
 
         Returns:
             tuple[dict[str, Tensor], Tensor]: scores by name, each (N,), and id_scores (N,).
         """
-        table, id_scores = super().ood_score_table(logits)
-        if features is not None and self.mahalanobis.num_classes > 0:
+        table, id_scores = super().ood_score_table(logits, names)
+        if features is not None and self.mahalanobis.num_classes > 0 and (names is None or "mahalanobis" in names):
             with full_precision(features.device):
                 table["mahalanobis"] = self.mahalanobis.ood_scores(features).float()
-        table.update(self.post_hoc.table(features, logits, boxes, self.foreground_logits))
+        table.update(self.post_hoc.table(features, logits, boxes, self.foreground_logits, names))
         return table, id_scores
 
     def foreground_logits(self, features):
@@ -273,7 +295,8 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
     def add_ood_fields(self, instances, logits, features=None, boxes=None):
         """Set id_scores, ood_scores, is_ood and ood_scores_<name> on every image's detections.
 
-        The scores of all images are computed in one batch.
+        The scores of all images are computed in one batch, those of
+        :meth:`ood_field_names` only.
 
         Args:
             instances (list[Instances]): the N_i detections of each image.
@@ -282,7 +305,7 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
             boxes (list[Tensor], optional): the (N_i, 4) proposal boxes of each image's
                 detections.
         """
-        table, id_scores = self.ood_score_table(logits, features, boxes)
+        table, id_scores = self.ood_score_table(logits, features, boxes, self.ood_field_names())
         if self.ood_score in self.post_hoc.scores and self.ood_score not in table:
             raise RuntimeError(
                 f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is not available: " + self.post_hoc.missing_reason(self.ood_score)
@@ -293,12 +316,39 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
                 "Mahalanobis statistics: run tools/fit_mahalanobis.py and set "
                 "MODEL.VOS.MAHALANOBIS_STATS to the file it writes"
             )
-        threshold = self.current_ood_threshold()
+        is_ood = table[self.ood_score] > self.current_ood_threshold()
         num_per_image = [len(image_instances) for image_instances in instances]
         per_image = {name: values.split(num_per_image) for name, values in table.items()}
-        for i, (image_instances, image_id_scores) in enumerate(zip(instances, id_scores.split(num_per_image))):
+        per_image_fields = zip(instances, id_scores.split(num_per_image), is_ood.split(num_per_image))
+        for i, (image_instances, image_id_scores, image_is_ood) in enumerate(per_image_fields):
             image_instances.id_scores = image_id_scores
             image_instances.ood_scores = per_image[self.ood_score][i]
-            image_instances.is_ood = image_instances.ood_scores > threshold
+            image_instances.is_ood = image_is_ood
             for name, values in per_image.items():
                 image_instances.set(f"ood_scores_{name}", values[i])
+
+
+def _proposal_indices(boxes, probs, kept_indices):
+    """Per image, the proposal row of each detection.
+
+    ``fast_rcnn_inference`` (and :func:`nms_before_clip_inference`) drop the rows whose boxes
+    or probabilities are not all finite and index the rows left.
+
+    Args:
+        boxes, probs (list[Tensor]): per image, the (R_i, ...) decoded boxes and class
+            probabilities given to the inference.
+        kept_indices (list[Tensor]): per image, what the inference returned.
+
+    Returns:
+        list[Tensor]: per image, the indices into its R_i proposals.
+    """
+    # A finite sum has finite terms only (an inf or NaN term makes it inf or NaN): then no
+    # row was dropped. A sum that overflows takes the exact path below.
+    sums = torch.stack([tensor.sum() for tensor in (*boxes, *probs)])
+    if torch.isfinite(sums).all():
+        return list(kept_indices)
+    proposal_indices = []
+    for image_boxes, image_probs, kept in zip(boxes, probs, kept_indices):
+        finite = torch.isfinite(image_boxes).all(dim=1) & torch.isfinite(image_probs).all(dim=1)
+        proposal_indices.append(torch.nonzero(finite).flatten()[kept])
+    return proposal_indices

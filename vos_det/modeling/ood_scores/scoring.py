@@ -1,6 +1,6 @@
 """The post-hoc scores as the box predictor runs them: fitted state, feature maps, one table."""
 import contextlib
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Collection, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -45,9 +45,25 @@ class PostHocScoring(nn.Module):
         """Names of the scores that can be computed (fitted, or needing no fit)."""
         return [name for name, score in self.scores.items() if score.is_fitted()]
 
-    def layer_names(self) -> List[str]:
-        """The feature maps the available scores pool boxes from."""
-        return sorted({layer for name in self.available() for layer in self.scores[name].layer_names()})
+    def computed(self, names: Optional[Collection[str]] = None) -> List[str]:
+        """The available scores among ``names`` (None = all), with the scores they combine.
+
+        Args:
+            names: the scores wanted.
+
+        Returns:
+            list[str]: in the order of :meth:`available`.
+        """
+        available = self.available()
+        if names is None:
+            return available
+        chosen = {name for name in names if name in available}
+        chosen |= {part for name in chosen for part in self.scores[name].part_names()}
+        return [name for name in available if name in chosen]
+
+    def layer_names(self, names: Optional[Collection[str]] = None) -> List[str]:
+        """The feature maps the scores :meth:`computed` for ``names`` pool boxes from."""
+        return sorted({layer for name in self.computed(names) for layer in self.scores[name].layer_names()})
 
     @contextlib.contextmanager
     def feature_maps(self, feature_maps: Dict[str, torch.Tensor], strides: Dict[str, int]):
@@ -65,8 +81,9 @@ class PostHocScoring(nn.Module):
         logits: torch.Tensor,
         boxes: Optional[List[torch.Tensor]] = None,
         logits_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        names: Optional[Collection[str]] = None,
     ) -> Dict[str, torch.Tensor]:
-        """The available post-hoc scores of N boxes.
+        """The available post-hoc scores of N boxes (those of ``names``).
 
         Args:
             features: (N, D) penultimate box features; None = only the scores of the
@@ -76,15 +93,17 @@ class PostHocScoring(nn.Module):
                 needed by multi-layer scores; without them (or outside :meth:`feature_maps`)
                 those scores are left out.
             logits_of: (M, D) features -> (M, K) foreground logits.
+            names: the scores wanted (None = all); the scores they combine are computed
+                too, but returned only if wanted.
 
         Returns:
             dict[str, Tensor]: name -> (N,) float32, larger = more OOD; computed with
             autocast off.
         """
-        names = self.available()
+        to_compute = self.computed(names)
         if features is None:
-            names = [name for name in names if not self.scores[name].needs_fit]
-        layers = self.layer_names()
+            to_compute = [name for name in to_compute if not self.scores[name].needs_fit]
+        layers = self.layer_names(to_compute)
         layer_features = None
         if layers and boxes is not None and self._maps is not None:
             layer_features = pool_box_layers(*self._maps, layers, boxes)
@@ -93,7 +112,7 @@ class PostHocScoring(nn.Module):
         # float64 for the Mahalanobis and ViM projections), whatever the model's AMP.
         with full_precision(logits.device):
             # The scores that combine others (part_names) come after them.
-            for name in sorted(names, key=lambda n: bool(self.scores[n].part_names())):
+            for name in sorted(to_compute, key=lambda n: bool(self.scores[n].part_names())):
                 score = self.scores[name]
                 if getattr(score, "reads_module_outputs", False):
                     # Hooked on the detector's modules (SAFE): pools the boxes itself.
@@ -107,7 +126,7 @@ class PostHocScoring(nn.Module):
                     continue
                 extra = {"part_scores": {part: table[part] for part in parts}} if parts else {}
                 table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of, **extra).float()
-        return table
+        return {name: values for name, values in table.items() if names is None or name in names}
 
     def missing_reason(self, name: str) -> str:
         """Why the score ``name`` is not in :meth:`table` (for an error message)."""

@@ -306,7 +306,7 @@ class VirtualOutlierMixin:
 
     # --- inference ----------------------------------------------------------------------
 
-    def ood_score_table(self, logits):
+    def ood_score_table(self, logits, names=None):
         """The energy, MSP and (with VOS) weighted-energy, VOS and release scores, and p(ID).
 
         "vos_release" is the score the released main-MLP code ranks boxes by
@@ -318,15 +318,25 @@ class VirtualOutlierMixin:
 
         Args:
             logits (Tensor): (N, K) class logits.
+            names (Collection[str], optional): the scores wanted; None = all. Each is
+                computed as when all are, so its values do not depend on this choice.
 
         Returns:
-            tuple[dict[str, Tensor], Tensor]: scores by name (larger = more OOD), each (N,),
-            and p(ID) (N,): the logistic regression's probability with VOS, sigmoid(-E)
-            of the plain energy without.
+            tuple[dict[str, Tensor], Tensor]: the wanted scores this host has, by name
+            (larger = more OOD), each (N,), and p(ID) (N,): the logistic regression's
+            probability with VOS, sigmoid(-E) of the plain energy without.
         """
+
+        def wanted(name):
+            return names is None or name in names
+
+        table = {}
         with full_precision(logits.device):
             logits = logits.float()
-            table = {"energy": energy(logits), "msp": max_softmax_ood_score(logits)}
+            if not self.vos_enabled or wanted("energy") or wanted("vos_release"):
+                table["energy"] = energy(logits)
+            if wanted("msp"):
+                table["msp"] = max_softmax_ood_score(logits)
             if self.vos_enabled:
                 table["weighted_energy"] = weighted_energy(logits, self.energy_class_weights())
                 classifier_logits = self.uncertainty_classifier(-table["weighted_energy"][:, None])
@@ -335,10 +345,11 @@ class VirtualOutlierMixin:
                 # p(outlier) read directly, not as 1 - p(ID): in float32 1 - p(ID) rounds to
                 # exactly 0 once the logit gap passes ~16.7, tying all confident ID boxes.
                 table["vos"] = probabilities[:, 1 - ID_LABEL]
-                table["vos_release"] = -id_probability(self.uncertainty_classifier, -table["energy"][:, None])
+                if wanted("vos_release"):
+                    table["vos_release"] = -id_probability(self.uncertainty_classifier, -table["energy"][:, None])
             else:
                 id_scores = torch.sigmoid(-table["energy"])
-        return table, id_scores
+        return {name: values for name, values in table.items() if wanted(name)}, id_scores
 
     def current_ood_threshold(self) -> float:
         """The threshold on the OOD score behind is_ood: calibrated if stored and wanted."""
