@@ -48,13 +48,13 @@ def _images(count, seed=0):
 def test_evaluation_records_every_score_with_the_values_inference_gives():
     model = _tiny_detector()
     batches = [_images(2, seed) for seed in range(2)]
-    _, records = collect_detections(model, batches)
+    records = collect_detections(model, batches)
     assert len(records) > 0
-    assert set(records.ood_scores) == UNFITTED_VOS_SCORES
+    assert set(records.ood_score_table) == UNFITTED_VOS_SCORES
     assert not model.roi_heads.box_predictor.compute_all_ood_scores
     with torch.no_grad():
         instances = [output["instances"] for batch in batches for output in model(batch)]
     assert [name for name in instances[0].get_fields() if name.startswith("ood_scores_")] == ["ood_scores_vos"]
     # Each detection's score behind is_ood, alone, equals the evaluation's value (same process).
     asked = torch.cat([i.ood_scores_vos for i in instances]).double().numpy()
-    assert (records.ood_scores["vos"] == asked).all()
+    assert (records.ood_score_table["vos"] == asked).all()
