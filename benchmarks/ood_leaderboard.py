@@ -1,12 +1,20 @@
 #!/usr/bin/env python
-"""The digits-det OOD leaderboard: training methods x OOD scores, over seeds, with 95% CIs.
+"""The OOD seed studies: training methods x OOD scores, over seeds, with 95% CIs.
 
-Every training method is ``configs/Digits-Detection/digits_vos_tiny.yaml`` (1200 iterations)
-with a few config keys changed (``METHODS``, or ``--methods-file``), trained once per seed
-(``SEED``) in ``OUTPUT_ROOT/<method>/seed<k>``. For each model the script
+Two tasks (``--task``), one procedure. Every training method is the task's VOS config with a
+few config keys changed (``METHODS``, or ``--methods-file``), trained once per seed (``SEED``)
+with ``tools/train_net.py`` in ``OUTPUT_ROOT/<method>/seed<k>`` unless that folder holds the
+task's ``DONE_FILE``, and scored with every OOD score it outputs. The seed table
+(:mod:`vos_det.evaluation.seed_table`) has one row per (method, score): the mean over seeds
+with its 95% Student-t interval, and the paired difference against (vanilla, energy) on the
+same seeds with its 95% interval (``*`` = the interval excludes 0). Printed, and written to a
+JSON file and a Markdown file next to it.
 
-1. trains it with ``tools/train_net.py`` (end-of-training evaluation skipped) unless
-   ``model_final.pth`` exists;
+``--task detection`` (the default), the digits-det OOD leaderboard: the config is
+``configs/Digits-Detection/digits_vos_tiny.yaml`` (1200 iterations; ``--detector r18``:
+``digits_vos_r18.yaml``). For each model the script
+
+1. trains it, its end-of-training evaluation skipped, unless ``model_final.pth`` exists;
 2. fits the post-hoc OOD scores on digits_det_train (:func:`fit_posthoc`) unless their files
    exist;
 3. runs the model once over digits_det_test, _val, _shifted_test and the OOD sets
@@ -21,15 +29,21 @@ with a few config keys changed (``METHODS``, or ``--methods-file``), trained onc
    is cached in ``<model>/leaderboard/<protocol>.json`` (``--rerun`` evaluates the cached
    records again, without running the model; delete ``records/`` to run it again).
 
-Then, per protocol, one row per (method, score): the mean over seeds with its 95% Student-t
-interval, and the paired difference against (vanilla, energy) on the same seeds with its 95%
-interval (``*`` = the interval excludes 0). Printed, and written to
-``benchmarks/results/ood_leaderboard.json`` and ``.md``.
+One table per protocol, in ``benchmarks/results/ood_leaderboard.json`` and ``.md``
+(``ood_leaderboard_r18`` for the r18 detector), with a forest plot.
+
+``--task classification``, digits-cls: the config is
+``configs/Digits-Classification/digits_vos_classifier.yaml`` (methods vanilla, vos and
+vos_npos unless ``--methods`` says otherwise). A model's end-of-training evaluation writes
+``ood_results.json``: accuracy on digits_cls_test (180 images) and FPR95 / AUROC of
+digits_cls_test vs digits_cls_ood (179 images of digits 5-9) for every OOD score, every image
+scored. One table, in ``benchmarks/results/digits_cls_seeds.json`` and ``.md``.
 
     .venv/bin/python benchmarks/ood_leaderboard.py                      # everything (hours on 2 cores)
     .venv/bin/python benchmarks/ood_leaderboard.py --methods vanilla,vos --seeds 0,1,2
     .venv/bin/python benchmarks/ood_leaderboard.py --train-only          # only what needs training
     .venv/bin/python benchmarks/ood_leaderboard.py --methods-file variants.txt   # "name KEY VALUE ..." lines
+    .venv/bin/python benchmarks/ood_leaderboard.py --task classification # 3 methods x 5 seeds, ~35 min on 2 cores
 """
 import argparse
 import json
@@ -81,12 +95,20 @@ from vos_det.evaluation.statistics import mean_ci
 # Benchmark detector -> the VOS config every method of it starts from. "tiny" is the plain
 # conv-FPN of the main job; "r18" detectron2's ResNet-18-FPN, built like the paper's detector.
 DETECTORS = OrderedDict([("tiny", "digits_vos_tiny.yaml"), ("r18", "digits_vos_r18.yaml")])
-CONFIG = DETECTORS["tiny"]  # set by --detector
+# The VOS config of the classification task: the image classifier of digits-cls.
+CLASSIFIER_CONFIG = "digits_vos_classifier.yaml"
+CONFIG = DETECTORS["tiny"]  # set by --task and --detector
+TASKS = ("detection", "classification")
+# The file whose presence in a model's folder means it is trained: a detector's weights (it is
+# evaluated here), a classifier's end-of-training evaluation (its result).
+DONE_FILE = {"detection": "model_final.pth", "classification": "ood_results.json"}
 SEEDS = (0, 1, 2, 3, 4)
+# The config without VOS, scored by energy: what digits_vanilla_tiny.yaml and
+# digits_vanilla_classifier.yaml say.
 _VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
-# Training method -> config overrides of CONFIG. "vos" is the config as it is; "vos_npos" and
-# "vos_balanced" the synthesis variants (NPOS-style outliers with the class-balanced
-# uncertainty loss and 20 kept per class; the class-balanced loss alone).
+# Training method -> config overrides of CONFIG, for both tasks. "vos" is the config as it is;
+# "vos_npos" and "vos_balanced" the synthesis variants (NPOS-style outliers with the
+# class-balanced uncertainty loss and 20 kept per class; the class-balanced loss alone).
 METHODS = OrderedDict(
     [
         ("vanilla", _VANILLA),
@@ -98,6 +120,8 @@ METHODS = OrderedDict(
         ("vos_balanced", ["MODEL.VOS.BALANCED_LOSS", "True"]),
     ]
 )
+# The methods the classification task trains unless --methods names others.
+CLASSIFICATION_METHODS = ("vanilla", "vos", "vos_npos")
 # Evaluation protocols (TEST.OOD.PROTOCOL): every one vos_det knows. The table header says how
 # each keeps boxes and reads FPR95 under this config (BOX_SELECTION optimal_f1, FPR95_METHOD
 # first_at_least); a protocol missing here is described by vos_det's own sentence.
@@ -145,22 +169,43 @@ TIMING_FILE = "leaderboard_seconds.json"  # in each model's folder: seconds spen
 # --- training ------------------------------------------------------------------------------
 
 
-def _record_seconds(model_dir, step, seconds):
+def _status(path, lines):
+    if path:
+        with open(path, "w") as f:
+            f.write("# OOD leaderboard status\n\n" + time.strftime("Updated %H:%M:%S UTC\n\n", time.gmtime()))
+            f.write("\n".join(f"- {line}" for line in lines) + "\n")
+
+
+def _log(message):
+    print(message, flush=True)
+
+
+def _timing(model_dir):
+    """The seconds recorded in a model's folder: {step: seconds}, empty when none were."""
     path = os.path.join(model_dir, TIMING_FILE)
-    timing = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            timing = json.load(f)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _record_seconds(model_dir, step, seconds):
+    timing = _timing(model_dir)
     timing[step] = seconds
-    with open(path, "w") as f:
+    with open(os.path.join(model_dir, TIMING_FILE), "w") as f:
         json.dump(timing, f)
 
 
-def train(model_dir, overrides, seed, env):
-    """Train one (method, seed) unless its model_final.pth exists."""
+def train(model_dir, overrides, seed, env, task="detection"):
+    """Train one (method, seed) of ``task`` unless its folder holds the task's DONE_FILE.
+
+    A detector's end-of-training evaluation is skipped (its records are evaluated here); a
+    classifier's is its result.
+    """
     started = time.perf_counter()
-    no_evaluation = ["DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()"]
-    if train_in_child(CONFIG, [*overrides, *no_evaluation], seed, model_dir, env, log_name="leaderboard.log"):
+    no_evaluation = ["DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()"] if task == "detection" else []
+    overrides = [*overrides, *no_evaluation]
+    if train_in_child(CONFIG, overrides, seed, model_dir, env, log_name="leaderboard.log", done_file=DONE_FILE[task]):
         _record_seconds(model_dir, "train", time.perf_counter() - started)
 
 
@@ -187,6 +232,25 @@ def fit_posthoc(model_dir, overrides, env):
         )
         _record_seconds(model_dir, "fit", time.perf_counter() - started)
     return ["MODEL.VOS.POST_HOC.STATE", post_hoc]
+
+
+def train_missing(jobs, args, env):
+    """Train, in order, every model of ``jobs`` whose folder lacks the task's DONE_FILE,
+    keeping ``--status-file`` current.
+
+    Returns:
+        list[str]: "method/seed<k>" of every job (all trained now).
+    """
+    trained = []
+    for index, (method, seed, model_dir) in enumerate(jobs):
+        if not os.path.exists(os.path.join(model_dir, DONE_FILE[args.task])):
+            queued = ", ".join(f"{m}/seed{s}" for m, s, _ in jobs[index + 1:]) or "none"
+            _status(args.status_file, [f"trained: {', '.join(trained) or 'none'}",
+                                       f"training now: {method}/seed{seed}", f"queued: {queued}"])
+            _log(f"[{method} seed {seed}] training in {model_dir} ...")
+            train(model_dir, args.known[method], seed, env, args.task)
+        trained.append(f"{method}/seed{seed}")
+    return trained
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -367,12 +431,12 @@ def aggregate(per_model, protocol, reference=REFERENCE, confidence=0.95):
     return seed_table_rows(seed_values(per_model, protocol), METRICS, reference, confidence)
 
 
-def target_verdict(rows, reference=REFERENCE):
-    """The pairs meeting :data:`TARGET`: ``{"met_by": ["method/score", ...]}``, with a "note"
-    when the table has no reference row."""
+def target_verdict(rows, reference=REFERENCE, target=TARGET):
+    """The pairs meeting ``target``: ``{"met_by": ["method/score", ...]}``, with a "note" when
+    the table has no reference row."""
     if reference_row(rows, reference) is None:
         return {"met_by": [], "note": f"no {reference} row"}
-    return {"met_by": target_met_by(rows, TARGET, reference)}
+    return {"met_by": target_met_by(rows, target, reference)}
 
 
 def table_title(protocol, confidence=0.95, reference=REFERENCE):
@@ -387,32 +451,6 @@ def table_title(protocol, confidence=0.95, reference=REFERENCE):
         f"boxes (all ID) flagged OOD at the per-score threshold keeping 95% of {VAL} kept boxes; "
         f"shifted AP50 on {SHIFTED}. Larger OOD score = more OOD."
     )
-
-
-# --- command line --------------------------------------------------------------------------
-
-
-def read_methods_file(path):
-    """Training methods from a text file: one ``name KEY VALUE ...`` per line.
-
-    ``#`` starts a comment; a leading ``-`` / ``*`` bullet, backticks and a ``:`` after the
-    name are ignored (so a Markdown list works). The overrides must come in KEY VALUE pairs.
-
-    Returns:
-        OrderedDict: name -> list of overrides.
-    """
-    methods = OrderedDict()
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            line = line.split("#", 1)[0].replace("`", "").strip().lstrip("-*").strip()
-            if not line:
-                continue
-            name, *overrides = shlex.split(line)
-            name = name.rstrip(":")
-            if len(overrides) % 2:
-                raise SystemExit(f"error: {path}:{number}: method {name!r} has an odd number of KEY VALUE tokens")
-            methods[name] = overrides
-    return methods
 
 
 # Uncertainty-head scalars (logged to metrics.json while synthesis runs): key,
@@ -508,134 +546,300 @@ def leaderboard_tables(per_model, diagnostics, protocols, confidence=0.95):
     return tables, "\n".join(markdown)
 
 
-def _status(path, lines):
-    if path:
-        with open(path, "w") as f:
-            f.write("# OOD leaderboard status\n\n" + time.strftime("Updated %H:%M:%S UTC\n\n", time.gmtime()))
-            f.write("\n".join(f"- {line}" for line in lines) + "\n")
+# --- the detection task's results ---------------------------------------------------------
 
 
-def main():
+def evaluate_detectors(jobs, args, env, trained):
+    """Fit the post-hoc scores of every trained detector of ``jobs`` and evaluate it (cached).
+
+    Args:
+        jobs (list[tuple[str, int, str]]): (method, seed, model folder) of every model.
+        args (argparse.Namespace): of :func:`parse_arguments`.
+        env (dict): the environment of the fitting subprocesses.
+        trained (list[str]): "method/seed<k>" of the trained models, for the status file.
+
+    Returns:
+        tuple[OrderedDict, OrderedDict]: ``{method: {seed: {protocol: summary}}}`` and
+        ``{"method/seed<k>": {step: seconds}}``.
+    """
+    per_model, timing = OrderedDict(), OrderedDict()
+    for method, seed, model_dir in jobs:
+        _status(args.status_file, [f"trained: {', '.join(trained)}", f"evaluating now: {method}/seed{seed}"])
+        overrides = args.known[method]
+        posthoc_opts = fit_posthoc(model_dir, overrides, env)
+        summaries = evaluate_cached(model_dir, overrides, args.protocols, posthoc_opts, args.rerun, _log)
+        per_model.setdefault(method, OrderedDict())[seed] = summaries
+        timing[f"{method}/seed{seed}"] = {
+            **_timing(model_dir), "evaluate": sum(summary["seconds"] for summary in summaries.values())
+        }
+    _status(args.status_file, [f"trained: {', '.join(trained)}", "evaluation finished; nothing running"])
+    return per_model, timing
+
+
+def detection_results(jobs, args, env, trained):
+    """The detection task's results: :func:`evaluate_detectors`, the training diagnostics and
+    the tables of every protocol.
+
+    Returns:
+        tuple[dict, str, OrderedDict]: the task's entries of the results JSON, its Markdown
+        text and ``{"method/seed<k>": {step: seconds}}``.
+    """
+    per_model, timing = evaluate_detectors(jobs, args, env, trained)
+    diagnostics = OrderedDict(
+        (method, OrderedDict((seed, training_diagnostics(model_dir)) for m, seed, model_dir in jobs if m == method))
+        for method in args.methods
+    )
+    tables, markdown = leaderboard_tables(per_model, diagnostics, args.protocols, args.confidence)
+    entries = {
+        "protocols": {name: PROTOCOLS[name] for name in args.protocols},
+        "tables": tables,
+        "training_diagnostics": diagnostics,
+        "per_model": per_model,
+    }
+    return entries, markdown, timing
+
+
+# --- the classification task --------------------------------------------------------------
+
+CLASSIFICATION_TEST, CLASSIFICATION_OOD = "digits_cls_test", "digits_cls_ood"
+# Metric columns, each with its paired difference against REFERENCE; accuracy is the model's.
+CLASSIFICATION_METRICS = [
+    SeedMetric("accuracy", "accuracy", of_model=True),
+    SeedMetric("FPR95", "FPR95"),
+    SeedMetric("AUROC", "AUROC"),
+]
+# FPR95 lowered by >= 30% relative to the reference, the paired interval below 0; accuracy
+# within 1 point.
+CLASSIFICATION_TARGET = SeedTarget(lowered=("FPR95",), kept=("accuracy",))
+CLASSIFICATION_PROTOCOL = (
+    "every image of each set scored (the whole image is the one box); FPR95 with ID as the "
+    "positive class, at the first ROC point keeping >= 95% of ID images"
+)
+
+
+def classifier_summary(results_path):
+    """{score: {"accuracy", "FPR95", "AUROC"}} of one trained classifier's ood_results.json."""
+    with open(results_path) as f:
+        results = json.load(f)["results"]
+    accuracy = results[CLASSIFICATION_TEST]["classification"]["accuracy"]
+    return {
+        score: {"accuracy": accuracy, "FPR95": metrics["FPR95"], "AUROC": metrics["AUROC"]}
+        for score, metrics in results["ood"][CLASSIFICATION_TEST][CLASSIFICATION_OOD].items()
+    }
+
+
+def classification_tables(per_model, confidence=0.95):
+    """The rows, the target's verdict and the Markdown text of the classification task.
+
+    Args:
+        per_model (dict): ``{method: {seed: classifier_summary(...)}}``.
+        confidence (float): of every interval.
+
+    Returns:
+        tuple[list[dict], dict, str]: the rows of
+        :func:`vos_det.evaluation.seed_table.seed_table_rows`, :func:`target_verdict` of
+        :data:`CLASSIFICATION_TARGET`, and the text (also printed).
+    """
+    rows = seed_table_rows(per_model, CLASSIFICATION_METRICS, REFERENCE, confidence)
+    verdict = target_verdict(rows, REFERENCE, CLASSIFICATION_TARGET)
+    cells, headers = format_seed_table(rows, CLASSIFICATION_METRICS, REFERENCE)
+    seeds = sorted({seed for summaries in per_model.values() for seed in summaries})
+    title = (
+        f"digits-cls, seeds {','.join(map(str, seeds))}: mean ± {confidence:.0%} CI; paired difference "
+        f"against {REFERENCE[0]} {REFERENCE[1]} [{confidence:.0%} CI], * = excludes 0. "
+        f"Protocol: {CLASSIFICATION_PROTOCOL}."
+    )
+    line = "Target (FPR95 -30% relative, paired CI below 0, accuracy within 1 point): met by " + (
+        ", ".join(verdict["met_by"]) or "no (method, score) pair"
+    ) + "."
+    text = table(cells, headers, title=title)
+    print(line)
+    return rows, verdict, title + "\n\n" + text + "\n\n" + line + "\n"
+
+
+def classification_results(jobs, confidence=0.95):
+    """The classification task's results, read from each trained model's ood_results.json.
+
+    Args:
+        jobs (list[tuple[str, int, str]]): (method, seed, model folder) of every model.
+        confidence (float): of every interval.
+
+    Returns:
+        tuple[dict, str, OrderedDict]: the task's entries of the results JSON, its Markdown
+        text and ``{"method/seed<k>": {step: seconds}}``.
+    """
+    per_model, timing = OrderedDict(), OrderedDict()
+    for method, seed, model_dir in jobs:
+        summary = classifier_summary(os.path.join(model_dir, DONE_FILE["classification"]))
+        per_model.setdefault(method, OrderedDict())[seed] = summary
+        timing[f"{method}/seed{seed}"] = _timing(model_dir)
+    rows, verdict, markdown = classification_tables(per_model, confidence)
+    entries = {"protocol": CLASSIFICATION_PROTOCOL, "rows": rows, "target": verdict, "per_model": per_model}
+    return entries, markdown, timing
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def read_methods_file(path):
+    """Training methods from a text file: one ``name KEY VALUE ...`` per line.
+
+    ``#`` starts a comment; a leading ``-`` / ``*`` bullet, backticks and a ``:`` after the
+    name are ignored (so a Markdown list works). The overrides must come in KEY VALUE pairs.
+
+    Returns:
+        OrderedDict: name -> list of overrides.
+    """
+    methods = OrderedDict()
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            line = line.split("#", 1)[0].replace("`", "").strip().lstrip("-*").strip()
+            if not line:
+                continue
+            name, *overrides = shlex.split(line)
+            name = name.rstrip(":")
+            if len(overrides) % 2:
+                raise SystemExit(f"error: {path}:{number}: method {name!r} has an odd number of KEY VALUE tokens")
+            methods[name] = overrides
+    return methods
+
+
+def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default=None, help="comma-separated training methods (default: all known)")
+    parser.add_argument(
+        "--task", default="detection", choices=TASKS,
+        help="detection: the digits-det leaderboard (default); classification: the digits-cls study",
+    )
+    parser.add_argument(
+        "--methods", default=None,
+        help=f"comma-separated training methods (default: all known; {','.join(CLASSIFICATION_METHODS)} "
+        "and those of --methods-file for classification)",
+    )
     parser.add_argument("--methods-file", default=None, help="extra methods, one 'name KEY VALUE ...' per line")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default 0-4)")
     parser.add_argument(
-        "--protocols", default=",".join(PROTOCOLS), help=f"comma-separated subset of {list(PROTOCOLS)}"
+        "--protocols", default=None, help=f"detection: comma-separated subset of {list(PROTOCOLS)} (default all)"
     )
     parser.add_argument(
-        "--detector", default="tiny", choices=list(DETECTORS),
-        help="benchmark detector: " + ", ".join(f"{name} ({config})" for name, config in DETECTORS.items()),
+        "--detector", default=None, choices=list(DETECTORS),
+        help="detection: the benchmark detector (default tiny): "
+        + ", ".join(f"{name} ({config})" for name, config in DETECTORS.items()),
     )
     parser.add_argument(
         "--output-root", default=None,
-        help="where the models are trained (default output/leaderboard, output/leaderboard_<detector> for others)",
+        help="where the models are trained (default output/leaderboard, output/leaderboard_<detector> for "
+        "other detectors, output/digits_cls_seeds for classification)",
     )
     parser.add_argument(
         "--output", default=None,
-        help="JSON file, .md next to it (default benchmarks/results/ood_leaderboard[_<detector>].json)",
+        help="JSON file, .md next to it (default benchmarks/results/ood_leaderboard[_<detector>].json, "
+        "benchmarks/results/digits_cls_seeds.json for classification)",
     )
     parser.add_argument("--train-only", action="store_true", help="train what is missing, evaluate nothing")
     parser.add_argument(
         "--skip-untrained", action="store_true",
         help="train nothing: evaluate and tabulate the models that exist (e.g. while another run trains)",
     )
-    parser.add_argument("--rerun", action="store_true", help="evaluate the cached records again (models are not run)")
+    parser.add_argument(
+        "--rerun", action="store_true", help="detection: evaluate the cached records again (models are not run)"
+    )
     parser.add_argument("--status-file", default=None, help="a Markdown file kept up to date with the progress")
     parser.add_argument("--confidence", type=float, default=0.95, help="coverage of the intervals")
     parser.add_argument(
         "--train-threads", type=int, default=None,
         help="OMP_NUM_THREADS of the trainings (1 is faster on a loaded 2-core machine)",
     )
-    args = parser.parse_args()
-    global CONFIG
-    CONFIG = DETECTORS[args.detector]
-    suffix = "" if args.detector == "tiny" else f"_{args.detector}"
-    args.output_root = args.output_root or str(REPO_ROOT / "output" / f"leaderboard{suffix}")
-    args.output = args.output or str(RESULTS_DIR / f"ood_leaderboard{suffix}.json")
+    return parser
 
-    known = OrderedDict(METHODS)
+
+# The options of the detection task, with their values when not given.
+_DETECTION_OPTIONS = {"detector": None, "protocols": None, "rerun": False}
+
+
+def parse_arguments(argv=None):
+    """The command line with the task's defaults filled in; a parser error when it is wrong.
+
+    Returns:
+        argparse.Namespace: the options, with ``config`` (the task's VOS config), ``known``
+        (every method: name -> overrides), ``methods``, ``protocols`` (none for
+        classification) and ``seeds`` as lists, ``output`` and ``output_root`` set.
+    """
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    if args.task == "classification":
+        given = [f"--{name}" for name, unset in _DETECTION_OPTIONS.items() if getattr(args, name) != unset]
+        if given:
+            parser.error(f"{', '.join(given)}: option(s) of --task detection only")
+        args.config, default_methods, args.protocols = CLASSIFIER_CONFIG, list(CLASSIFICATION_METHODS), []
+        root = output = "digits_cls_seeds"
+    else:
+        args.detector = args.detector or "tiny"
+        args.config, default_methods = DETECTORS[args.detector], list(METHODS)
+        suffix = "" if args.detector == "tiny" else f"_{args.detector}"
+        root, output = f"leaderboard{suffix}", f"ood_leaderboard{suffix}"
+        args.protocols = args.protocols.split(",") if args.protocols else list(PROTOCOLS)
+        unknown = [name for name in args.protocols if name not in PROTOCOLS]
+        if unknown:
+            parser.error(f"unknown protocol(s) {unknown}; choose from {list(PROTOCOLS)}")
+    args.output_root = args.output_root or str(REPO_ROOT / "output" / root)
+    args.output = args.output or str(RESULTS_DIR / f"{output}.json")
+    args.known = OrderedDict(METHODS)
     if args.methods_file:
-        known.update(read_methods_file(args.methods_file))
-    methods = args.methods.split(",") if args.methods else list(known)
-    unknown = [name for name in methods if name not in known]
+        extra = read_methods_file(args.methods_file)
+        args.known.update(extra)
+        default_methods += [name for name in extra if name not in default_methods]
+    args.methods = args.methods.split(",") if args.methods else default_methods
+    unknown = [name for name in args.methods if name not in args.known]
     if unknown:
-        parser.error(f"unknown method(s) {unknown}; known: {list(known)} (add some with --methods-file)")
-    protocols = args.protocols.split(",")
-    unknown = [name for name in protocols if name not in PROTOCOLS]
-    if unknown:
-        parser.error(f"unknown protocol(s) {unknown}; choose from {list(PROTOCOLS)}")
-    seeds = parse_seeds(parser, args.seeds)
+        parser.error(f"unknown method(s) {unknown}; known: {list(args.known)} (add some with --methods-file)")
+    if args.train_only and args.skip_untrained:
+        parser.error("--train-only and --skip-untrained exclude each other")
+    args.seeds = parse_seeds(parser, args.seeds)
+    return args
+
+
+def main(argv=None):
+    args = parse_arguments(argv)
+    global CONFIG
+    CONFIG = args.config
     env = training_env(args.train_threads)
-
-    def log(message):
-        print(message, flush=True)
-
     started = time.perf_counter()
     # Seed-major order: an interrupted run leaves every method with about as many seeds.
     jobs = [
-        (method, seed, os.path.join(args.output_root, method, f"seed{seed}")) for seed in seeds for method in methods
+        (method, seed, os.path.join(args.output_root, method, f"seed{seed}"))
+        for seed in args.seeds
+        for method in args.methods
     ]
-    done, timing = [], OrderedDict()
-    if args.train_only and args.skip_untrained:
-        parser.error("--train-only and --skip-untrained exclude each other")
     if args.skip_untrained:
-        jobs = [job for job in jobs if os.path.exists(os.path.join(job[2], "model_final.pth"))]
-    for index, (method, seed, model_dir) in enumerate(jobs):
-        if os.path.exists(os.path.join(model_dir, "model_final.pth")):
-            done.append(f"{method}/seed{seed}")
-            continue
-        _status(args.status_file, [f"trained: {', '.join(done) or 'none'}", f"training now: {method}/seed{seed}",
-                                   f"queued: {', '.join(f'{m}/seed{s}' for m, s, _ in jobs[index + 1:]) or 'none'}"])
-        log(f"[{method} seed {seed}] training in {model_dir} ...")
-        train(model_dir, known[method], seed, env)
-        done.append(f"{method}/seed{seed}")
+        jobs = [job for job in jobs if os.path.exists(os.path.join(job[2], DONE_FILE[args.task]))]
+    trained = train_missing(jobs, args, env)
     if args.train_only:
-        _status(args.status_file, [f"trained: {', '.join(done)}", "training finished; nothing running"])
+        _status(args.status_file, [f"trained: {', '.join(trained)}", "training finished; nothing running"])
         return
-
-    per_model = OrderedDict()
-    for method, seed, model_dir in jobs:
-        _status(args.status_file, [f"trained: {', '.join(done)}", f"evaluating now: {method}/seed{seed}"])
-        posthoc_opts = fit_posthoc(model_dir, known[method], env)
-        per_model.setdefault(method, OrderedDict())[seed] = evaluate_cached(
-            model_dir, known[method], protocols, posthoc_opts, args.rerun, log
-        )
-        timing_file = os.path.join(model_dir, TIMING_FILE)
-        if os.path.exists(timing_file):
-            with open(timing_file) as f:
-                timing[f"{method}/seed{seed}"] = json.load(f)
-        timing.setdefault(f"{method}/seed{seed}", {})["evaluate"] = sum(
-            summary["seconds"] for summary in per_model[method][seed].values()
-        )
-    _status(args.status_file, [f"trained: {', '.join(done)}", "evaluation finished; nothing running"])
-
-    diagnostics = OrderedDict(
-        (method, OrderedDict((seed, training_diagnostics(model_dir)) for m, seed, model_dir in jobs if m == method))
-        for method in methods
-    )
-    tables, markdown = leaderboard_tables(per_model, diagnostics, protocols, args.confidence)
-    elapsed = time.perf_counter() - started
+    if args.task == "detection":
+        entries, markdown, timing = detection_results(jobs, args, env, trained)
+    else:
+        entries, markdown, timing = classification_results(jobs, args.confidence)
+    command = sys.argv[1:] if argv is None else list(argv)
     payload = {
         "machine": machine_info("cpu"),
-        "command": " ".join([os.path.relpath(sys.argv[0], REPO_ROOT)] + sys.argv[1:]),
+        "command": " ".join([os.path.relpath(__file__, REPO_ROOT), *command]),
+        "task": args.task,
         "config": CONFIG,
-        "methods": {name: known[name] for name in methods},
-        "seeds": seeds,
+        "methods": {name: args.known[name] for name in args.methods},
+        "seeds": args.seeds,
         "reference": list(REFERENCE),
         "confidence": args.confidence,
-        "protocols": {name: PROTOCOLS[name] for name in protocols},
-        "tables": tables,
-        "training_diagnostics": diagnostics,
-        "per_model": per_model,
-        "seconds": {"this_run": elapsed, "per_model": timing},
+        **entries,
+        "seconds": {"this_run": time.perf_counter() - started, "per_model": timing},
     }
     write_json(args.output, payload)
     md_path = os.path.splitext(args.output)[0] + ".md"
     with open(md_path, "w") as f:
         f.write(markdown)
     print(f"wrote {md_path}")
-    print(f"wrote {plot_leaderboard_forest(payload, forest_path(args.output))}")
+    if args.task == "detection":
+        print(f"wrote {plot_leaderboard_forest(payload, forest_path(args.output))}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The OOD leaderboard's bookkeeping (benchmarks/ood_leaderboard.py) on hand-made summaries."""
+"""The seed studies' bookkeeping (benchmarks/ood_leaderboard.py, both tasks) on hand-made results."""
+import json
 from collections import OrderedDict
 
 import numpy as np
@@ -118,8 +119,6 @@ def test_methods_file(leaderboard, tmp_path):
 
 
 def test_training_diagnostics_average_the_last_iterations(leaderboard, tmp_path):
-    import json
-
     lines = [{"iteration": 19, "loss_cls": 1.0}]  # before synthesis: no vos/ scalar
     for iteration, (id_energy, outlier_energy, ratio) in zip(
         (99, 199, 299, 399), ((-5.0, -6.0, 1.2), (-5.0, -4.0, 0.9), (-6.0, -3.0, 0.7), (-6.0, -2.0, 0.5))
@@ -143,3 +142,128 @@ def test_training_diagnostics_average_the_last_iterations(leaderboard, tmp_path)
     cells, headers = leaderboard.diagnostics_table(per_model)
     assert [row[:2] for row in cells] == [["vos", 2]]  # vanilla (no synthesis) has no row
     assert cells[0][headers.index("loss_vos / prior entropy")] == "0.60 ± 0.00"
+
+
+def test_each_task_defaults_to_its_config_methods_and_published_results(leaderboard):
+    detection = leaderboard.parse_arguments([])
+    assert detection.config == "digits_vos_tiny.yaml" and detection.methods == list(leaderboard.METHODS)
+    assert detection.protocols == list(leaderboard.PROTOCOLS)
+    assert detection.output == str(leaderboard.RESULTS_DIR / "ood_leaderboard.json")
+    r18 = leaderboard.parse_arguments(["--detector", "r18", "--protocols", "vos_det"])
+    assert r18.config == "digits_vos_r18.yaml" and r18.protocols == ["vos_det"]
+    assert r18.output == str(leaderboard.RESULTS_DIR / "ood_leaderboard_r18.json")
+    assert r18.output_root.endswith("leaderboard_r18")
+
+    classification = leaderboard.parse_arguments(["--task", "classification", "--seeds", "0,1"])
+    assert classification.config == "digits_vos_classifier.yaml"
+    assert classification.methods == ["vanilla", "vos", "vos_npos"] and classification.seeds == [0, 1]
+    assert classification.protocols == []
+    assert classification.output == str(leaderboard.RESULTS_DIR / "digits_cls_seeds.json")
+    assert classification.output_root.endswith("digits_cls_seeds")
+
+
+def test_detection_options_are_refused_with_classification(leaderboard, capsys):
+    for options in (["--detector", "tiny"], ["--protocols", "vos_det"], ["--rerun"]):
+        with pytest.raises(SystemExit):
+            leaderboard.parse_arguments(["--task", "classification", *options])
+        assert "of --task detection only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        leaderboard.parse_arguments(["--task", "classification", "--methods", "vanilla,nope"])
+    assert "unknown method(s) ['nope']" in capsys.readouterr().err
+
+
+def test_the_vanilla_method_is_the_vanilla_config():
+    # Both tasks train "vanilla" as the VOS config with the METHODS overrides: the same config
+    # as the vanilla YAML files (the classification study trained those before).
+    import ood_leaderboard
+    from vos_det.config import load_config
+
+    for vos, vanilla in (("digits_vos_classifier.yaml", "digits_vanilla_classifier.yaml"),
+                         ("digits_vos_tiny.yaml", "digits_vanilla_tiny.yaml")):
+        overridden = load_config(vos, [*ood_leaderboard.METHODS["vanilla"], "OUTPUT_DIR", "out"])
+        assert overridden.dump() == load_config(vanilla, ["OUTPUT_DIR", "out"]).dump()
+
+
+def _write_classifier_results(path, accuracy, per_score):
+    """An ood_results.json as the classification evaluation writes it."""
+    results = {
+        "digits_cls_test": {"classification": {"accuracy": accuracy, "num_images": 180.0}},
+        "ood": {"digits_cls_test": {"digits_cls_ood": {
+            score: {"FPR95": fpr, "AUROC": auroc, "num_id": 180.0, "num_ood": 179.0}
+            for score, (fpr, auroc) in per_score.items()
+        }}},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"results": results}))
+    return str(path)
+
+
+def _classifier_runs(root):
+    """ood_results.json of vanilla and vos for seeds 0-4 under ``root``: vos's energy halves the
+    FPR95 on every seed, its accuracy 0.2 lower. Returns the two FPR95 lists (vanilla, vos)."""
+    rng = np.random.default_rng(0)
+    vanilla_fpr, vos_fpr = [], []
+    for seed in range(5):
+        base = 30.0 + 5.0 * rng.standard_normal()
+        vanilla_fpr.append(base)
+        vos_fpr.append(0.5 * base + rng.normal())
+        _write_classifier_results(root / "vanilla" / f"seed{seed}" / "ood_results.json", 99.0,
+                                  {"energy": (base, 90.0), "msp": (base + 4.0, 88.0)})
+        _write_classifier_results(root / "vos" / f"seed{seed}" / "ood_results.json", 98.8,
+                                  {"energy": (vos_fpr[-1], 95.0), "vos": (base, 91.0)})
+    return vanilla_fpr, vos_fpr
+
+
+def test_classification_rows_and_target(leaderboard, tmp_path):
+    vanilla_fpr, vos_fpr = _classifier_runs(tmp_path)
+    per_model = OrderedDict(
+        (method, OrderedDict(
+            (seed, leaderboard.classifier_summary(str(tmp_path / method / f"seed{seed}" / "ood_results.json")))
+            for seed in range(5)
+        ))
+        for method in ("vanilla", "vos")
+    )
+
+    rows, verdict, markdown = leaderboard.classification_tables(per_model)
+
+    assert [(row["method"], row["score"]) for row in rows] == [
+        ("vanilla", "energy"), ("vanilla", "msp"), ("vos", "energy"), ("vos", "vos")
+    ]
+    fpr = rows[2]["FPR95"]
+    assert fpr["mean"]["mean"] == pytest.approx(np.mean(vos_fpr))
+    differences = np.subtract(vos_fpr, vanilla_fpr)
+    half = stats.t.ppf(0.975, 4) * differences.std(ddof=1) / np.sqrt(5)
+    assert fpr["diff"]["mean"] == pytest.approx(differences.mean())
+    assert fpr["diff"]["half_width"] == pytest.approx(half)
+    assert rows[0]["FPR95"]["diff"]["mean"] == 0.0
+    assert rows[3]["FPR95"]["diff"]["mean"] == pytest.approx(0.0)
+    assert rows[2]["accuracy"]["diff"]["mean"] == pytest.approx(-0.2)
+    # Half the FPR95 on every seed, accuracy 0.2 lower: the target is met by (vos, energy) only.
+    assert verdict == {"met_by": ["vos/energy"]}
+    assert "met by vos/energy." in markdown
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    headers = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert cells[0][headers.index("Δ FPR95")] == "ref"
+    assert cells[2][headers.index("Δ FPR95")].endswith("*")
+    # Without the reference's runs there is no paired difference, hence no verdict.
+    _, verdict, markdown = leaderboard.classification_tables(OrderedDict(vos=per_model["vos"]))
+    assert verdict["met_by"] == [] and "no ('vanilla', 'energy') row" in verdict["note"]
+    assert "met by no (method, score) pair." in markdown
+
+
+def test_classification_study_tabulates_the_trained_models(leaderboard, tmp_path):
+    _classifier_runs(tmp_path / "models")
+    output = tmp_path / "results" / "cls.json"
+
+    leaderboard.main(["--task", "classification", "--methods", "vanilla,vos", "--output-root",
+                      str(tmp_path / "models"), "--output", str(output)])  # every model is trained: none is
+
+    payload = json.loads(output.read_text())
+    assert payload["task"] == "classification" and payload["config"] == "digits_vos_classifier.yaml"
+    assert payload["methods"] == {"vanilla": leaderboard.METHODS["vanilla"], "vos": []}
+    assert payload["seeds"] == [0, 1, 2, 3, 4] and payload["target"] == {"met_by": ["vos/energy"]}
+    assert [(row["method"], row["score"]) for row in payload["rows"]][2] == ("vos", "energy")
+    assert set(payload["seconds"]["per_model"]) == {f"{m}/seed{s}" for m in ("vanilla", "vos") for s in range(5)}
+    markdown = (tmp_path / "results" / "cls.md").read_text()
+    assert markdown.startswith("digits-cls, seeds 0,1,2,3,4:") and "met by vos/energy." in markdown

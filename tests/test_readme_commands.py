@@ -79,10 +79,8 @@ PARSE_ONLY = [
      "PASCAL VOC / COCO / OpenImages / BDD100k and an R-50 on GPUs: not available here"),
     (r"tools/vos_diagnostics\.py", "needs a model trained past the start of synthesis (full VOS queues), which the "
      "3-iteration model is not; tests/test_vos_diagnostics.py runs the tool's library call end to end"),
-    (r"benchmarks/ood_leaderboard\.py", "trains every method for 5 seeds on the full digits-det (hours on 2 cores); "
-     "tests/test_ood_leaderboard.py tests its tables and statistics"),
-    (r"benchmarks/digits_cls_seeds\.py", "trains 3 classifiers for 5 seeds on the full digits-cls (~35 min on 2 cores); "
-     "tests/test_digits_cls_seeds.py tests its tables and statistics"),
+    (r"benchmarks/ood_leaderboard\.py", "trains every method for 5 seeds on the full digits-det (hours on 2 cores), "
+     "or 3 classifiers on the full digits-cls (~35 min); tests/test_ood_leaderboard.py tests its tables and statistics"),
     (r"benchmarks/run_all\.py", "every speed benchmark at the paper's sizes (minutes); benchmarks/ has its own smoke runs"),
     (r"tools/check_gpu\.py", "needs a GPU (or runs every step of --tiny for minutes); tests/test_gpu_check.py runs "
      "its library call with --device cpu --tiny"),

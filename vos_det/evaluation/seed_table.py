@@ -6,8 +6,8 @@ mean over the seeds with its Student-t interval (:func:`~.statistics.mean_ci`) a
 difference against the reference (method, score) on the seeds both have
 (:func:`~.statistics.paired_difference`); :func:`target_met_by` lists the rows that meet a
 :class:`SeedTarget`; :func:`format_seed_table` gives the cells of a printed table. Rows are
-plain dicts, ready for JSON. ``benchmarks/ood_leaderboard.py`` (detection) and
-``benchmarks/digits_cls_seeds.py`` (classification) are the two studies.
+plain dicts, ready for JSON. ``benchmarks/ood_leaderboard.py`` runs the two studies
+(``--task detection`` and ``--task classification``).
 
 The values come as ``{method: {seed: {score: {metric key: value}}}}``; a metric of the model
 whatever the score (AP50, accuracy) is repeated under every score, and a value may be None
