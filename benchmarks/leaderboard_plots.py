@@ -66,6 +66,8 @@ def plot_leaderboard_forest(payload, path):
         for (key, label, colour), offset in zip(columns, offsets):
             for position, row in enumerate(rows):
                 diff = row[key]["diff"]
+                if diff is None:  # no paired difference: the run lacks the reference's seeds
+                    continue
                 y = position + offset
                 axes.plot([diff["low"], diff["high"]], [y, y], color=colour, linewidth=1.2)
                 axes.plot(

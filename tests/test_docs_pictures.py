@@ -32,6 +32,20 @@ def test_forest_plot_of_the_committed_leaderboard(leaderboard_plots, tmp_path):
     assert leaderboard_plots.forest_path("a/ood_leaderboard.json") == "a/ood_leaderboard_forest.png"
 
 
+def test_forest_plot_of_a_run_without_the_reference(leaderboard_plots, tmp_path):
+    """A run of one method alone (--methods vos) has rows without paired differences: they get
+    no interval, the plot is still written."""
+    payload = json.loads((REPO / "benchmarks" / "results" / "ood_leaderboard_r18.json").read_text())
+    for table in payload["tables"].values():
+        table["rows"] = [row for row in table["rows"] if row["method"] != payload["reference"][0]]
+        for row in table["rows"]:
+            for cell in row.values():
+                if isinstance(cell, dict) and "diff" in cell:
+                    cell["diff"] = None
+    path = leaderboard_plots.plot_leaderboard_forest(payload, str(tmp_path / "forest.png"))
+    assert Path(path).read_bytes()[:8] == PNG_MAGIC
+
+
 def test_histogram_range_leaves_out_a_heavy_tail():
     values = np.concatenate([np.linspace(0.0, 10.0, 1000), [6e6, np.nan, np.inf]])
     low, high, outside = histogram_range(values)
