@@ -129,11 +129,12 @@ VOS_KEYS = (
 )
 
 
-def _node_and_leaf(vos_node, name):
-    """The node holding ``name`` (``"NPOS.K"`` -> ``vos_node.NPOS``) and the leaf's name."""
+def _node_and_leaf(vos_node, name, create=False):
+    """The node holding ``name`` (``"NPOS.K"`` -> ``vos_node.NPOS``) and the leaf's name;
+    ``create``: make the missing sub-nodes on the way."""
     *parents, leaf = name.split(".")
     for parent in parents:
-        vos_node = vos_node[parent]
+        vos_node = vos_node.setdefault(parent, CfgNode()) if create else vos_node[parent]
     return vos_node, leaf
 
 
@@ -141,10 +142,7 @@ def add_vos_keys(vos_node):
     """Set every key of :data:`VOS_KEYS` to its default in ``vos_node`` (``cfg.MODEL.VOS``),
     making the sub-nodes (``NPOS``) on the way."""
     for key in VOS_KEYS:
-        *parents, leaf = key.name.split(".")
-        node = vos_node
-        for parent in parents:
-            node = node.setdefault(parent, CfgNode())
+        node, leaf = _node_and_leaf(vos_node, key.name, create=True)
         node[leaf] = key.default
 
 
