@@ -94,9 +94,8 @@ def _input(seed=3):
     return {"image": image, "height": 192, "width": 256}
 
 
-@torch.no_grad()
-def _release_forward(model, inputs, head):
-    """The release's inference, written from its code (see the module doc)."""
+def _proposals_and_box_features(model, inputs):
+    """A detectron2 R-CNN's steps up to its box head on one image: (images, proposals, box features)."""
     images = model.preprocess_image([inputs])
     features = model.backbone(images.tensor)
     proposals, _ = model.proposal_generator(images, features, None)
@@ -104,6 +103,14 @@ def _release_forward(model, inputs, head):
     box_features = roi_heads.box_head(
         roi_heads.box_pooler([features[f] for f in roi_heads.box_in_features], [p.proposal_boxes for p in proposals])
     )
+    return images, proposals, box_features
+
+
+@torch.no_grad()
+def _release_forward(model, inputs, head):
+    """The release's inference, written from its code (see the module doc)."""
+    images, proposals, box_features = _proposals_and_box_features(model, inputs)
+    roi_heads = model.roi_heads
     box_cls, box_delta = roi_heads.box_predictor(box_features)
     logits = box_cls
     if head:
@@ -178,14 +185,8 @@ def test_converted_model_matches_the_release_forward(head):
     perm = torch.tensor([RELEASE_VOC.index(name) for name in VOC_CLASSES])
 
     with torch.no_grad(), computing_all_ood_scores(model):
-        images = model.preprocess_image([inputs])
-        features = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, features, None)
-        heads = model.roi_heads
-        box_features = heads.box_head(
-            heads.box_pooler([features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals])
-        )
-        logits = heads.box_predictor(box_features)[0]
+        _, proposals, box_features = _proposals_and_box_features(model, inputs)
+        logits = model.roi_heads.box_predictor(box_features)[0]
         detections = model([inputs])[0]["instances"]
     # Exact: the backbone and RPN are the same weights run by the same ops in this process.
     torch.testing.assert_close(proposals[0].proposal_boxes.tensor, expected["proposals"], rtol=0, atol=0)
