@@ -6,6 +6,7 @@ the default registration when it ends.
 """
 import contextlib
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -205,6 +206,19 @@ def detection_records():
 def box_iou():
     """``box_iou(a, b)``: the IoU of two XYXY boxes, computed directly."""
     return _box_iou
+
+
+def _local_dist_url():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture(scope="session")
+def local_dist_url():
+    """``local_dist_url()``: a ``tcp://127.0.0.1:<port>`` URL of a port free now, for the
+    ``dist_url`` of a multi-process run on this machine."""
+    return _local_dist_url
 
 
 # --- end of the OOD evaluation section ---------------------------------------------------------

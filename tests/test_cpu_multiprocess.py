@@ -7,7 +7,6 @@ and both runs happen in the same two processes.
 """
 import functools
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -70,17 +69,11 @@ def _worker(resumed_args, first_args):
         comm.synchronize()
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _command_line(output_dir, max_iter, *extra):
+def _command_line(output_dir, max_iter, dist_url, *extra):
     return [
         "--config", "digits_vos_tiny.yaml",
         "--num-gpus", str(NUM_PROCESSES),
-        "--dist-url", f"tcp://127.0.0.1:{_free_port()}",
+        "--dist-url", dist_url,
         *extra,
         "MODEL.DEVICE", "cpu",
         "SOLVER.MAX_ITER", str(max_iter),
@@ -101,7 +94,7 @@ def _command_line(output_dir, max_iter, *extra):
 
 
 @pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory):
+def two_process_runs(tmp_path_factory, local_dist_url):
     """Trains FIRST_MAX_ITER iterations on 2 CPU processes, then resumes to RESUMED_MAX_ITER.
 
     Returns the per-rank states of both runs and the wall time of the launch.
@@ -112,9 +105,9 @@ def two_process_runs(tmp_path_factory):
     parser = _train_net().argument_parser()
     # The first run skips the final evaluation; the resumed one evaluates on both ranks.
     first_args = parser.parse_args(
-        _command_line(output_dir, FIRST_MAX_ITER, "DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()")
+        _command_line(output_dir, FIRST_MAX_ITER, local_dist_url(), "DATASETS.TEST", "()", "DATASETS.OOD_TEST", "()")
     )
-    resumed_args = parser.parse_args(_command_line(output_dir, RESUMED_MAX_ITER, "--resume"))
+    resumed_args = parser.parse_args(_command_line(output_dir, RESUMED_MAX_ITER, local_dist_url(), "--resume"))
     with pytest.MonkeyPatch.context() as monkeypatch:
         # The spawned workers register the built-in datasets under this root on import; with
         # CUDA hidden even a GPU machine takes the CPU route.

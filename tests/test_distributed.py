@@ -12,7 +12,6 @@ one launch runs everything: the all-gather cases first, then a short DDP trainin
 part writes its results to files that the tests read.
 """
 import os
-import socket
 from datetime import timedelta
 
 import pytest
@@ -159,14 +158,8 @@ def _worker(output_dir):
     torch.save(_train(rank), os.path.join(output_dir, f"train_rank{rank}.pt"))
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def distributed_run(tmp_path_factory):
+def distributed_run(tmp_path_factory, local_dist_url):
     """Runs :func:`_worker` on 2 gloo ranks; returns a loader of one part's per-rank results."""
     output_dir = tmp_path_factory.mktemp("distributed")
     error = None
@@ -180,7 +173,7 @@ def distributed_run(tmp_path_factory):
                 WORLD_SIZE,
                 num_machines=1,
                 machine_rank=0,
-                dist_url=f"tcp://127.0.0.1:{_free_port()}",
+                dist_url=local_dist_url(),
                 args=(str(output_dir),),
                 timeout=COLLECTIVE_TIMEOUT,
             )

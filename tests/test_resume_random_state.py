@@ -11,7 +11,6 @@ The training loop is detectron2's TrainerBase with vos_det's checkpointer and ho
 """
 import os
 import random
-import socket
 from datetime import timedelta
 
 import numpy as np
@@ -83,14 +82,8 @@ def _worker(output_dir):
     torch.save({"before": before, "whole": whole, "after": after}, os.path.join(output_dir, f"rank{rank}.pt"))
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def draws(tmp_path_factory):
+def draws(tmp_path_factory, local_dist_url):
     output_dir = tmp_path_factory.mktemp("resume_random_state")
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # gloo, CPU tensors
@@ -99,7 +92,7 @@ def draws(tmp_path_factory):
             WORLD_SIZE,
             num_machines=1,
             machine_rank=0,
-            dist_url=f"tcp://127.0.0.1:{_free_port()}",
+            dist_url=local_dist_url(),
             args=(str(output_dir),),
             timeout=COLLECTIVE_TIMEOUT,
         )
