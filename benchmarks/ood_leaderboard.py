@@ -108,7 +108,9 @@ SEEDS = (0, 1, 2, 3, 4)
 _VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
 # Training method -> config overrides of CONFIG, for both tasks. "vos" is the config as it is;
 # "vos_npos" and "vos_balanced" the synthesis variants (NPOS-style outliers with the
-# class-balanced uncertainty loss and 20 kept per class; the class-balanced loss alone).
+# class-balanced uncertainty loss and 20 kept per class; the class-balanced loss alone);
+# "vos_mlp" the released code's final head (branch main-MLP: an MLP on the weighted energy,
+# trained with binary cross-entropy) ranked by the score that code evaluates with.
 METHODS = OrderedDict(
     [
         ("vanilla", _VANILLA),
@@ -118,6 +120,7 @@ METHODS = OrderedDict(
             ["MODEL.VOS.OUTLIER_SYNTHESIS", "npos", "MODEL.VOS.BALANCED_LOSS", "True", "MODEL.VOS.SELECT", "20"],
         ),
         ("vos_balanced", ["MODEL.VOS.BALANCED_LOSS", "True"]),
+        ("vos_mlp", ["MODEL.VOS.UNCERTAINTY_HEAD", "mlp", "MODEL.VOS.OOD_SCORE", "vos_release"]),
     ]
 )
 # The methods the classification task trains unless --methods names others.

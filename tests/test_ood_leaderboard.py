@@ -4,6 +4,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+from detectron2.modeling import build_model
 from scipy import stats
 
 from vos_det.evaluation.seed_table import format_seed_table
@@ -267,3 +268,18 @@ def test_classification_study_tabulates_the_trained_models(leaderboard, tmp_path
     assert set(payload["seconds"]["per_model"]) == {f"{m}/seed{s}" for m in ("vanilla", "vos") for s in range(5)}
     markdown = (tmp_path / "results" / "cls.md").read_text()
     assert markdown.startswith("digits-cls, seeds 0,1,2,3,4:") and "met by vos/energy." in markdown
+
+
+def test_the_vos_mlp_method_is_the_released_final_code():
+    # "vos_mlp" trains the main-MLP branch's head and ranks boxes by that branch's score: the
+    # settings VOC-Detection/vos_rcnn.yaml takes from it, on the digits detector.
+    import ood_leaderboard
+    from vos_det.config import load_config
+    from vos_det.modeling.vos import MLPUncertaintyHead
+
+    recipe = load_config("VOC-Detection/vos_rcnn.yaml", [])
+    cfg = load_config("digits_vos_r18.yaml", [*ood_leaderboard.METHODS["vos_mlp"], "MODEL.DEVICE", "cpu"])
+    assert (cfg.MODEL.VOS.UNCERTAINTY_HEAD, cfg.MODEL.VOS.OOD_SCORE) == (
+        recipe.MODEL.VOS.UNCERTAINTY_HEAD, recipe.MODEL.VOS.OOD_SCORE) == ("mlp", "vos_release")
+    model = build_model(cfg)
+    assert isinstance(model.roi_heads.box_predictor.uncertainty_classifier, MLPUncertaintyHead)
