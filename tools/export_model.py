@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Export a trained VOS detector to TorchScript, with the OOD verdicts in its outputs.
 
-    python tools/export_model.py --config digits_vos_tiny.yaml \\
-        MODEL.WEIGHTS output/digits_vos_tiny/model_final.pth --output output/digits_vos_tiny/export
+    python tools/export_model.py --config digits_vos_r18.yaml \\
+        MODEL.WEIGHTS output/digits_vos_r18/model_final.pth --output output/digits_vos_r18/export
 
 writes ``model.ts``: called on one (3, H, W) image in the model's input format (BGR for the
 shipped configs, values 0-255, resized as at test time), it returns the tuple (boxes,
@@ -68,7 +68,7 @@ def check_weights_choice(weights, random_init):
     if not weights and not random_init:
         raise UserError(
             "MODEL.WEIGHTS is not set: give the trained weights (MODEL.WEIGHTS "
-            "output/digits_vos_tiny/model_final.pth), or --random-init to export a randomly "
+            "output/digits_vos_r18/model_final.pth), or --random-init to export a randomly "
             "initialised model"
         )
     if weights and random_init:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Fit post-hoc class Gaussians (shared covariance) to the box features of the ID training set.
 
-    python tools/fit_mahalanobis.py --config digits_vos_tiny.yaml \\
-        --weights output/digits_vos_tiny/model_final.pth
+    python tools/fit_mahalanobis.py --config digits_vos_r18.yaml \\
+        --weights output/digits_vos_r18/model_final.pth
 
 Every ground-truth box of DATASETS.TRAIN (or --dataset) is pooled through the trained box
 head; the class means, the shared covariance and the priors are written next to the weights

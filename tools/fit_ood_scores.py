@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Fit the post-hoc OOD scores of a trained detector on the boxes of its ID training set.
 
-    python tools/fit_ood_scores.py --config digits_vos_tiny.yaml \\
-        --weights output/digits_vos_tiny/model_final.pth \\
+    python tools/fit_ood_scores.py --config digits_vos_r18.yaml \\
+        --weights output/digits_vos_r18/model_final.pth \\
         --val-id digits_det_val --val-ood digits_det_ood_val
 
 Every ground-truth box of DATASETS.TRAIN (or --dataset) is pooled through the trained

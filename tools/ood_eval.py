@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a trained VOS detector: ID detection quality and per-box OOD detection.
 
-    python tools/ood_eval.py --config digits_vos_tiny.yaml \\
-        MODEL.WEIGHTS output/digits_vos_tiny/model_final.pth --calibrate digits_det_val
+    python tools/ood_eval.py --config digits_vos_r18.yaml \\
+        MODEL.WEIGHTS output/digits_vos_r18/model_final.pth --calibrate digits_det_val
 
     python tools/ood_eval.py --config VOC-Detection/vos_rcnn.yaml MODEL.WEIGHTS output/voc_vos_rcnn/model_final.pth \\
         --ood-dataset coco_ood_val --ood-dataset my_ood=/data/ood.json:/data/ood_images

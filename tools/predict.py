@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Run a VOS detector on images and write detections with their OOD verdicts.
 
-    python tools/predict.py --config digits_vos_tiny.yaml \\
-        --weights output/digits_vos_tiny/model_final.pth \\
+    python tools/predict.py --config digits_vos_r18.yaml \\
+        --weights output/digits_vos_r18/model_final.pth \\
         --input datasets/digits_det/ood/images --output output/predictions --draw
 
 ``--input`` takes image files, folders and glob patterns (quote them). Options and ``KEY

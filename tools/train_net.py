@@ -2,7 +2,7 @@
 """Train or evaluate a VOS detector with detectron2.
 
     python tools/train_net.py --config VOC-Detection/vos_rcnn.yaml --num-gpus 8
-    python tools/train_net.py --config digits_vos_tiny.yaml
+    python tools/train_net.py --config digits_vos_r18.yaml
     python tools/train_net.py --config digits_vos_classifier.yaml      # image classification
     python tools/train_net.py --config VOC-Detection/vos_rcnn.yaml --eval-only MODEL.WEIGHTS output/voc_vos_rcnn/model_final.pth
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Diagnose the uncertainty head of a trained VOS model (detector or image classifier).
 
-    python tools/vos_diagnostics.py --config digits_vos_tiny.yaml \\
-        MODEL.WEIGHTS output/digits_vos_tiny/model_final.pth \\
+    python tools/vos_diagnostics.py --config digits_vos_r18.yaml \\
+        MODEL.WEIGHTS output/digits_vos_r18/model_final.pth \\
         --id-dataset digits_det_val --ood-dataset digits_det_ood_val
 
 Writes to ``--output-dir`` (default ``OUTPUT_DIR/vos_diagnostics``):

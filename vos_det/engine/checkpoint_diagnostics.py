@@ -1,6 +1,6 @@
 """Diagnose the uncertainty head of a trained checkpoint (what ``tools/vos_diagnostics.py`` runs).
 
-    cfg = load_config("digits_vos_tiny.yaml", ["MODEL.WEIGHTS", "model_final.pth"])
+    cfg = load_config("digits_vos_r18.yaml", ["MODEL.WEIGHTS", "model_final.pth"])
     report = diagnose_checkpoint(cfg, id_dataset="digits_det_val", ood_dataset="digits_det_ood_val",
                                  output_dir="out")
     print(format_diagnostics(report))

@@ -1,6 +1,6 @@
 """Evaluate a trained checkpoint with the OOD protocol (what ``tools/ood_eval.py`` runs).
 
-    cfg = load_config("digits_vos_tiny.yaml", ["MODEL.WEIGHTS", "model_final.pth"], freeze=False)
+    cfg = load_config("digits_vos_r18.yaml", ["MODEL.WEIGHTS", "model_final.pth"], freeze=False)
     cfg = ood_eval_config(cfg, ood_datasets=["coco_ood_val"], calibrate="", output_dir="out")
     results, report = evaluate_checkpoint(cfg)
     print(format_ood_report(report))

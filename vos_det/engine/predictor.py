@@ -37,7 +37,7 @@ class OODPredictor(DefaultPredictor):
 
     Example::
 
-        predictor = OODPredictor.from_config_file("digits_vos_tiny.yaml", "model_final.pth")
+        predictor = OODPredictor.from_config_file("digits_vos_r18.yaml", "model_final.pth")
         instances = predictor.predict_file("image.jpg")
         instances.is_ood, instances.ood_scores, instances.id_scores
 
