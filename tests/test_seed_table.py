@@ -8,6 +8,7 @@ from scipy import stats
 from vos_det.evaluation.seed_table import (
     SeedMetric,
     SeedTarget,
+    best_rows,
     format_difference,
     format_mean,
     format_seed_table,
@@ -108,3 +109,18 @@ def test_table_cells():
     assert cells[0][4] == cells[0][6] == "ref" and cells[1][4] == "ref"
     assert cells[1][6] == "+3.00 [+3.00, +3.00]*"
     assert cells[1][7] == "-"
+
+
+def test_best_rows_pick_the_lowest_mean_per_metric_among_the_methods_asked_for():
+    values = _values()
+    values["vanilla"][0]["msp"]["alarms"] = 1.0  # msp has alarms on one seed only: mean 1.0
+    rows = seed_table_rows(values, METRICS, REFERENCE)
+    means = {(row["method"], row["score"]): {k: row[k]["mean"]["mean"] if row[k]["mean"] else None
+                                               for k in ("FPR95", "alarms")} for row in rows}
+    best = best_rows(rows, ["FPR95", "alarms"])
+    assert (best["FPR95"]["method"], best["FPR95"]["score"]) == min(means, key=lambda pair: means[pair]["FPR95"])
+    assert (best["FPR95"]["method"], best["FPR95"]["score"]) == ("better", "energy")
+    assert (best["alarms"]["method"], best["alarms"]["score"]) == ("vanilla", "msp")
+    on_vanilla = best_rows(rows, ["FPR95"], methods=["vanilla"])["FPR95"]
+    assert (on_vanilla["method"], on_vanilla["score"]) == ("vanilla", "energy")
+    assert best_rows(rows, ["FPR95"], methods=["nope"]) == {"FPR95": None}

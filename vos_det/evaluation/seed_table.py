@@ -5,7 +5,8 @@ outputs. :func:`seed_table_rows` makes one row per (method, score) holding, per 
 mean over the seeds with its Student-t interval (:func:`~.statistics.mean_ci`) and the paired
 difference against the reference (method, score) on the seeds both have
 (:func:`~.statistics.paired_difference`); :func:`target_met_by` lists the rows that meet a
-:class:`SeedTarget`; :func:`format_seed_table` gives the cells of a printed table. Rows are
+:class:`SeedTarget`; :func:`best_rows` picks the row of lowest mean per metric;
+:func:`format_seed_table` gives the cells of a printed table. Rows are
 plain dicts, ready for JSON. ``benchmarks/ood_leaderboard.py`` runs the two studies
 (``--task detection`` and ``--task classification``).
 
@@ -22,6 +23,7 @@ from .statistics import mean_ci, paired_difference
 __all__ = [
     "SeedMetric",
     "SeedTarget",
+    "best_rows",
     "format_difference",
     "format_mean",
     "format_seed_table",
@@ -171,6 +173,26 @@ def target_met_by(rows: Sequence[Dict], target: SeedTarget, reference: Tuple[str
         for row in rows
         if row is not reference_values and _meets(row, reference_values, target)
     ]
+
+
+def best_rows(rows: Sequence[Dict], keys: Sequence[str], methods: Optional[Sequence[str]] = None) -> Dict:
+    """The row of lowest mean for each metric (a metric where lower is better: FPR95, false alarms).
+
+    Args:
+        rows: the rows of :func:`seed_table_rows`.
+        keys: the metric keys.
+        methods: only the rows of these methods (None: every row).
+
+    Returns:
+        dict: ``{key: row or None}``, None when no row has a mean for the metric; of rows with
+        equal means, the first in table order.
+    """
+    candidates = [row for row in rows if methods is None or row["method"] in methods]
+    best = {}
+    for key in keys:
+        measured = [row for row in candidates if row[key]["mean"] is not None]
+        best[key] = min(measured, key=lambda row: row[key]["mean"]["mean"]) if measured else None
+    return best
 
 
 def format_mean(mean: Optional[Dict]) -> str:
