@@ -63,3 +63,21 @@ def test_digits_cls_markdown_is_remade_byte_for_byte():
     # The file written before the two studies shared one script names the verdict target_met_by.
     stored = payload["target"]["met_by"] if "target" in payload else payload["target_met_by"]
     assert verdict["met_by"] == stored
+
+
+def _shift_guide_table(markdown, protocol):
+    """The table lines of one protocol's "which score for which shift" section."""
+    section = markdown[markdown.index(f"#### Which score for which shift (`{protocol}`)"):]
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def test_readme_shows_the_published_shift_guide():
+    # README's results table is the R-18 leaderboard's guide under vos_det, copied line for line.
+    guide = _shift_guide_table((RESULTS / "ood_leaderboard_r18.md").read_text(), "vos_det")
+    readme = (RESULTS.parent.parent / "README.md").read_text().splitlines()
+    assert len(guide) >= 3
+    start = readme.index(guide[0])
+    assert readme[start:start + len(guide)] == guide
