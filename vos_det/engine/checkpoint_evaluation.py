@@ -13,7 +13,7 @@ from ..data import check_class_names, register_from_cli
 from ..data.availability import check_dataset_files, load_datasets_now
 from ..errors import ConfigError
 from ..utils.file_io import check_writable_dir
-from .checkpoint import check_weights_file
+from .trained_model import check_weights_file
 from .trained_model import load_trained_model
 from .trainer import Trainer
 
