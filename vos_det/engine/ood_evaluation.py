@@ -14,7 +14,8 @@ saved with the model's state dict and used by ``is_ood`` from then on (unless
 ``Trainer.evaluate_ood_of``) and the LazyConfig evaluation call it; the OOD leaderboard runs
 :func:`collect_records` alone and keeps the records.
 
-    cfg = ood_eval_config(load_config("digits_vos_tiny.yaml", opts, freeze=False), calibrate="")
+    cfg = load_config("digits_vos_tiny.yaml", ["MODEL.WEIGHTS", "model_final.pth"], freeze=False)
+    cfg = ood_eval_config(cfg, ood_datasets=["digits_det_ood"], calibrate="", output_dir="out")
     results, report = Trainer.evaluate_ood_of(cfg, load_trained_model(cfg), log_report=False)
     print(format_ood_report(report))
 """
