@@ -3,7 +3,7 @@ config, the checkpoint checked against the model and loaded.
 
 :func:`check_weights_file` is cheap (no tensor is read), so a tool runs it before anything
 else; :func:`load_trained_model` then builds the model and loads a checkpoint only once
-:func:`check_checkpoint_matches_model` has found every tensor the model's shape.
+:func:`check_checkpoint_matches_model` has found every tensor of the model's shape.
 """
 import os
 import pickle
