@@ -23,7 +23,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
 
 from vos_det.config import load_config
-from vos_det.engine.checkpoint import check_checkpoint_matches_model
+from vos_det.engine.trained_model import check_checkpoint_matches_model
 from vos_det.modeling import VOSOutputLayers
 from vos_det.modeling.ood_scores import (
     POST_HOC_SCORES,

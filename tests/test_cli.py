@@ -21,7 +21,8 @@ from vos_det.config import CONFIGS_DIR, load_config
 from vos_det.config.validation import RULES, validate_config
 from vos_det.data.availability import check_dataset_files
 from vos_det.engine import OODPredictor, instances_to_records
-from vos_det.engine.checkpoint import AtomicWritePathManager, check_checkpoint_matches_model
+from vos_det.engine.checkpoint import AtomicWritePathManager
+from vos_det.engine.trained_model import check_checkpoint_matches_model
 from vos_det.errors import ConfigError, UserError
 from vos_det.utils.log_noise import filter_known_warnings, strip_ansi
 from vos_det.utils.visualization import ID_COLOR, OOD_COLOR, _place_label, draw_ood_detections, label_text

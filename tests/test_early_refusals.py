@@ -16,7 +16,7 @@ import torch
 from detectron2.modeling import build_model
 
 from vos_det.config import CONFIGS_DIR
-from vos_det.engine.checkpoint import check_checkpoint_matches_model
+from vos_det.engine.trained_model import check_checkpoint_matches_model
 from vos_det.engine.post_hoc_fitting import check_validation_sets, fit_post_hoc_scores
 from vos_det.engine.post_hoc_weights import WEIGHTS_HASH_KEY, weights_fingerprint
 from vos_det.engine.trainer import divergence_message

@@ -476,6 +476,18 @@ def test_ood_eval_tool_end_to_end(trained_model, tiny_digits_root, tmp_path, cap
     assert not callbacks
     # Through the evaluation library's front (records.py, protocol.py) and back half.
     assert {"vos_det.evaluation.records", "vos_det.evaluation.protocol", "vos_det.evaluation.ood_summary"} <= modules
+    # The walk outside the model, its config and its data: the command line; the engine's
+    # four modules (evaluate_ood_of's loaders, the model loaded and its checkpoint checked,
+    # evaluate_model); the evaluation library (9) and its metrics (2); utils (5, of which
+    # visualization, like plots and gallery, draws the optional pictures).
+    engine = {name for name in modules if name.startswith("vos_det.engine")}
+    assert engine == {
+        "vos_det.engine.trainer", "vos_det.engine.trained_model", "vos_det.engine.post_hoc_weights",
+        "vos_det.engine.ood_evaluation",
+    }
+    model_config_data = ("vos_det.modeling", "vos_det.config", "vos_det.data")
+    outside_model = {name for name in modules if not name.startswith(model_config_data)}
+    assert len(outside_model) <= 21, sorted(outside_model)
 
     # The table, the rule and the convention are printed.
     assert "Box selection for ID set digits_det_test: fixed score threshold" in printed

@@ -31,7 +31,7 @@ from detectron2.utils.logger import setup_logger
 
 from vos_det.data.mapper import ImageNamingDatasetMapper
 from vos_det.engine import load_trained_model
-from vos_det.engine.checkpoint import check_weights_file
+from vos_det.engine.trained_model import check_weights_file
 from vos_det.export import compare_detections, export_torchscript, load_exported, ood_detections
 
 logger = logging.getLogger("vos_det.export")

@@ -28,7 +28,8 @@ import sys
 from detectron2.utils import comm
 
 from vos_det.data import CLI_SPEC_FORMAT
-from vos_det.engine.checkpoint_evaluation import DEFAULT_OUTPUT_SUBDIR, evaluate_checkpoint, ood_eval_config
+from vos_det.engine import Trainer, load_trained_model
+from vos_det.engine.ood_evaluation import DEFAULT_OUTPUT_SUBDIR, ood_eval_config
 from vos_det.engine.launch import launch_from_args
 from vos_det.evaluation import format_ood_report
 
@@ -67,7 +68,7 @@ def main(args):
     """Build the model, load MODEL.WEIGHTS, run the protocol; returns (results, report)."""
     cfg = setup(args)
     setup_tool_logging(cfg, args, name="vos_det.ood_eval")
-    results, report = evaluate_checkpoint(cfg)
+    results, report = Trainer.evaluate_ood_of(cfg, load_trained_model(cfg), log_report=False)
     if comm.is_main_process():
         print(format_ood_report(report), flush=True)
         print(f"Report written to {os.path.join(cfg.OUTPUT_DIR, 'ood_results.json')}", flush=True)

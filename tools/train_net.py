@@ -20,7 +20,8 @@ from vos_det.classification import is_image_classifier, register_image_folders_f
 from vos_det.config import resolve_config_file
 from vos_det.data.availability import check_dataset_files, load_datasets_now
 from vos_det.engine import load_trained_model, trainer_for
-from vos_det.engine.checkpoint import SaveCalibratedFinalModel, check_weights_file
+from vos_det.engine.checkpoint import SaveCalibratedFinalModel
+from vos_det.engine.trained_model import check_weights_file
 from vos_det.engine.launch import launch_from_args
 
 

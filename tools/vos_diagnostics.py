@@ -29,7 +29,7 @@ from vos_det.cli import ToolParser, check_writable_dir, load_config, run_tool
 import os
 
 from vos_det.data.availability import check_dataset_files
-from vos_det.engine.checkpoint import check_weights_file
+from vos_det.engine.trained_model import check_weights_file
 from vos_det.engine.checkpoint_diagnostics import diagnose_checkpoint, format_diagnostics
 from vos_det.errors import ConfigError
 

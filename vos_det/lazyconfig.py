@@ -27,7 +27,7 @@ from .config import default_config, resolve_config_file
 from .config.vos_keys import vos_arguments
 from .engine.checkpoint import AtomicWritePathManager, CaptureRandomStates, RandomState
 from .engine.launch import create_ddp_model
-from .engine.ood_evaluation import collect_records, evaluate_model
+from .engine.ood_evaluation import evaluate_model
 from .evaluation.detection import build_detection_evaluator, log_detection_results
 from .modeling import VOSOutputLayers, VOSROIHeads
 
@@ -180,8 +180,7 @@ def evaluate_lazy_model(cfg, model):
     def build_evaluator(dataset_name):
         return build_detection_evaluator(dataset_name, os.path.join(ood_cfg.OUTPUT_DIR, "inference", dataset_name))
 
-    records = collect_records(ood_cfg, model, build_test_loader, build_evaluator)
-    results, _ = evaluate_model(ood_cfg, model, records)
+    results, _ = evaluate_model(ood_cfg, model, build_test_loader, build_evaluator)
     log_detection_results(results, ood_cfg.DATASETS.TEST)
     return results
 

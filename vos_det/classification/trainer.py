@@ -9,8 +9,7 @@ from ..engine.ood_evaluation import find_ood_head, keep_calibration, ood_rule_of
 from ..engine.trainer import Trainer
 from ..engine.trainer_registry import register_trainer
 from ..evaluation.calibration import calibrate
-from ..evaluation.ood_summary import summarize_ood_evaluation
-from ..evaluation.scored_sets import Comparison, ScoredSet
+from ..evaluation.ood_summary import Comparison, ScoredSet, summarize_ood_evaluation
 from .evaluation import ClassificationOODEvaluator
 from .image_folder import register_image_folders_from_config
 from .mapper import ClassificationDatasetMapper

@@ -2,10 +2,8 @@
 import errno
 import logging
 import os
-import pickle
 import random
 import shutil
-import zipfile
 
 import math
 
@@ -14,10 +12,8 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from ..errors import UserError
 from ..utils.file_io import atomic_open
 from .ood_evaluation import find_ood_head
-from .post_hoc_weights import check_post_hoc_states
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +22,6 @@ __all__ = [
     "CaptureRandomStates",
     "RandomState",
     "SaveCalibratedFinalModel",
-    "check_checkpoint_matches_model",
-    "check_weights_file",
     "disk_full_error",
 ]
 
@@ -255,89 +249,3 @@ class SaveCalibratedFinalModel(HookBase):
                 trainer.checkpointer.save("model_final")
             finally:
                 trainer.iter = after_loop_iter
-
-
-# Buffers whose shapes may differ between checkpoint and model: the VOS feature queues
-# (training state, unused at inference) and the Mahalanobis statistics (their class count
-# is data, adopted on load).
-_SHAPE_FREE_BUFFERS = (".feature_queues.", ".mahalanobis.")
-
-
-def check_weights_file(weights: str, option: str = "MODEL.WEIGHTS") -> None:
-    """Raise when ``weights`` is a local path with no file, or a truncated ``.pth`` file.
-
-    Cheap (no tensor is read): run it before the model is built. Remote paths
-    (``detectron2://...``, ``https://...``) and "" are not checked.
-
-    Raises:
-        FileNotFoundError: no such file (named, with ``option``).
-        UserError: a ``.pth`` file whose zip directory is missing (a truncated copy).
-    """
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        where = "a folder, not a file" if os.path.isdir(weights) else "not found"
-        raise FileNotFoundError(f"weights file {weights} ({option}) {where}")
-    if weights.endswith(".pth") and os.path.isfile(weights) and not zipfile.is_zipfile(weights):
-        with open(weights, "rb") as f:
-            legacy_pickle = f.read(1) == b"\x80"  # torch's pre-1.6 format is a plain pickle
-        if not legacy_pickle:
-            raise UserError(
-                f"weights file {weights} ({option}, {os.path.getsize(weights)} bytes) is truncated or "
-                "not a torch .pth checkpoint (no zip directory at its end)"
-            )
-
-
-def _load_checkpoint(weights: str):
-    """torch.load of a .pth file, with errors that name it (missing, truncated, not a checkpoint)."""
-    check_weights_file(weights)
-    try:
-        return torch.load(weights, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
-        size = os.path.getsize(weights)
-        first_sentence = str(error).split(". ")[0]
-        raise UserError(
-            f"weights file {weights} ({size} bytes) cannot be read as a checkpoint: truncated or not a "
-            f"torch .pth file ({first_sentence})"
-        ) from error
-
-
-def check_checkpoint_matches_model(weights: str, model) -> None:
-    """Raise if a checkpoint's tensors do not have the shapes of the model's.
-
-    detectron2's checkpointer skips mismatched tensors with a warning (right for
-    fine-tuning, wrong for evaluation: a model whose class count differs from the
-    checkpoint's would silently predict with random layers). Only ``.pth`` files are
-    checked; they are read with ``weights_only=True``, which runs no pickled code. The
-    VOS feature queues and the Mahalanobis statistics are not compared. A post-hoc OOD score
-    state the model was built with must have been fitted on these weights
-    (:func:`~vos_det.engine.post_hoc_weights.check_post_hoc_states`).
-
-    Args:
-        weights (str): the checkpoint path.
-        model (nn.Module): the model built from the config.
-
-    Raises:
-        FileNotFoundError: no such file (named).
-        UserError: the file is truncated or no checkpoint (named).
-        ValueError: naming the file, each mismatched tensor and both shapes.
-        UserError: MODEL.VOS.POST_HOC.STATE was fitted on other weights (both named).
-    """
-    check_weights_file(weights)
-    if not weights.endswith(".pth"):
-        return
-    checkpoint = _load_checkpoint(weights)
-    state = checkpoint.get("model", checkpoint)
-    model_state = model.state_dict()
-    mismatched = [
-        f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(model_state[name].shape)}"
-        for name, value in state.items()
-        if name in model_state
-        and tuple(value.shape) != tuple(model_state[name].shape)
-        and not any(part in name for part in _SHAPE_FREE_BUFFERS)
-    ]
-    if mismatched:
-        raise ValueError(
-            f"{weights} does not fit the model built from the config (does "
-            f"MODEL.ROI_HEADS.NUM_CLASSES or the box head differ from training?):\n  "
-            + "\n  ".join(mismatched)
-        )
-    check_post_hoc_states(weights, state, model)

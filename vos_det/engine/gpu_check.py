@@ -44,7 +44,7 @@ from ..data.builtin import register_all_digits_det
 from ..export import compare_detections, export_torchscript, load_exported, ood_detections
 from ..modeling.ood_scores import POST_HOC_SCORES
 from ..utils.file_io import atomic_open
-from .checkpoint_evaluation import evaluate_checkpoint, ood_eval_config
+from .ood_evaluation import ood_eval_config
 from .post_hoc_fitting import fit_post_hoc_scores
 from .trained_model import load_trained_model
 from .trainer import Trainer
@@ -302,7 +302,7 @@ def run_gpu_check(output_dir, *, device="cuda", tiny=False, iterations=None, opt
         state = fit_post_hoc_scores(eval_cfg, weights, val_id="digits_det_val", val_ood="digits_det_ood_val")
         eval_cfg.MODEL.VOS.POST_HOC.STATE = state
         eval_cfg = ood_eval_config(eval_cfg, calibrate="", output_dir=os.path.join(output_dir, "ood_eval"))
-        results, _ = evaluate_checkpoint(eval_cfg)
+        results, _ = Trainer.evaluate_ood_of(eval_cfg, load_trained_model(eval_cfg), log_report=False)
         # SAFE reads residual projection shortcuts: the tiny backbone has none.
         return {"scores": _check_scores(results, skip=("safe",) if tiny else ()), "post_hoc_state": state}
 

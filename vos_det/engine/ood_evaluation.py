@@ -1,15 +1,23 @@
-"""The OOD evaluation of a model, records in and report out: the engine's calls around
+"""The OOD evaluation of a model, records in and report out: the engine's side of
 :func:`vos_det.evaluation.evaluate_ood`, and the model side of the OOD threshold.
 
-:func:`collect_records` runs the model once over every set of the evaluation
-(:func:`vos_det.evaluation.collect_detections`); :func:`evaluate_model` evaluates those records
-and keeps what the evaluation calibrated: the threshold comes from
+:func:`ood_eval_config` makes the config of an evaluation (its OOD and calibration sets, its
+output folder), every input checked before any inference. :func:`evaluate_model` is the one
+entry point: it runs the model once over every set (:func:`collect_records`, each pass a
+:func:`vos_det.evaluation.collect_detections`), evaluates the records and keeps what the
+evaluation calibrated: the threshold comes from
 :func:`vos_det.evaluation.calibration.calibrate`, which sees only scores; here it is written
 into the model's ``calibrated_ood_threshold`` buffer (:func:`set_ood_threshold`), which is
 saved with the model's state dict and used by ``is_ood`` from then on (unless
 ``MODEL.VOS.USE_CALIBRATED_THRESHOLD`` is False), and the model is saved
-(:func:`save_calibrated_model`). ``Trainer.test``, ``tools/ood_eval.py`` and the LazyConfig
-evaluation go through both calls.
+(:func:`save_calibrated_model`). ``Trainer.test`` and ``tools/ood_eval.py`` (through
+``Trainer.evaluate_ood_of``) and the LazyConfig evaluation call it; the OOD leaderboard runs
+:func:`collect_records` alone and keeps the records.
+
+    cfg = load_config("digits_vos_tiny.yaml", ["MODEL.WEIGHTS", "model_final.pth"], freeze=False)
+    cfg = ood_eval_config(cfg, ood_datasets=["digits_det_ood"], calibrate="", output_dir="out")
+    results, report = Trainer.evaluate_ood_of(cfg, load_trained_model(cfg), log_report=False)
+    print(format_ood_report(report))
 """
 import json
 import logging
@@ -17,22 +25,29 @@ import os
 
 import torch
 
+from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
 
+from ..data import check_class_names, register_from_cli
+from ..data.availability import check_dataset_files, load_datasets_now
+from ..errors import ConfigError
 from ..evaluation.calibration import Calibration, OODRule
 from ..evaluation.ood_summary import OOD_RESULTS_FILE
 from ..evaluation.protocol import check_calibration_set, evaluate_ood
 from ..evaluation.records import collect_detections
 from ..evaluation.report import write_json
-from ..utils.file_io import atomic_open
+from ..utils.file_io import atomic_open, check_writable_dir
+from .trained_model import check_weights_file
 
 __all__ = [
     "CALIBRATED_MODEL_FILE",
+    "DEFAULT_OUTPUT_SUBDIR",
     "THRESHOLD_FILE",
     "collect_records",
     "evaluate_model",
     "find_ood_head",
     "keep_calibration",
+    "ood_eval_config",
     "ood_rule_of",
     "save_calibrated_model",
     "set_ood_threshold",
@@ -43,6 +58,61 @@ logger = logging.getLogger(__name__)
 # Files written next to each other in the output folder by save_calibrated_model.
 CALIBRATED_MODEL_FILE = "model_calibrated.pth"
 THRESHOLD_FILE = "ood_threshold.json"
+# The output folder under OUTPUT_DIR when ood_eval_config is given none.
+DEFAULT_OUTPUT_SUBDIR = "ood_eval"
+
+
+def ood_eval_config(cfg, *, ood_datasets=(), calibrate=None, output_dir=None):
+    """The frozen config of an evaluation, every input checked before any inference.
+
+    Args:
+        cfg (CfgNode): the model's config, not frozen, with MODEL.WEIGHTS.
+        ood_datasets (list[str]): OOD test sets, registered names or ``NAME=JSON:IMAGES``
+            specs (registered here); replace DATASETS.OOD_TEST when given.
+        calibrate (str, optional): None: no calibration; "": calibrate on
+            TEST.OOD.CALIBRATION_DATASET; else the ID validation set to calibrate on.
+        output_dir (str, optional): default ``OUTPUT_DIR/ood_eval``.
+
+    Returns:
+        CfgNode: the frozen config (DATASETS.OOD_TEST, TEST.OOD.CALIBRATION_DATASET and
+        OUTPUT_DIR set).
+
+    Raises:
+        ConfigError: no weights, or calibration without a dataset.
+        FileNotFoundError, ValueError: a dataset's files or json, the weights, or class names
+            differing from the training set's.
+        UserError: the output folder is not writable.
+    """
+    id_dataset = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+    ood_datasets = [
+        spec if "=" not in spec else register_from_cli(spec, id_dataset=id_dataset) for spec in ood_datasets
+    ]
+    if ood_datasets:
+        cfg.DATASETS.OOD_TEST = tuple(ood_datasets)
+    calibration_dataset = ""
+    if calibrate is not None:
+        calibration_dataset = calibrate or cfg.TEST.OOD.CALIBRATION_DATASET
+        if not calibration_dataset:
+            raise ConfigError(
+                "--calibrate needs an ID validation set: --calibrate DATASET or "
+                "TEST.OOD.CALIBRATION_DATASET DATASET"
+            )
+    cfg.TEST.OOD.CALIBRATION_DATASET = calibration_dataset
+    cfg.OUTPUT_DIR = output_dir or os.path.join(cfg.OUTPUT_DIR, DEFAULT_OUTPUT_SUBDIR)
+    cfg.freeze()
+    if not cfg.MODEL.WEIGHTS:
+        raise ConfigError("no weights to evaluate: pass MODEL.WEIGHTS path/to/model_final.pth")
+    check_weights_file(cfg.MODEL.WEIGHTS)
+    check_dataset_files(cfg.DATASETS.TEST)
+    # The OOD and calibration sets are loaded now: a broken json fails before the ID sets run.
+    load_datasets_now(list(cfg.DATASETS.OOD_TEST) + [calibration_dataset])
+    if id_dataset is not None:
+        class_names = MetadataCatalog.get(id_dataset).get("thing_classes", None)
+        if class_names is not None:
+            for name in list(cfg.DATASETS.TEST) + ([calibration_dataset] if calibration_dataset else []):
+                check_class_names(name, class_names)
+    check_writable_dir(cfg.OUTPUT_DIR, "output folder")
+    return cfg
 
 
 def find_ood_head(model):
@@ -169,20 +239,28 @@ def collect_records(cfg, model, build_test_loader, build_evaluator, evaluators=N
     return records
 
 
-def evaluate_model(cfg, model, records, log_report=True):
-    """Evaluate a model's records; store the calibrated threshold in it and save it.
+def evaluate_model(cfg, model, build_test_loader, build_evaluator, evaluators=None, log_report=True):
+    """The OOD evaluation of a model: its records, their report, the calibration kept.
+
+    Runs the model once over every set (:func:`collect_records`), evaluates the records
+    (:func:`vos_det.evaluation.evaluate_ood`, with the model's ``is_ood`` rule) and, with
+    ``TEST.OOD.CALIBRATION_DATASET``, stores the calibrated threshold in the model and saves
+    it as ``OUTPUT_DIR/model_calibrated.pth`` (:func:`keep_calibration`).
 
     Args:
-        cfg (CfgNode): the config (as :func:`vos_det.evaluation.evaluate_ood` reads it).
-        model (nn.Module): the detector the records are of (its ``is_ood`` rule is read, and
-            with ``TEST.OOD.CALIBRATION_DATASET`` the calibrated threshold stored in it and
-            the model saved as ``OUTPUT_DIR/model_calibrated.pth``).
-        records (dict[str, DetectionRecords]): from :func:`collect_records`.
+        cfg (CfgNode): the config (its sets, the ``TEST.OOD`` keys, ``OUTPUT_DIR`` and
+            ``MODEL.WEIGHTS``, recorded with the calibrated model).
+        model (nn.Module): the detector.
+        build_test_loader (callable): ``name -> loader`` of one set.
+        build_evaluator (callable): ``name -> DatasetEvaluator`` of an ID set.
+        evaluators (list[DatasetEvaluator], optional): one per ID set, used instead of
+            ``build_evaluator``'s (see :func:`collect_records`).
         log_report (bool): log the text report (main process).
 
     Returns:
         tuple[OrderedDict, dict]: (results, report) of :func:`vos_det.evaluation.evaluate_ood`.
     """
+    records = collect_records(cfg, model, build_test_loader, build_evaluator, evaluators)
     results, report = evaluate_ood(records, cfg, ood_rule=ood_rule_of(model), log_report=log_report)
     keep_calibration(model, report, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS)
     return results, report

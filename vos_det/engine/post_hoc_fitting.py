@@ -36,11 +36,10 @@ from ..modeling.ood_scores import (
 from ..modeling.ood_scores.knn import nearest_similarities, similarity_to_distance
 from ..modeling.ood_scores.safe import matching_layers
 from ..utils.file_io import check_writable_dir
-from .checkpoint import check_weights_file
 from .feature_extraction import box_head_features, build_annotated_test_loader, ground_truth_box_features
 from .post_hoc_weights import WEIGHTS_HASH_KEY, weights_fingerprint
 from .safe_fitting import fit_safe
-from .trained_model import load_trained_model
+from .trained_model import check_weights_file, load_trained_model
 from .fused_fitting import fit_fused_score
 
 __all__ = [

@@ -21,8 +21,7 @@ from ..data.image_io import IMAGE_EXTENSIONS, read_image_file
 from ..modeling import VOSOutputLayers
 from ..utils.file_io import atomic_open, check_writable_dir
 from ..utils.visualization import draw_ood_detections
-from .checkpoint import check_weights_file
-from .trained_model import load_trained_model
+from .trained_model import check_weights_file, load_trained_model
 
 __all__ = ["PREDICTIONS_FILE", "OODPredictor", "find_images", "instances_to_records", "predict_images"]
 

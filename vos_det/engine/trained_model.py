@@ -1,22 +1,119 @@
-"""A trained model, ready to evaluate: built from its config, its checkpoint checked and loaded."""
+"""A trained model, ready to evaluate: its weights file checked, the model built from its
+config, the checkpoint checked against the model and loaded.
+
+:func:`check_weights_file` is cheap (no tensor is read), so a tool runs it before anything
+else; :func:`load_trained_model` then builds the model and loads a checkpoint only once
+:func:`check_checkpoint_matches_model` has found every tensor of the model's shape.
+"""
+import os
+import pickle
+import zipfile
 from typing import Optional
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from ..errors import UserError
 from ..modeling.ood_scores import attach_post_hoc_hooks
-from .checkpoint import check_checkpoint_matches_model
+from .post_hoc_weights import check_post_hoc_states
 
-__all__ = ["load_trained_model"]
+__all__ = ["check_checkpoint_matches_model", "check_weights_file", "load_trained_model"]
+
+
+# Buffers whose shapes may differ between checkpoint and model: the VOS feature queues
+# (training state, unused at inference) and the Mahalanobis statistics (their class count
+# is data, adopted on load).
+_SHAPE_FREE_BUFFERS = (".feature_queues.", ".mahalanobis.")
+
+
+def check_weights_file(weights: str, option: str = "MODEL.WEIGHTS") -> None:
+    """Raise when ``weights`` is a local path with no file, or a truncated ``.pth`` file.
+
+    Cheap (no tensor is read): run it before the model is built. Remote paths
+    (``detectron2://...``, ``https://...``) and "" are not checked.
+
+    Raises:
+        FileNotFoundError: no such file (named, with ``option``).
+        UserError: a ``.pth`` file whose zip directory is missing (a truncated copy).
+    """
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        where = "a folder, not a file" if os.path.isdir(weights) else "not found"
+        raise FileNotFoundError(f"weights file {weights} ({option}) {where}")
+    if weights.endswith(".pth") and os.path.isfile(weights) and not zipfile.is_zipfile(weights):
+        with open(weights, "rb") as f:
+            legacy_pickle = f.read(1) == b"\x80"  # torch's pre-1.6 format is a plain pickle
+        if not legacy_pickle:
+            raise UserError(
+                f"weights file {weights} ({option}, {os.path.getsize(weights)} bytes) is truncated or "
+                "not a torch .pth checkpoint (no zip directory at its end)"
+            )
+
+
+def _load_checkpoint(weights: str):
+    """torch.load of a .pth file, with errors that name it (missing, truncated, not a checkpoint)."""
+    check_weights_file(weights)
+    try:
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        size = os.path.getsize(weights)
+        first_sentence = str(error).split(". ")[0]
+        raise UserError(
+            f"weights file {weights} ({size} bytes) cannot be read as a checkpoint: truncated or not a "
+            f"torch .pth file ({first_sentence})"
+        ) from error
+
+
+def check_checkpoint_matches_model(weights: str, model) -> None:
+    """Raise if a checkpoint's tensors do not have the shapes of the model's.
+
+    detectron2's checkpointer skips mismatched tensors with a warning (right for
+    fine-tuning, wrong for evaluation: a model whose class count differs from the
+    checkpoint's would silently predict with random layers). Only ``.pth`` files are
+    checked; they are read with ``weights_only=True``, which runs no pickled code. The
+    VOS feature queues and the Mahalanobis statistics are not compared. A post-hoc OOD score
+    state the model was built with must have been fitted on these weights
+    (:func:`~vos_det.engine.post_hoc_weights.check_post_hoc_states`).
+
+    Args:
+        weights (str): the checkpoint path.
+        model (nn.Module): the model built from the config.
+
+    Raises:
+        FileNotFoundError: no such file (named).
+        UserError: the file is truncated or no checkpoint (named).
+        ValueError: naming the file, each mismatched tensor and both shapes.
+        UserError: MODEL.VOS.POST_HOC.STATE was fitted on other weights (both named).
+    """
+    check_weights_file(weights)
+    if not weights.endswith(".pth"):
+        return
+    checkpoint = _load_checkpoint(weights)
+    state = checkpoint.get("model", checkpoint)
+    model_state = model.state_dict()
+    mismatched = [
+        f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(model_state[name].shape)}"
+        for name, value in state.items()
+        if name in model_state
+        and tuple(value.shape) != tuple(model_state[name].shape)
+        and not any(part in name for part in _SHAPE_FREE_BUFFERS)
+    ]
+    if mismatched:
+        raise ValueError(
+            f"{weights} does not fit the model built from the config (does "
+            f"MODEL.ROI_HEADS.NUM_CLASSES or the box head differ from training?):\n  "
+            + "\n  ".join(mismatched)
+        )
+    check_post_hoc_states(weights, state, model)
 
 
 def load_trained_model(cfg, weights: Optional[str] = None):
     """The model of ``cfg`` with trained weights loaded, in eval mode.
 
     The checkpoint is checked against the built model before it is loaded
-    (:func:`~vos_det.engine.checkpoint.check_checkpoint_matches_model`): detectron2's
-    checkpointer would skip a tensor of another shape with a warning and leave that layer
-    random. The forward hooks of a fitted post-hoc score (SAFE) are attached.
+    (:func:`check_checkpoint_matches_model`): detectron2's checkpointer would skip a tensor
+    of another shape with a warning and leave that layer random. The forward hooks of a
+    fitted post-hoc score (SAFE) are attached.
 
     Args:
         cfg (CfgNode): the config the weights were trained with (any META_ARCHITECTURE).

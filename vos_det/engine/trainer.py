@@ -24,7 +24,7 @@ from ..evaluation.ood_summary import OOD_RESULTS_FILE
 from ..modeling.ood_scores import attach_post_hoc_hooks
 from .checkpoint import AtomicWritePathManager, CaptureRandomStates, RandomState
 from .launch import cpu_ddp_in_default_trainer
-from .ood_evaluation import collect_records, evaluate_model
+from .ood_evaluation import evaluate_model
 
 # OOD_RESULTS_FILE: the name of the report Trainer.test writes in OUTPUT_DIR.
 __all__ = ["OOD_RESULTS_FILE", "Trainer", "divergence_message"]
@@ -238,21 +238,20 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def evaluate_ood_of(cls, cfg, model, evaluators=None, log_report=True):
-        """The OOD evaluation of a model with this trainer's test loaders and evaluators:
-        its records (:func:`vos_det.engine.ood_evaluation.collect_records`), then the report
-        (:func:`vos_det.engine.ood_evaluation.evaluate_model`).
+        """The OOD evaluation of a model (:func:`vos_det.engine.ood_evaluation.evaluate_model`)
+        with this trainer's test loaders and evaluators.
 
         Returns:
             tuple[OrderedDict, dict]: (results, report) of :func:`vos_det.evaluation.evaluate_ood`.
         """
-        records = collect_records(
+        return evaluate_model(
             cfg,
             model,
             lambda name: cls.build_test_loader(cfg, name),
             lambda name: cls.build_evaluator(cfg, name),
             evaluators,
+            log_report,
         )
-        return evaluate_model(cfg, model, records, log_report)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

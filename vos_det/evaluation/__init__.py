@@ -23,11 +23,10 @@ from .calibration import Calibration, OODRule, calibrate, threshold_keeping
 from .coco_optimal_f1 import coco_optimal_f1_threshold
 from .detection import VOCDetectionEvaluator, build_detection_evaluator, log_detection_results
 from .ground_truth import GroundTruthBoxes, load_ground_truth
-from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, summarize_ood_evaluation
+from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, Comparison, ScoredSet, summarize_ood_evaluation
 from .protocol import evaluate_ood
 from .records import BoxOODScoreCollector, DetectionRecords, collect_detections
 from .report import format_ood_report, format_ood_table
-from .scored_sets import Comparison, ScoredSet
 from .voc_optimal_f1 import match_detections, optimal_f1_threshold
 
 __all__ = [

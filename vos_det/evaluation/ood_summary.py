@@ -1,7 +1,10 @@
 """The back half of every OOD evaluation, shared by boxes (detection) and images (classification).
 
-From the :class:`~.scored_sets.Comparison` records of a task-specific front
-(:func:`vos_det.evaluation.protocol.evaluate_ood`, ``ClassificationTrainer.test``):
+A task-specific front (:func:`vos_det.evaluation.protocol.evaluate_ood`,
+``ClassificationTrainer.test``) hands it, per ID set, one :class:`Comparison` of
+:class:`ScoredSet` records: detection keeps, for each ID set, the boxes its box selection
+keeps on that set and on every OOD set; classification keeps every image (the whole image is
+the one box). From them:
 
 1. FPR95 / AUROC / AUPR-In / AUPR-Out / OOD-positive FPR95 of every OOD score, ID set against
    each OOD set; NaN scores are left out with a warning, and a pair without any score left is
@@ -15,6 +18,8 @@ From the :class:`~.scored_sets.Comparison` records of a task-specific front
 import logging
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List
 
 import numpy as np
 
@@ -25,7 +30,7 @@ from .plots import plot_comparisons
 from .records import numbers_only
 from .report import format_ood_report, write_json
 
-__all__ = ["OOD_RESULTS_FILE", "PLOTS_DIR", "fpr95_convention", "summarize_ood_evaluation"]
+__all__ = ["OOD_RESULTS_FILE", "PLOTS_DIR", "Comparison", "ScoredSet", "fpr95_convention", "summarize_ood_evaluation"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,49 @@ _FPR_METHOD_TEXT = {
     "first_at_least": "read at the first ROC point keeping >= 95% of ID {unit}",
     "official_closest": "read at the ROC point whose ID recall is closest to 95% (official VOS code)",
 }
+
+
+@dataclass
+class ScoredSet:
+    """The samples of one dataset that enter the OOD metrics, with their OOD scores.
+
+    Attributes:
+        ood_score_table (dict[str, np.ndarray]): all OOD scores of the kept samples: score
+            name -> (N,) float64 OOD scores (larger = more OOD); a NaN is left out of the
+            metrics with a warning.
+        num_kept (int): N, the kept samples.
+        num_candidates (int): samples before the selection (every detection; for images,
+            the images).
+        num_images (int): images of the dataset.
+    """
+
+    ood_score_table: Dict[str, np.ndarray]
+    num_kept: int
+    num_candidates: int
+    num_images: int
+
+
+@dataclass
+class Comparison:
+    """One ID set against every OOD set, their samples kept by the same rule.
+
+    Attributes:
+        id_name (str): the ID set.
+        sets (dict[str, ScoredSet]): the ID set first, then the OOD sets (a set listed
+            both as ID and OOD appears once).
+        ood_names (list[str]): the OOD sets, in order; each is paired with the ID set.
+        selection (str): one sentence saying how the samples were kept (plots' subtitle).
+    """
+
+    id_name: str
+    sets: Dict[str, ScoredSet]
+    ood_names: List[str]
+    selection: str
+
+    @property
+    def others(self) -> List[str]:
+        """The sets other than the ID set itself (those whose samples may be flagged OOD)."""
+        return [name for name in self.sets if name != self.id_name]
 
 
 def fpr95_convention(unit: str, fpr_method: str) -> str:

@@ -188,7 +188,7 @@ def plot_comparisons(plots_dir, comparisons, calibrated=None):
     Args:
         plots_dir (str): the folder of the PNGs (``roc__<id>__<ood>.png``,
             ``histograms__<id>__<ood>.png``).
-        comparisons (list[Comparison]): see :mod:`vos_det.evaluation.scored_sets`; a pair
+        comparisons (list[Comparison]): see :class:`vos_det.evaluation.ood_summary.Comparison`; a pair
             without any non-NaN score on one side is left out.
         calibrated (tuple[str, float], optional): (score name, threshold) to mark.
 

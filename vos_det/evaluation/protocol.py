@@ -33,10 +33,9 @@ from ..data.catalog import get_ood_role
 from .box_selection import PROTOCOL_DESCRIPTIONS, PROTOCOLS, select_boxes_for_config
 from .calibration import calibrate
 from .gallery import plot_detection_examples, plot_failure_gallery
-from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, summarize_ood_evaluation
+from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, Comparison, ScoredSet, summarize_ood_evaluation
 from .plots import safe_file_name
 from ..metrics.score_curves import FPR_METHODS
-from .scored_sets import Comparison, ScoredSet
 
 # OOD_RESULTS_FILE and PLOTS_DIR: the files evaluate_ood writes, named here too.
 __all__ = ["OOD_RESULTS_FILE", "PLOTS_DIR", "check_calibration_set", "evaluate_ood", "fpr95_method"]
