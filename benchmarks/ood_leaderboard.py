@@ -109,6 +109,9 @@ _VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
 # Training method -> config overrides of CONFIG, for both tasks. "vos" is the config as it is;
 # "vos_npos" and "vos_balanced" the synthesis variants (NPOS-style outliers with the
 # class-balanced uncertainty loss and 20 kept per class; the class-balanced loss alone).
+# "cider" and "siren" train the vanilla detector with an embedding loss instead of VOS, as
+# their papers do, at the defaults of MODEL.EMBEDDING.CIDER / .SIREN (detection only); they
+# are judged by their own test-time scores, "knn" for CIDER and "siren" for SIREN.
 METHODS = OrderedDict(
     [
         ("vanilla", _VANILLA),
@@ -118,10 +121,14 @@ METHODS = OrderedDict(
             ["MODEL.VOS.OUTLIER_SYNTHESIS", "npos", "MODEL.VOS.BALANCED_LOSS", "True", "MODEL.VOS.SELECT", "20"],
         ),
         ("vos_balanced", ["MODEL.VOS.BALANCED_LOSS", "True"]),
+        ("cider", [*_VANILLA, "MODEL.EMBEDDING.LOSSES", '["CIDERLoss"]']),
+        ("siren", [*_VANILLA, "MODEL.EMBEDDING.LOSSES", '["SIRENLoss"]']),
     ]
 )
 # The methods the classification task trains unless --methods names others.
 CLASSIFICATION_METHODS = ("vanilla", "vos", "vos_npos")
+# Methods of the box predictor's embedding losses, which the image classifier does not have.
+DETECTION_ONLY_METHODS = ("cider", "siren")
 # Evaluation protocols (TEST.OOD.PROTOCOL): every one vos_det knows. The table header says how
 # each keeps boxes and reads FPR95 under this config (BOX_SELECTION optimal_f1, FPR95_METHOD
 # first_at_least); a protocol missing here is described by vos_det's own sentence.
@@ -792,6 +799,9 @@ def parse_arguments(argv=None):
     unknown = [name for name in args.methods if name not in args.known]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; known: {list(args.known)} (add some with --methods-file)")
+    detection_only = [name for name in args.methods if name in DETECTION_ONLY_METHODS]
+    if args.task == "classification" and detection_only:
+        parser.error(f"method(s) {detection_only} of --task detection only (the image classifier has no embedding losses)")
     if args.train_only and args.skip_untrained:
         parser.error("--train-only and --skip-untrained exclude each other")
     args.seeds = parse_seeds(parser, args.seeds)

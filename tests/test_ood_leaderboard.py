@@ -267,3 +267,16 @@ def test_classification_study_tabulates_the_trained_models(leaderboard, tmp_path
     assert set(payload["seconds"]["per_model"]) == {f"{m}/seed{s}" for m in ("vanilla", "vos") for s in range(5)}
     markdown = (tmp_path / "results" / "cls.md").read_text()
     assert markdown.startswith("digits-cls, seeds 0,1,2,3,4:") and "met by vos/energy." in markdown
+
+
+def test_embedding_loss_methods_train_the_vanilla_detector_with_their_loss(leaderboard, capsys):
+    from vos_det.config import load_config
+
+    vanilla = load_config("digits_vos_tiny.yaml", [*leaderboard.METHODS["vanilla"], "OUTPUT_DIR", "out"])
+    for name, loss in (("cider", "CIDERLoss"), ("siren", "SIRENLoss")):
+        cfg = load_config("digits_vos_tiny.yaml", [*leaderboard.METHODS[name], "OUTPUT_DIR", "out"])
+        assert list(cfg.MODEL.EMBEDDING.LOSSES) == [loss]
+        assert cfg.dump() == vanilla.dump().replace("LOSSES: []", f"LOSSES:\n    - {loss}")
+    with pytest.raises(SystemExit):
+        leaderboard.parse_arguments(["--task", "classification", "--methods", "vanilla,siren"])
+    assert "method(s) ['siren'] of --task detection only" in capsys.readouterr().err
