@@ -20,7 +20,7 @@ detection; with ``MODEL.VOS.OOD_SCORE siren`` and no such loss it refuses to be 
 
 The paper's second score is the k-NN distance in the same embedding ("SIREN-KNN",
 ``rcnn/voc_coco_knn.py``: the normalised projections of the detections on the ID training
-images are the bank). The ``knn`` score of :mod:`.knn` searches the box features h instead
+images are the bank). The ``knn`` score (:mod:`.knn`) searches the box features h instead
 (the input of the projection head), so on a SIREN model it is k-NN on the features SIREN
 shaped through the projection, not on the embedding itself.
 """
