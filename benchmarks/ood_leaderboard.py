@@ -113,6 +113,11 @@ _VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
 # class-balanced uncertainty loss and 20 kept per class; the class-balanced loss alone);
 # "vos_mlp" the released code's final head (branch main-MLP: an MLP on the weighted energy,
 # trained with binary cross-entropy) ranked by the score that code evaluates with.
+# "cider" and "siren" train the vanilla detector with an embedding loss instead of VOS, as
+# their papers do, at the defaults of MODEL.EMBEDDING.CIDER / .SIREN (detection only); they
+# are judged by their own test-time scores, "knn" for CIDER and "siren" for SIREN.
+# "vanilla_fc64" and "vos_fc64" narrow the box head's penultimate layer from 128 to 64, the
+# width a re-implementation of VOS for classification found to work where wider ones failed.
 METHODS = OrderedDict(
     [
         ("vanilla", _VANILLA),
@@ -123,10 +128,16 @@ METHODS = OrderedDict(
         ),
         ("vos_balanced", ["MODEL.VOS.BALANCED_LOSS", "True"]),
         ("vos_mlp", ["MODEL.VOS.UNCERTAINTY_HEAD", "mlp", "MODEL.VOS.OOD_SCORE", "vos_release"]),
+        ("cider", [*_VANILLA, "MODEL.EMBEDDING.LOSSES", '["CIDERLoss"]']),
+        ("siren", [*_VANILLA, "MODEL.EMBEDDING.LOSSES", '["SIRENLoss"]']),
+        ("vanilla_fc64", [*_VANILLA, "MODEL.ROI_BOX_HEAD.FC_DIM", "64"]),
+        ("vos_fc64", ["MODEL.ROI_BOX_HEAD.FC_DIM", "64"]),
     ]
 )
 # The methods the classification task trains unless --methods names others.
 CLASSIFICATION_METHODS = ("vanilla", "vos", "vos_npos")
+# Methods of the box predictor's embedding losses, which the image classifier does not have.
+DETECTION_ONLY_METHODS = ("cider", "siren")
 # Evaluation protocols (TEST.OOD.PROTOCOL): every one vos_det knows. The table header says how
 # each keeps boxes and reads FPR95 under this config (BOX_SELECTION optimal_f1, FPR95_METHOD
 # first_at_least); a protocol missing here is described by vos_det's own sentence.
@@ -848,6 +859,9 @@ def parse_arguments(argv=None):
     unknown = [name for name in args.methods if name not in args.known]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; known: {list(args.known)} (add some with --methods-file)")
+    detection_only = [name for name in args.methods if name in DETECTION_ONLY_METHODS]
+    if args.task == "classification" and detection_only:
+        parser.error(f"method(s) {detection_only} of --task detection only (the image classifier has no embedding losses)")
     if args.train_only and args.skip_untrained:
         parser.error("--train-only and --skip-untrained exclude each other")
     args.seeds = parse_seeds(parser, args.seeds)

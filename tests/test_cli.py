@@ -167,7 +167,7 @@ def test_the_model_build_checks_its_own_options(tmp_path, tiny_cfg):
     "key, value, message",
     [
         ("MODEL.EMBEDDING.CLASSIFIER", "Cosface", r"MODEL\.EMBEDDING\.CLASSIFIER='Cosface': must be one of .*CosFaceClassifier"),
-        ("MODEL.EMBEDDING.LOSSES", ["Center"], r"MODEL\.EMBEDDING\.LOSSES='Center': must be one of CIDERLoss, CenterLoss$"),
+        ("MODEL.EMBEDDING.LOSSES", ["Center"], r"MODEL\.EMBEDDING\.LOSSES='Center': must be one of CIDERLoss, CenterLoss, SIRENLoss$"),
         ("MODEL.VOS.BOX_PREDICTOR", "VOSOutput", r"MODEL\.VOS\.BOX_PREDICTOR='VOSOutput': must be one of VOSOutputLayers$"),
     ],
 )

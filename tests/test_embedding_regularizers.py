@@ -296,7 +296,7 @@ def test_embedding_losses_are_built_by_name_and_rejects_duplicates():
     assert [type(loss) for loss in losses] == [CenterLoss, CIDERLoss]
     with pytest.raises(ValueError, match="twice"):
         build_embedding_losses(_cfg(LOSSES=["CenterLoss", "CenterLoss"]), DIM, 3)
-    with pytest.raises(ConfigError, match=r"MODEL\.EMBEDDING\.LOSSES='NoSuchLoss': must be one of CIDERLoss, CenterLoss"):
+    with pytest.raises(ConfigError, match=r"MODEL\.EMBEDDING\.LOSSES='NoSuchLoss': must be one of CIDERLoss, CenterLoss, SIRENLoss"):
         build_embedding_losses(_cfg(LOSSES=["NoSuchLoss"]), DIM, 3)
 
 

@@ -298,3 +298,29 @@ def test_shift_guide_names_the_best_score_per_shift_with_its_paired_difference(l
                 f"Δ {format_difference(better['near_FPR95']['diff'])}")
     line = next(line for line in markdown.splitlines() if line.startswith("| near-OOD"))
     assert line.count(expected) == 1 and "*" in expected  # halved on every seed: significant
+
+
+def test_embedding_loss_methods_train_the_vanilla_detector_with_their_loss(leaderboard, capsys):
+    from vos_det.config import load_config
+
+    vanilla = load_config("digits_vos_tiny.yaml", [*leaderboard.METHODS["vanilla"], "OUTPUT_DIR", "out"])
+    for name, loss in (("cider", "CIDERLoss"), ("siren", "SIRENLoss")):
+        cfg = load_config("digits_vos_tiny.yaml", [*leaderboard.METHODS[name], "OUTPUT_DIR", "out"])
+        assert list(cfg.MODEL.EMBEDDING.LOSSES) == [loss]
+        assert cfg.dump() == vanilla.dump().replace("LOSSES: []", f"LOSSES:\n    - {loss}")
+    with pytest.raises(SystemExit):
+        leaderboard.parse_arguments(["--task", "classification", "--methods", "vanilla,siren"])
+    assert "method(s) ['siren'] of --task detection only" in capsys.readouterr().err
+
+
+def test_the_fc64_methods_narrow_only_the_box_head(leaderboard):
+    from vos_det.config import load_config
+
+    for narrow, wide in (("vanilla_fc64", "vanilla"), ("vos_fc64", "vos")):
+        cfg = load_config("digits_vos_r18.yaml", [*leaderboard.METHODS[narrow], "MODEL.DEVICE", "cpu"])
+        reference = load_config("digits_vos_r18.yaml", [*leaderboard.METHODS[wide], "MODEL.DEVICE", "cpu"])
+        assert (reference.MODEL.ROI_BOX_HEAD.FC_DIM, cfg.MODEL.ROI_BOX_HEAD.FC_DIM) == (128, 64)
+        assert cfg.dump() == reference.dump().replace("FC_DIM: 128", "FC_DIM: 64")
+        model = build_model(cfg)
+        assert model.roi_heads.box_head.output_shape.channels == 64
+        assert model.roi_heads.box_predictor.cls_score.in_features == 64

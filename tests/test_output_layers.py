@@ -257,8 +257,8 @@ def _reference_table(layer, logits):
 
 
 # The scores a model has without fitted post-hoc state (tests/test_ood_scores.py covers the
-# fitted ones).
-SCORES_WITHOUT_POST_HOC_STATE = tuple(s for s in OOD_SCORES if s not in POST_HOC_SCORES) + ("maxlogit", "gen")
+# fitted ones) and without SIRENLoss (tests/test_siren.py covers "siren").
+SCORES_WITHOUT_POST_HOC_STATE = tuple(s for s in OOD_SCORES if s not in (*POST_HOC_SCORES, "siren")) + ("maxlogit", "gen")
 
 
 @pytest.mark.parametrize("ood_score", SCORES_WITHOUT_POST_HOC_STATE)

@@ -200,7 +200,11 @@ _SYNTHESIS_MODULES = (
     "vos_det.modeling.vos.npos",
     "vos_det.modeling.vos.uncertainty_loss",
 )
-_BUILT_IN_SCORE_MODULES = ("vos_det.modeling.ood_scores.energy", "vos_det.modeling.ood_scores.mahalanobis")
+_BUILT_IN_SCORE_MODULES = (
+    "vos_det.modeling.ood_scores.energy",
+    "vos_det.modeling.ood_scores.mahalanobis",
+    "vos_det.modeling.ood_scores.siren",
+)
 
 
 def _markdown_of_docstring(text):
@@ -257,7 +261,7 @@ def ood_methods_page():
         "The evaluation records `ood_scores_<name>` of each score; `MODEL.VOS.OOD_SCORE` names the one",
         "behind `ood_scores` and `is_ood`, the only one plain inference computes. The energy scores (`vos`, `energy`, `weighted_energy`,",
         "`msp`) need nothing fitted; `mahalanobis` needs `tools/fit_mahalanobis.py`, the post-hoc",
-        "scores with fitted state `tools/fit_ood_scores.py`.",
+        "scores with fitted state `tools/fit_ood_scores.py`, and `siren` a model trained with `SIRENLoss`.",
         "",
     ]
     for module in _BUILT_IN_SCORE_MODULES:

@@ -21,9 +21,9 @@ __all__ = [
 # reports.
 POST_HOC_SCORES = ("maxlogit", "gen", "knn", "vim", "react", "mahalanobis_multilayer", "safe", "fused")
 # Scores that can back ood_scores / is_ood (MODEL.VOS.OOD_SCORE); "mahalanobis" needs
-# statistics fitted with tools/fit_mahalanobis.py, and the post-hoc scores with fitted state
-# tools/fit_ood_scores.py (box predictor only).
-OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "vos_release", "mahalanobis") + POST_HOC_SCORES
+# statistics fitted with tools/fit_mahalanobis.py, the post-hoc scores with fitted state
+# tools/fit_ood_scores.py, and "siren" a model trained with SIRENLoss (box predictor only).
+OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "vos_release", "mahalanobis", "siren") + POST_HOC_SCORES
 # The scores that need the uncertainty head and energy weights of a VOS-trained model.
 VOS_ONLY_SCORES = ("vos", "vos_release", "weighted_energy")
 # How the lowest-likelihood Gaussian samples are drawn (MODEL.VOS.SAMPLER).

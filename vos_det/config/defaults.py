@@ -117,8 +117,8 @@ def add_vos_config(cfg):
     cfg.MODEL.EMBEDDING.SPHEREFACE = CN(
         {"MARGIN": 4, "LAMBDA_BASE": 1000.0, "LAMBDA_MIN": 5.0, "LAMBDA_GAMMA": 0.12, "LAMBDA_POWER": 1.0}
     )
-    # Losses on the foreground box features, names in EMBEDDING_LOSS_REGISTRY:
-    # "CenterLoss", "CIDERLoss" (vos_det/modeling/regularizers/center_loss.py, cider.py).
+    # Losses on the foreground box features, names in EMBEDDING_LOSS_REGISTRY: "CenterLoss",
+    # "CIDERLoss", "SIRENLoss" (vos_det/modeling/regularizers/center_loss.py, cider.py, siren.py).
     cfg.MODEL.EMBEDDING.LOSSES = []
     # Center loss (Wen et al. 2016): WEIGHT * mean_i 1/2 ||x_i - c_{y_i}||^2; the centers
     # move by ALPHA times the paper's update each iteration.
@@ -136,6 +136,14 @@ def add_vos_config(cfg):
             "COMPACTNESS_WEIGHT": 0.1,
             "DISPERSION_WEIGHT": 0.1,
         }
+    )
+    # SIREN (Du et al. 2022): a Linear-ReLU-Linear projection to EMBEDDING_DIM on the unit
+    # sphere, one von Mises-Fisher distribution per class (prototype updated per sample with
+    # the EMA factor PROTOTYPE_MOMENTUM, concentration learned from KAPPA_INIT), trained by
+    # the vMF maximum likelihood weighted LOSS_WEIGHT; it learns the OOD score "siren". The
+    # released Faster R-CNN run's values (its center64_0.1.yaml and roihead_gmm.py).
+    cfg.MODEL.EMBEDDING.SIREN = CN(
+        {"EMBEDDING_DIM": 64, "LOSS_WEIGHT": 0.1, "KAPPA_INIT": 10.0, "PROTOTYPE_MOMENTUM": 0.95}
     )
 
     # A few-layer conv net with FPN outputs for the CPU digits-det benchmark.

@@ -78,6 +78,10 @@ RULES = {
     "MODEL.EMBEDDING.CIDER.PROTOTYPE_MOMENTUM": between(0.0, 1.0, high_open=True),
     "MODEL.EMBEDDING.CIDER.COMPACTNESS_WEIGHT": at_least(0.0),
     "MODEL.EMBEDDING.CIDER.DISPERSION_WEIGHT": at_least(0.0),
+    "MODEL.EMBEDDING.SIREN.EMBEDDING_DIM": at_least(2, integer=True),
+    "MODEL.EMBEDDING.SIREN.LOSS_WEIGHT": at_least(0.0),
+    "MODEL.EMBEDDING.SIREN.KAPPA_INIT": greater_than(0.0),
+    "MODEL.EMBEDDING.SIREN.PROTOTYPE_MOMENTUM": between(0.0, 1.0, high_open=True),
     # detectron2's own solver, input and loader keys: checked here too, so that a mistake is
     # named before detectron2 meets it (as an AssertionError or a broken image).
     "SOLVER.IMS_PER_BATCH": at_least(1, integer=True),

@@ -13,7 +13,7 @@ from ..utils.precision import full_precision
 from .ood_scores import build_post_hoc_scores
 from .ood_scores.mahalanobis import GaussianDiscriminant
 from .ood_scores.scoring import PostHocScoring
-from .regularizers.embedding_losses import build_embedding_losses
+from .regularizers.embedding_losses import build_embedding_losses, losses_learning_score
 from .regularizers.margin_classifiers import LinearClassifier, build_box_classifier
 from .release_inference import nms_before_clip_inference
 from .vos.virtual_outliers import OOD_SCORES, VirtualOutlierMixin, pop_vos_options
@@ -56,7 +56,8 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
     The embedding can be regularised, with or without VOS: ``classifier`` replaces the
     linear ``cls_score`` (L2-constrained softmax, CosFace, ArcFace, SphereFace; see
     :mod:`vos_det.modeling.regularizers`), and ``embedding_losses`` add losses on the
-    foreground box features (center loss, CIDER).
+    foreground box features (center loss, CIDER, SIREN); a loss that learns an OOD score
+    (SIREN's ``siren``) adds it to the scores of every detection.
 
     With ``bottleneck_dim`` > 0 (a variant, off by default), a Linear + ReLU of that width
     sits between the box head and the class layer: the class logits, the queues, the
@@ -117,6 +118,7 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
             self.cls_score = classifier
         self.embedding_losses = nn.ModuleList(embedding_losses)
         self.init_virtual_outliers(feature_dim, **vos_options)
+        self._check_embedding_score_is_learnt()
         # Post-hoc class Gaussians of the box features, fitted by tools/fit_mahalanobis.py;
         # when loaded, every detection also gets ood_scores_mahalanobis.
         self.mahalanobis = GaussianDiscriminant(feature_dim)
@@ -131,6 +133,20 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         # Inference computes every OOD score the model has when True, else ood_score alone
         # (vos_det.utils.ood_score_request sets it for the evaluation).
         self.compute_all_ood_scores = False
+
+    def _check_embedding_score_is_learnt(self):
+        """Refuse an ``ood_score`` that an embedding loss learns, if this model has no such loss."""
+        learnt_by = losses_learning_score(self.ood_score)
+        if learnt_by and self.ood_score not in self.embedding_score_names():
+            trained_with = [type(loss).__name__ for loss in self.embedding_losses]
+            raise ValueError(
+                f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is learnt during training by {' or '.join(learnt_by)}: "
+                f"add it to MODEL.EMBEDDING.LOSSES (this model has {trained_with}) and train the model with it"
+            )
+
+    def embedding_score_names(self):
+        """The OOD scores learnt by this model's embedding losses (e.g. SIREN's "siren")."""
+        return [name for loss in self.embedding_losses for name in getattr(loss, "ood_score_names", ())]
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -259,11 +275,14 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
 
     def _reads_box_inputs(self, names):
         """Whether any score of ``names`` (None = all) reads the box features or proposal
-        boxes, beyond the logits: the Mahalanobis score and the fitted post-hoc scores."""
+        boxes, beyond the logits: the Mahalanobis score, the fitted post-hoc scores and the
+        scores of the embedding losses."""
         if names is None:
             return True
-        scores = self.post_hoc.scores
-        return any(name == "mahalanobis" or (name in scores and scores[name].needs_fit) for name in names)
+        scores, learnt = self.post_hoc.scores, self.embedding_score_names()
+        return any(
+            name == "mahalanobis" or name in learnt or (name in scores and scores[name].needs_fit) for name in names
+        )
 
     def ood_score_table(self, logits, features=None, boxes=None, names=None):
         """The OOD scores of :data:`OOD_SCORES` the model has (larger = more OOD) and p(ID).
@@ -271,8 +290,9 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         Args:
             logits (Tensor): (N, K) foreground logits of N boxes.
             features (Tensor, optional): (N, D) their box features; with fitted
-                ``mahalanobis`` statistics, adds the "mahalanobis" score, and the fitted
-                post-hoc scores (see :attr:`post_hoc`).
+                ``mahalanobis`` statistics, adds the "mahalanobis" score, the fitted
+                post-hoc scores (see :attr:`post_hoc`) and the scores of the embedding
+                losses (:meth:`embedding_score_names`).
             boxes (list[Tensor], optional): per image, the (n_i, 4) proposal boxes of the N
                 rows, for the post-hoc scores that pool the backbone's feature maps.
             names (Collection[str], optional): the scores wanted (None = all); the others
@@ -285,8 +305,22 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         if features is not None and self.mahalanobis.num_classes > 0 and (names is None or "mahalanobis" in names):
             with full_precision(features.device):
                 table["mahalanobis"] = self.mahalanobis.ood_scores(features).float()
+        if features is not None:
+            table.update(self._embedding_scores(features, names))
         table.update(self.post_hoc.table(features, logits, boxes, self.foreground_logits, names))
         return table, id_scores
+
+    def _embedding_scores(self, features, names=None):
+        """The scores of :meth:`embedding_score_names` among ``names`` (None = all), each (N,)
+        float32, computed with autocast off."""
+        table = {}
+        with full_precision(features.device):
+            for loss in self.embedding_losses:
+                wanted = [name for name in getattr(loss, "ood_score_names", ()) if names is None or name in names]
+                if wanted:
+                    scores = loss.ood_scores(features)
+                    table.update({name: scores[name].float() for name in wanted})
+        return table
 
     def foreground_logits(self, features):
         """The (N, K) foreground logits of (N, D) box features (the class layer's first K)."""

@@ -9,6 +9,9 @@ Belongs here: every way of scoring a box (or image) as out-of-distribution.
 * The Mahalanobis score of the box features (:class:`GaussianDiscriminant` in
   :mod:`.mahalanobis`): its class Gaussians, fitted by ``tools/fit_mahalanobis.py``, are
   buffers of the box predictor (``mahalanobis.*`` in its checkpoint).
+* SIREN's vMF score (:func:`siren_ood_score` in :mod:`.siren`, the vMF density in
+  :mod:`.von_mises_fisher`): its class distributions are learnt by the embedding loss
+  ``SIRENLoss``, which computes it for the box predictor.
 * The post-hoc scores behind the one small interface of :mod:`.base` (:class:`PostHocScore`,
   a ``nn.Module`` registered in :data:`OOD_SCORE_REGISTRY` under the name of its
   ``ood_scores_<name>`` field; paper cited in its docstring): :func:`build_post_hoc_scores`
@@ -32,6 +35,7 @@ from .mahalanobis_multilayer import MultiLayerMahalanobisScore
 from .maxlogit import MaxLogitScore, max_logit_ood_score
 from .react import ReActScore
 from .safe import SAFEScore, attach_post_hoc_hooks
+from .siren import siren_ood_score
 from .state_file import POST_HOC_STATE_FILE, load_post_hoc_state, save_post_hoc_state
 from .vim import ViMScore
 
@@ -48,6 +52,7 @@ __all__ = [
     "load_post_hoc_state",
     "pool_box_layers",
     "save_post_hoc_state",
+    "siren_ood_score",
 ]
 
 

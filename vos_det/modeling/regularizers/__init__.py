@@ -2,7 +2,7 @@
 
 Belongs here: replacements of the linear class layer (:data:`CLASSIFIER_REGISTRY`:
 L2-constrained softmax, CosFace, ArcFace, SphereFace; ``MODEL.EMBEDDING.CLASSIFIER``) and
-losses on the foreground box features (:data:`EMBEDDING_LOSS_REGISTRY`: center loss, CIDER;
+losses on the foreground box features (:data:`EMBEDDING_LOSS_REGISTRY`: center loss, CIDER, SIREN;
 ``MODEL.EMBEDDING.LOSSES``). A new one is one file registered in one of the two registries
 and imported below.
 """
@@ -10,6 +10,7 @@ from .center_loss import CenterLoss
 from .cider import CIDERLoss
 from .embedding_losses import EMBEDDING_LOSS_REGISTRY, build_embedding_losses
 from .margin_classifiers import CLASSIFIER_REGISTRY, LinearClassifier, build_box_classifier
+from .siren import SIRENLoss
 
 __all__ = [
     "CIDERLoss",
@@ -17,6 +18,7 @@ __all__ = [
     "EMBEDDING_LOSS_REGISTRY",
     "CenterLoss",
     "LinearClassifier",
+    "SIRENLoss",
     "build_box_classifier",
     "build_embedding_losses",
 ]
