@@ -5,6 +5,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .defaults import default_config
 from .overrides import merge_overrides, unknown_key_message
+from .renamed_keys import rename_config_tree
 from .validation import validate_config
 
 __all__ = ["CONFIGS_DIR", "PREFERRED_CONFIG_FOLDER", "load_config", "resolve_config_file"]
@@ -51,13 +52,35 @@ def resolve_config_file(name: str) -> str:
     raise FileNotFoundError(f"config file {name!r} not found (nor under {CONFIGS_DIR})")
 
 
+def _merge_file(cfg, path):
+    """Merge the YAML file ``path`` (with its ``_BASE_`` files) into ``cfg``, reading the old
+    names of moved keys as their new ones (:mod:`.renamed_keys`).
+
+    Raises:
+        ConfigError: a key under its old and new name with different values, or old names in
+            a file of another detectron2 config VERSION (whose upgrade would not know them).
+    """
+    loaded = cfg.load_yaml_with_base(path, allow_unsafe=True)
+    if not rename_config_tree(loaded, path):
+        cfg.merge_from_file(path)
+        return
+    if loaded.get("VERSION", cfg.VERSION) != cfg.VERSION:
+        raise ConfigError(
+            f"{path}: a VERSION {loaded['VERSION']} config with vos_det's old key names; write the "
+            "new names (docs/config_keys.md)"
+        )
+    cfg.merge_from_other_cfg(type(cfg)(loaded))
+
+
 def load_config(name_or_path, opts=(), *, training=False, freeze=True):
     """The config of a run: defaults + vos_det keys + the file + checked overrides, validated.
 
     Args:
         name_or_path (str): a path or a name under configs/ (:func:`resolve_config_file`).
         opts (Sequence[str]): ``[KEY, VALUE, ...]`` overrides, as on the command line; each
-            key must exist and each value have the type of the key's default.
+            key must exist and each value have the type of the key's default. In the file and
+            the overrides, a key's old name (:data:`~vos_det.config.renamed_keys.RENAMED_KEYS`)
+            is read as its new one, with a deprecation warning.
         training (bool): also warn about settings that only matter for training
             (synthesis that cannot start within SOLVER.MAX_ITER).
         freeze (bool): return the config frozen (the default: what a run reads must not
@@ -67,14 +90,14 @@ def load_config(name_or_path, opts=(), *, training=False, freeze=True):
         CfgNode: the config.
 
     Raises:
-        ConfigError: an unknown key or a value of the wrong type (file or overrides), or a
-            value out of its range.
+        ConfigError: an unknown key or a value of the wrong type (file or overrides), a value
+            out of its range, or a key given under its old and new name with different values.
         FileNotFoundError: no such config file.
     """
     path = resolve_config_file(name_or_path)
     cfg = default_config()
     try:
-        cfg.merge_from_file(path)
+        _merge_file(cfg, path)
     except KeyError as e:
         match = re.search(r"Non-existent config key: ([A-Za-z0-9_.]+)", str(e))
         message = unknown_key_message(cfg, match.group(1)) if match else str(e)
