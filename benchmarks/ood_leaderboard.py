@@ -105,7 +105,7 @@ DONE_FILE = {"detection": "model_final.pth", "classification": "ood_results.json
 SEEDS = (0, 1, 2, 3, 4)
 # The config without VOS, scored by energy: what digits_vanilla_tiny.yaml and
 # digits_vanilla_classifier.yaml say.
-_VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
+_VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.OOD.SCORE", "energy"]
 # Training method -> config overrides of CONFIG, for both tasks. "vos" is the config as it is;
 # "vos_npos" and "vos_balanced" the synthesis variants (NPOS-style outliers with the
 # class-balanced uncertainty loss and 20 kept per class; the class-balanced loss alone).
@@ -162,7 +162,7 @@ TARGET = SeedTarget(
 )
 # SAFE's FGSM pass costs about 0.7 s per training image on 2 CPU cores: it is fitted on 300
 # of the 1200 (about 750 predicted boxes), which bounds a model's fit to minutes.
-SAFE_FIT = ["MODEL.VOS.POST_HOC.SAFE.MAX_IMAGES", "300"]
+SAFE_FIT = ["MODEL.OOD.POST_HOC.SAFE.MAX_IMAGES", "300"]
 TIMING_FILE = "leaderboard_seconds.json"  # in each model's folder: seconds spent training, fitting
 
 
@@ -231,7 +231,7 @@ def fit_posthoc(model_dir, overrides, env):
             env,
         )
         _record_seconds(model_dir, "fit", time.perf_counter() - started)
-    return ["MODEL.VOS.POST_HOC.STATE", post_hoc]
+    return ["MODEL.OOD.POST_HOC.STATE", post_hoc]
 
 
 def train_missing(jobs, args, env):

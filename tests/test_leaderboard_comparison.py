@@ -15,7 +15,7 @@ from vos_det.evaluation.leaderboard import (
 )
 from vos_det.evaluation.statistics import mean_ci, prediction_interval
 
-VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
+VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.OOD.SCORE", "energy"]
 SEEDS_FPR = [40.0, 45.0, 50.0, 55.0, 60.0]
 SEEDS_AUROC = [85.0, 86.0, 87.0, 88.0, 89.0]
 
