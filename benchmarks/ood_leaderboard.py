@@ -75,6 +75,7 @@ from leaderboard_plots import forest_path, plot_leaderboard_forest
 os.environ.setdefault("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
 
 from vos_det.config import load_config
+from vos_det.config.renamed_keys import current_key
 from vos_det.engine import Trainer, load_trained_model
 from vos_det.engine.ood_evaluation import collect_records, ood_rule_of
 from vos_det.evaluation import DetectionRecords, OODRule, evaluate_ood
@@ -317,7 +318,8 @@ def _evaluation_config(overrides, posthoc_opts, weights):
 
 def model_records(model_dir, cfg, key, log):
     """The records of every set and the model's is_ood rule, from ``<model>/leaderboard/records``
-    when cached there with the same ``key``, else from one inference pass per set (then cached).
+    when cached there with the same ``key`` (:func:`same_evaluation`), else from one inference
+    pass per set (then cached).
 
     Returns:
         tuple[dict[str, DetectionRecords], OODRule]
@@ -328,7 +330,7 @@ def model_records(model_dir, cfg, key, log):
     for name, path in paths.items():
         if os.path.exists(path):
             stored = torch.load(path, weights_only=False)  # written below: plain arrays and dicts
-            if stored["key"] == key:
+            if same_evaluation(stored["key"], key):
                 cached[name] = stored
     if len(cached) == len(paths):
         rule = OODRule(**next(iter(cached.values()))["ood_rule"])
@@ -363,12 +365,11 @@ def evaluate(model_dir, overrides, protocols, posthoc_opts, key, log):
     return summaries
 
 
-def evaluate_cached(model_dir, overrides, protocols, posthoc_opts, rerun, log):
-    """evaluate() unless ``<model>/leaderboard/<protocol>.json`` holds a result of the same
-    weights, overrides and post-hoc files (``rerun``: evaluate the cached records again);
-    returns {protocol: summary}."""
+def evaluation_key(model_dir, overrides, posthoc_opts):
+    """The key of a model's cached records and results: the config, its overrides, the
+    post-hoc overrides, the modification times of the weights and post-hoc files, the sets."""
     weights = os.path.join(model_dir, "model_final.pth")
-    key = {
+    return {
         "config": CONFIG,
         "overrides": list(overrides),
         "posthoc": list(posthoc_opts),
@@ -377,13 +378,38 @@ def evaluate_cached(model_dir, overrides, protocols, posthoc_opts, rerun, log):
         },
         "datasets": RECORD_SETS,
     }
+
+
+def _current_names(overrides):
+    """``[KEY, VALUE, ...]`` with each key under its current name (a moved key's old name,
+    e.g. MODEL.VOS.OOD_SCORE, as MODEL.OOD.SCORE; vos_det.config.renamed_keys)."""
+    return [current_key(token) if index % 2 == 0 else token for index, token in enumerate(overrides)]
+
+
+def same_evaluation(stored, key):
+    """Whether a cache entry's key ``stored`` (None when it has none) is :func:`evaluation_key`'s
+    ``key``, whichever names of the moved config keys either was written with: an entry cached
+    before a key moved is still found."""
+    if stored is None:
+        return False
+    layout_free = [
+        {**k, "overrides": _current_names(k["overrides"]), "posthoc": _current_names(k["posthoc"])} for k in (stored, key)
+    ]
+    return layout_free[0] == layout_free[1]
+
+
+def evaluate_cached(model_dir, overrides, protocols, posthoc_opts, rerun, log):
+    """evaluate() unless ``<model>/leaderboard/<protocol>.json`` holds a result of the same
+    weights, overrides and post-hoc files (:func:`same_evaluation`; ``rerun``: evaluate the
+    cached records again); returns {protocol: summary}."""
+    key = evaluation_key(model_dir, overrides, posthoc_opts)
     paths = {protocol: os.path.join(model_dir, "leaderboard", f"{protocol}.json") for protocol in protocols}
     cached = {}
     for protocol, path in paths.items():
         if os.path.exists(path) and not rerun:
             with open(path) as f:
                 stored = json.load(f)
-            if stored.get("key") == key:
+            if same_evaluation(stored.get("key"), key):
                 cached[protocol] = stored["summary"]
     missing = [protocol for protocol in protocols if protocol not in cached]
     if missing:
