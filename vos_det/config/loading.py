@@ -1,6 +1,10 @@
 """Loading a config: a file found by name under configs/, checked overrides, every value checked."""
+import io
 import re
 from pathlib import Path
+
+import yaml
+from detectron2.config import CfgNode
 
 from ..errors import ConfigError
 from .defaults import default_config
@@ -52,24 +56,39 @@ def resolve_config_file(name: str) -> str:
     raise FileNotFoundError(f"config file {name!r} not found (nor under {CONFIGS_DIR})")
 
 
+class _RenamingReader(CfgNode):
+    """detectron2's reading of a YAML config and its ``_BASE_`` files, with the old names of
+    moved keys read as their new ones (:func:`rename_config_tree`) in each file before it is
+    merged over its base, so a file's own setting still wins over its base's."""
+
+    @classmethod
+    def _open_cfg(cls, filename):
+        with super()._open_cfg(filename) as f:
+            text = f.read()
+        try:
+            tree = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return io.StringIO(text)  # a file only yaml.unsafe_load reads is read as it is
+        if isinstance(tree, dict) and rename_config_tree(tree, filename):
+            text = yaml.safe_dump(tree)
+        return io.StringIO(text)
+
+
 def _merge_file(cfg, path):
     """Merge the YAML file ``path`` (with its ``_BASE_`` files) into ``cfg``, reading the old
     names of moved keys as their new ones (:mod:`.renamed_keys`).
 
+    A file of another detectron2 config ``VERSION`` goes through detectron2's upgrade instead,
+    which does not know vos_det's old names.
+
     Raises:
-        ConfigError: a key under its old and new name with different values, or old names in
-            a file of another detectron2 config VERSION (whose upgrade would not know them).
+        ConfigError: a key under its old and new name with different values in one file.
     """
-    loaded = cfg.load_yaml_with_base(path, allow_unsafe=True)
-    if not rename_config_tree(loaded, path):
+    loaded = _RenamingReader.load_yaml_with_base(path, allow_unsafe=True)
+    if loaded.get("VERSION", cfg.VERSION) == cfg.VERSION:
+        cfg.merge_from_other_cfg(type(cfg)(loaded))
+    else:
         cfg.merge_from_file(path)
-        return
-    if loaded.get("VERSION", cfg.VERSION) != cfg.VERSION:
-        raise ConfigError(
-            f"{path}: a VERSION {loaded['VERSION']} config with vos_det's old key names; write the "
-            "new names (docs/config_keys.md)"
-        )
-    cfg.merge_from_other_cfg(type(cfg)(loaded))
 
 
 def load_config(name_or_path, opts=(), *, training=False, freeze=True):
@@ -102,6 +121,8 @@ def load_config(name_or_path, opts=(), *, training=False, freeze=True):
         match = re.search(r"Non-existent config key: ([A-Za-z0-9_.]+)", str(e))
         message = unknown_key_message(cfg, match.group(1)) if match else str(e)
         raise ConfigError(f"{path}: {message}") from e
+    except ConfigError:
+        raise  # names the file already
     except ValueError as e:
         raise ConfigError(f"{path}: {e}") from e
     merge_overrides(cfg, list(opts))

@@ -27,12 +27,15 @@ RENAMED_KEYS = {
 }
 
 
+def _moved(key: str):
+    """The entry of :data:`RENAMED_KEYS` that the dotted ``key`` is or lies under, or None."""
+    return next((old for old in RENAMED_KEYS if key == old or key.startswith(old + ".")), None)
+
+
 def current_key(key: str) -> str:
     """``key`` (dotted) under its current name; a key that did not move is returned as it is."""
-    for old, new in RENAMED_KEYS.items():
-        if key == old or key.startswith(old + "."):
-            return new + key[len(old):]
-    return key
+    old = _moved(key)
+    return key if old is None else RENAMED_KEYS[old] + key[len(old):]
 
 
 def _warn(source, old, new):
@@ -121,13 +124,19 @@ def rename_config_tree(tree: dict, source: str) -> bool:
     Raises:
         ConfigError: a key given under its old and its new name with different values.
     """
-    moved = [(old, current_key(old), value) for old, value in list(_leaves(tree)) if current_key(old) != old]
+    moved = [(old, current_key(old), value) for old, value in list(_leaves(tree)) if _moved(old)]
     missing = object()
     for old, new, value in moved:
         present = _find(tree, new, missing)
         if present is not missing and present != value:
             raise _conflict(source, old, value, new, present)
-        _warn(source, old, new)
         _pop(tree, old)
         _put(tree, new, value)
+    # One warning per moved key, or per moved node of which several keys are set (an old
+    # run's config.yaml sets them all).
+    leaves_by_entry = {}
+    for old, new, _ in moved:
+        leaves_by_entry.setdefault(_moved(old), []).append((old, new))
+    for entry, leaves in leaves_by_entry.items():
+        _warn(source, *(leaves[0] if len(leaves) == 1 else (entry + ".*", RENAMED_KEYS[entry] + ".*")))
     return bool(moved)
