@@ -75,7 +75,7 @@ from leaderboard_plots import forest_path, plot_leaderboard_forest
 os.environ.setdefault("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
 
 from vos_det.config import load_config
-from vos_det.config.renamed_keys import current_key
+from vos_det.config.renamed_keys import current_overrides
 from vos_det.engine import Trainer, load_trained_model
 from vos_det.engine.ood_evaluation import collect_records, ood_rule_of
 from vos_det.evaluation import DetectionRecords, OODRule, evaluate_ood
@@ -380,20 +380,16 @@ def evaluation_key(model_dir, overrides, posthoc_opts):
     }
 
 
-def _current_names(overrides):
-    """``[KEY, VALUE, ...]`` with each key under its current name (a moved key's old name,
-    e.g. MODEL.VOS.OOD_SCORE, as MODEL.OOD.SCORE; vos_det.config.renamed_keys)."""
-    return [current_key(token) if index % 2 == 0 else token for index, token in enumerate(overrides)]
-
-
 def same_evaluation(stored, key):
     """Whether a cache entry's key ``stored`` (None when it has none) is :func:`evaluation_key`'s
-    ``key``, whichever names of the moved config keys either was written with: an entry cached
-    before a key moved is still found."""
+    ``key``, whichever names of the moved config keys (MODEL.VOS.OOD_SCORE, now
+    MODEL.OOD.SCORE, ...) either was written with: an entry cached before a key moved is
+    still found."""
     if stored is None:
         return False
     layout_free = [
-        {**k, "overrides": _current_names(k["overrides"]), "posthoc": _current_names(k["posthoc"])} for k in (stored, key)
+        {**k, "overrides": current_overrides(k["overrides"]), "posthoc": current_overrides(k["posthoc"])}
+        for k in (stored, key)
     ]
     return layout_free[0] == layout_free[1]
 

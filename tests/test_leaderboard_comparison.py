@@ -82,6 +82,15 @@ def test_a_run_matches_the_method_whose_config_it_trains(config, overrides, meth
     assert find_leaderboard_method(load_config(config, overrides), _leaderboard()) == method
 
 
+def test_a_leaderboard_of_the_old_key_names_is_matched_without_warnings(caplog):
+    # Written before the score moved from MODEL.VOS to MODEL.OOD: read under the new names.
+    board = {**_leaderboard(), "methods": {"vanilla": ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]}}
+    with caplog.at_level("WARNING"):
+        assert find_leaderboard_method(load_config("digits_vanilla_tiny.yaml", []), board) == "vanilla"
+        assert find_leaderboard_method(load_config("digits_vos_tiny.yaml", []), board) is None
+    assert not [record for record in caplog.records if record.name == "vos_det.config.renamed_keys"]
+
+
 def test_the_run_is_placed_in_the_spread_of_its_method_and_score():
     cfg = load_config("digits_vos_tiny.yaml", [])
     low, high = prediction_interval(np.mean(SEEDS_FPR), np.std(SEEDS_FPR, ddof=1), 5)

@@ -13,7 +13,7 @@ from detectron2.config import CfgNode
 
 from ..errors import ConfigError
 
-__all__ = ["RENAMED_KEYS", "current_key", "rename_config_tree", "rename_overrides"]
+__all__ = ["RENAMED_KEYS", "current_key", "current_overrides", "rename_config_tree", "rename_overrides"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,12 @@ def current_key(key: str) -> str:
     """``key`` (dotted) under its current name; a key that did not move is returned as it is."""
     old = _moved(key)
     return key if old is None else RENAMED_KEYS[old] + key[len(old):]
+
+
+def current_overrides(overrides):
+    """``[KEY, VALUE, ...]`` with each key under its current name, without a warning: for
+    overrides stored by an earlier version (a cache key, a leaderboard's methods)."""
+    return [current_key(token) if index % 2 == 0 else token for index, token in enumerate(overrides)]
 
 
 def _warn(source, old, new):
