@@ -79,7 +79,8 @@ def test_an_old_override_list_loads_as_the_new_layout(caplog):
         cfg = load_config("digits_vos_tiny.yaml", [t for old, value in OLD_VALUES.items() for t in (old, str(value))])
     assert _as_dict(cfg) == _as_dict(_new_layout_config())
     assert _deprecations(caplog) == [
-        f"config overrides: config key {old} is deprecated, read as {current_key(old)} (rename it)" for old in OLD_VALUES
+        f"config overrides: config key {old} is deprecated, read as {current_key(old)} (rename it)"
+        for old in OLD_VALUES
     ]
 
 
@@ -112,7 +113,8 @@ def test_old_and_new_names_with_different_values_are_an_error_naming_both(tmp_pa
     path = tmp_path / "both.yaml"
     path.write_text(yaml.safe_dump({"_BASE_": str(_config_path()), **_nested(
         {"MODEL.VOS.POST_HOC.KNN.K": 7, "MODEL.OOD.POST_HOC.KNN.K": 9})}))
-    with pytest.raises(ConfigError, match=r"^[^ ]*both\.yaml: MODEL\.VOS\.POST_HOC\.KNN\.K=7 and MODEL\.OOD\.POST_HOC\.KNN\.K=9"):
+    message = r"^[^ ]*both\.yaml: MODEL\.VOS\.POST_HOC\.KNN\.K=7 and MODEL\.OOD\.POST_HOC\.KNN\.K=9"
+    with pytest.raises(ConfigError, match=message):
         load_config(str(path))
     # The same value under both names is one setting.
     same = load_config("digits_vos_tiny.yaml", ["MODEL.OOD.THRESHOLD", "0.25", "MODEL.VOS.OOD_THRESHOLD", "0.250"])

@@ -4,8 +4,8 @@
 :class:`VOSOutputLayers` (with the defaults of ``MODEL.VOS`` and of the score behind
 ``is_ood``, ``MODEL.OOD``); :func:`ood_evaluation_config` turns a LazyConfig's
 ``ood_evaluation`` settings into the config that :func:`vos_det.evaluation.evaluate_ood`
-reads, so a LazyConfig model is evaluated exactly as a yacs one; :func:`train_lazy_config` and :func:`evaluate_lazy_checkpoint`
-are what tools/lazyconfig_train_net.py runs::
+reads, so a LazyConfig model is evaluated exactly as a yacs one; :func:`train_lazy_config` and
+:func:`evaluate_lazy_checkpoint` are what tools/lazyconfig_train_net.py runs::
 
     from detectron2.model_zoo import get_config
     from vos_det.lazyconfig import add_vos

@@ -74,8 +74,8 @@ def rename_overrides(overrides, source="config overrides"):
         for other, other_value in given.get(new, {}).items():
             if other != key and other_value != value:
                 # The old name first: sorted puts False (not the new name) before True.
-                (old, old_value), (_, new_value) = sorted([(key, value), (other, other_value)], key=lambda p: p[0] == new)
-                raise _conflict(source, old, old_value, new, new_value)
+                pairs = sorted([(key, value), (other, other_value)], key=lambda pair: pair[0] == new)
+                raise _conflict(source, pairs[0][0], pairs[0][1], new, pairs[1][1])
         given.setdefault(new, {})[key] = value
         renamed += [new, raw]
     return renamed
