@@ -273,7 +273,7 @@ def load_config(name, overrides: dict, device, vos_enabled=True):
 
     pairs = {"MODEL.DEVICE": str(device), "MODEL.WEIGHTS": "", **overrides}
     if not vos_enabled:
-        pairs.update({"MODEL.VOS.ENABLED": False, "MODEL.VOS.OOD_SCORE": "energy"})
+        pairs.update({"MODEL.VOS.ENABLED": False, "MODEL.OOD.SCORE": "energy"})
     return load_vos_config(name, [str(item) for pair in pairs.items() for item in pair])
 
 

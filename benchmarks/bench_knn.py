@@ -2,7 +2,7 @@
 
 For banks of 10^4, 10^5 and 10^6 unit vectors (D = 128, the digits box head's FC_DIM) and 800
 queries (a test image batch's detections), the k-th neighbour distance (k = 50, the paper's)
-is computed by the three searches of ``MODEL.VOS.POST_HOC.KNN.SEARCH``: "torch" (one matrix
+is computed by the three searches of ``MODEL.OOD.POST_HOC.KNN.SEARCH``: "torch" (one matrix
 product and a top-k, or chunks of the bank where the (800, M) matrix would pass
 --max-matrix-mb), "faiss_flat" (exact) and "faiss_ivf" (approximate, NLIST 4 sqrt(M) cells,
 NPROBE searched). Timings of one size are interleaved; each faiss index is built once before
@@ -71,7 +71,7 @@ def main():
     parser.add_argument("--queries", type=int, default=800, help="queries (detections) per search")
     parser.add_argument("--dim", type=int, default=128, help="feature dimension D (digits FC_DIM)")
     parser.add_argument("--k", type=int, default=50, help="neighbour rank (the paper's 50)")
-    parser.add_argument("--nprobe", type=int, default=32, help="IVF cells searched per query (MODEL.VOS.POST_HOC.KNN.NPROBE)")
+    parser.add_argument("--nprobe", type=int, default=32, help="IVF cells searched per query (MODEL.OOD.POST_HOC.KNN.NPROBE)")
     parser.add_argument("--latent-dim", type=int, default=16,
                         help="dimensions of each class's spread (0 = all D: isotropic, the worst case of an index)")
     parser.add_argument("--max-matrix-mb", type=float, default=1024.0,

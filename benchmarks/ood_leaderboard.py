@@ -75,6 +75,7 @@ from leaderboard_plots import forest_path, plot_leaderboard_forest
 os.environ.setdefault("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
 
 from vos_det.config import load_config
+from vos_det.config.renamed_keys import current_overrides
 from vos_det.engine import Trainer, load_trained_model
 from vos_det.engine.ood_evaluation import collect_records, ood_rule_of
 from vos_det.evaluation import DetectionRecords, OODRule, evaluate_ood
@@ -107,7 +108,7 @@ DONE_FILE = {"detection": "model_final.pth", "classification": "ood_results.json
 SEEDS = (0, 1, 2, 3, 4)
 # The config without VOS, scored by energy: what digits_vanilla_tiny.yaml and
 # digits_vanilla_classifier.yaml say.
-_VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
+_VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.OOD.SCORE", "energy"]
 # Training method -> config overrides of CONFIG, for both tasks. "vos" is the config as it is;
 # "vos_npos" and "vos_balanced" the synthesis variants (NPOS-style outliers with the
 # class-balanced uncertainty loss and 20 kept per class; the class-balanced loss alone);
@@ -127,7 +128,7 @@ METHODS = OrderedDict(
             ["MODEL.VOS.OUTLIER_SYNTHESIS", "npos", "MODEL.VOS.BALANCED_LOSS", "True", "MODEL.VOS.SELECT", "20"],
         ),
         ("vos_balanced", ["MODEL.VOS.BALANCED_LOSS", "True"]),
-        ("vos_mlp", ["MODEL.VOS.UNCERTAINTY_HEAD", "mlp", "MODEL.VOS.OOD_SCORE", "vos_release"]),
+        ("vos_mlp", ["MODEL.VOS.UNCERTAINTY_HEAD", "mlp", "MODEL.OOD.SCORE", "vos_release"]),
         ("cider", [*_VANILLA, "MODEL.EMBEDDING.LOSSES", '["CIDERLoss"]']),
         ("siren", [*_VANILLA, "MODEL.EMBEDDING.LOSSES", '["SIRENLoss"]']),
         ("vanilla_fc64", [*_VANILLA, "MODEL.ROI_BOX_HEAD.FC_DIM", "64"]),
@@ -178,7 +179,7 @@ TARGET = SeedTarget(
 )
 # SAFE's FGSM pass costs about 0.7 s per training image on 2 CPU cores: it is fitted on 300
 # of the 1200 (about 750 predicted boxes), which bounds a model's fit to minutes.
-SAFE_FIT = ["MODEL.VOS.POST_HOC.SAFE.MAX_IMAGES", "300"]
+SAFE_FIT = ["MODEL.OOD.POST_HOC.SAFE.MAX_IMAGES", "300"]
 TIMING_FILE = "leaderboard_seconds.json"  # in each model's folder: seconds spent training, fitting
 
 
@@ -247,7 +248,7 @@ def fit_posthoc(model_dir, overrides, env):
             env,
         )
         _record_seconds(model_dir, "fit", time.perf_counter() - started)
-    return ["MODEL.VOS.POST_HOC.STATE", post_hoc]
+    return ["MODEL.OOD.POST_HOC.STATE", post_hoc]
 
 
 def train_missing(jobs, args, env):
@@ -333,7 +334,8 @@ def _evaluation_config(overrides, posthoc_opts, weights):
 
 def model_records(model_dir, cfg, key, log):
     """The records of every set and the model's is_ood rule, from ``<model>/leaderboard/records``
-    when cached there with the same ``key``, else from one inference pass per set (then cached).
+    when cached there with the same ``key`` (:func:`same_evaluation`), else from one inference
+    pass per set (then cached).
 
     Returns:
         tuple[dict[str, DetectionRecords], OODRule]
@@ -344,7 +346,7 @@ def model_records(model_dir, cfg, key, log):
     for name, path in paths.items():
         if os.path.exists(path):
             stored = torch.load(path, weights_only=False)  # written below: plain arrays and dicts
-            if stored["key"] == key:
+            if same_evaluation(stored["key"], key):
                 cached[name] = stored
     if len(cached) == len(paths):
         rule = OODRule(**next(iter(cached.values()))["ood_rule"])
@@ -379,12 +381,11 @@ def evaluate(model_dir, overrides, protocols, posthoc_opts, key, log):
     return summaries
 
 
-def evaluate_cached(model_dir, overrides, protocols, posthoc_opts, rerun, log):
-    """evaluate() unless ``<model>/leaderboard/<protocol>.json`` holds a result of the same
-    weights, overrides and post-hoc files (``rerun``: evaluate the cached records again);
-    returns {protocol: summary}."""
+def evaluation_key(model_dir, overrides, posthoc_opts):
+    """The key of a model's cached records and results: the config, its overrides, the
+    post-hoc overrides, the modification times of the weights and post-hoc files, the sets."""
     weights = os.path.join(model_dir, "model_final.pth")
-    key = {
+    return {
         "config": CONFIG,
         "overrides": list(overrides),
         "posthoc": list(posthoc_opts),
@@ -393,13 +394,34 @@ def evaluate_cached(model_dir, overrides, protocols, posthoc_opts, rerun, log):
         },
         "datasets": RECORD_SETS,
     }
+
+
+def same_evaluation(stored, key):
+    """Whether a cache entry's key ``stored`` (None when it has none) is :func:`evaluation_key`'s
+    ``key``, whichever names of the moved config keys (MODEL.VOS.OOD_SCORE, now
+    MODEL.OOD.SCORE, ...) either was written with: an entry cached before a key moved is
+    still found."""
+    if stored is None:
+        return False
+    layout_free = [
+        {**k, "overrides": current_overrides(k["overrides"]), "posthoc": current_overrides(k["posthoc"])}
+        for k in (stored, key)
+    ]
+    return layout_free[0] == layout_free[1]
+
+
+def evaluate_cached(model_dir, overrides, protocols, posthoc_opts, rerun, log):
+    """evaluate() unless ``<model>/leaderboard/<protocol>.json`` holds a result of the same
+    weights, overrides and post-hoc files (:func:`same_evaluation`; ``rerun``: evaluate the
+    cached records again); returns {protocol: summary}."""
+    key = evaluation_key(model_dir, overrides, posthoc_opts)
     paths = {protocol: os.path.join(model_dir, "leaderboard", f"{protocol}.json") for protocol in protocols}
     cached = {}
     for protocol, path in paths.items():
         if os.path.exists(path) and not rerun:
             with open(path) as f:
                 stored = json.load(f)
-            if stored.get("key") == key:
+            if same_evaluation(stored.get("key"), key):
                 cached[protocol] = stored["summary"]
     missing = [protocol for protocol in protocols if protocol not in cached]
     if missing:

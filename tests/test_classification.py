@@ -230,7 +230,7 @@ def test_training_starts_vos_at_starting_iter_and_evaluates(image_folders, tmp_p
 
 @pytest.mark.parametrize("vos_enabled", [True, False])
 def test_inference_outputs(vos_enabled):
-    overrides = [] if vos_enabled else ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
+    overrides = [] if vos_enabled else ["MODEL.VOS.ENABLED", "False", "MODEL.OOD.SCORE", "energy"]
     torch.manual_seed(0)
     model = build_model(_cfg(*overrides)).eval()
     sizes = [(32, 32), (32, 32), (20, 44)]
@@ -262,7 +262,7 @@ def test_inference_outputs(vos_enabled):
 
 
 def test_vanilla_has_no_vos_loss_nor_vos_parameters():
-    model = build_model(_cfg("MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy")).train()
+    model = build_model(_cfg("MODEL.VOS.ENABLED", "False", "MODEL.OOD.SCORE", "energy")).train()
     with EventStorage(0):
         losses = model(_batch([(32, 32)] * 3))
     assert set(losses) == {"loss_cls"}

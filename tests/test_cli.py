@@ -118,11 +118,11 @@ def test_int_for_float_and_one_name_for_a_list_are_accepted():
         (["MODEL.VOS.LOSS_WEIGHT", "-1.0"], r"MODEL\.VOS\.LOSS_WEIGHT=-1\.0: must be >= 0\.0"),
         (["MODEL.VOS.STARTING_ITER", "-5"], r"MODEL\.VOS\.STARTING_ITER=-5: must be >= 0"),
         (["MODEL.VOS.SAMPLE_NUMBER", "0"], r"MODEL\.VOS\.SAMPLE_NUMBER=0: must be >= 1"),
-        (["MODEL.VOS.OOD_SCORE", "foo"], r"MODEL\.VOS\.OOD_SCORE='foo': must be one of vos, energy"),
+        (["MODEL.OOD.SCORE", "foo"], r"MODEL\.OOD\.SCORE='foo': must be one of vos, energy"),
         (["MODEL.VOS.SAMPLER", "uniform"], r"MODEL\.VOS\.SAMPLER='uniform': must be one of chi2, gaussian"),
         (["TEST.OOD.CALIBRATION_ID_KEEP", "1.5"], r"TEST\.OOD\.CALIBRATION_ID_KEEP=1\.5: must be in \(0\.0, 1\.0\)"),
         (["TEST.OOD.BOX_SELECTION", "best"], r"TEST\.OOD\.BOX_SELECTION='best': must be one of optimal_f1, fixed"),
-        (["MODEL.VOS.ENABLED", "False"], r"MODEL\.VOS\.OOD_SCORE='vos' needs MODEL\.VOS\.ENABLED True"),
+        (["MODEL.VOS.ENABLED", "False"], r"MODEL\.OOD\.SCORE='vos' needs MODEL\.VOS\.ENABLED True"),
     ],
 )
 def test_values_out_of_range_fail_when_the_config_is_loaded(overrides, message):
@@ -365,7 +365,7 @@ def test_predictor_warns_once_without_a_calibrated_threshold(tmp_path, caplog, t
         OODPredictor(cfg)
     assert caplog.text.count("holds no calibrated OOD threshold") == 1 and "--calibrate" in caplog.text
     caplog.clear()
-    cfg.MODEL.VOS.USE_CALIBRATED_THRESHOLD = False  # an explicit threshold: no warning
+    cfg.MODEL.OOD.USE_CALIBRATED_THRESHOLD = False  # an explicit threshold: no warning
     with caplog.at_level(logging.WARNING, logger="vos_det.engine.predictor"):
         OODPredictor(cfg)
     assert "calibrated" not in caplog.text

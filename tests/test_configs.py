@@ -230,7 +230,7 @@ def test_recipe_trains_and_infers_on_cpu(name):
     with torch.no_grad():
         outputs = model(_batch(1, num_classes, generator))
     instances = outputs[0]["instances"]
-    for field in ("id_scores", "ood_scores", "is_ood", f"ood_scores_{cfg.MODEL.VOS.OOD_SCORE}", "proposal_scores"):
+    for field in ("id_scores", "ood_scores", "is_ood", f"ood_scores_{cfg.MODEL.OOD.SCORE}", "proposal_scores"):
         assert len(instances.get(field)) == len(instances.pred_boxes)
 
 

@@ -131,12 +131,12 @@ def test_a_state_used_with_other_weights_is_refused(fitted_state, random_weights
     message = _error(
         "train_net",
         ["--config", CONFIG, "--eval-only", *TINY, "MODEL.WEIGHTS", str(other),
-         "MODEL.VOS.POST_HOC.STATE", fitted_state, "OUTPUT_DIR", str(output)],
+         "MODEL.OOD.POST_HOC.STATE", fitted_state, "OUTPUT_DIR", str(output)],
         monkeypatch,
     )
     recorded = torch.load(fitted_state, weights_only=True)["info"][WEIGHTS_HASH_KEY]
     assert message.startswith(
-        f"error: MODEL.VOS.POST_HOC.STATE {fitted_state} belongs to other weights: it was fitted on "
+        f"error: MODEL.OOD.POST_HOC.STATE {fitted_state} belongs to other weights: it was fitted on "
         f"{os.path.abspath(random_weights)} (sha256 {recorded[:12]}), not on MODEL.WEIGHTS {other} (sha256 "
     )
     assert f"tools/fit_ood_scores.py --weights {other}" in message
@@ -150,10 +150,10 @@ def test_a_state_without_a_weights_hash_is_loaded_with_a_warning(random_weights,
     state = str(tmp_path / "old_state.pth")
     # As tools/fit_ood_scores.py wrote it before the hash was recorded.
     save_post_hoc_state({}, state, predictor.cls_score.in_features, predictor.num_classes, weights="model_final.pth")
-    model = build_model(tiny_cfg(tmp_path, "MODEL.VOS.POST_HOC.STATE", state))
+    model = build_model(tiny_cfg(tmp_path, "MODEL.OOD.POST_HOC.STATE", state))
     with caplog.at_level(logging.WARNING, logger="vos_det.engine.post_hoc_weights"):
         check_checkpoint_matches_model(random_weights, model)
-    assert f"MODEL.VOS.POST_HOC.STATE {state} records no hash of the weights it was fitted on (model_final.pth)" in caplog.text
+    assert f"MODEL.OOD.POST_HOC.STATE {state} records no hash of the weights it was fitted on (model_final.pth)" in caplog.text
 
 
 # ---------------------------------------------------------------- (c) a truncated or foreign state
@@ -173,10 +173,10 @@ def test_a_broken_state_file_is_named_with_its_key(kind, fitted_state, random_we
     message = _error(
         "train_net",
         ["--config", CONFIG, "--eval-only", *TINY, "MODEL.WEIGHTS", random_weights,
-         "MODEL.VOS.POST_HOC.STATE", str(state), "OUTPUT_DIR", str(output)],
+         "MODEL.OOD.POST_HOC.STATE", str(state), "OUTPUT_DIR", str(output)],
         monkeypatch,
     )
-    assert message.startswith(f"error: MODEL.VOS.POST_HOC.STATE {state} ({len(before)} bytes) cannot be read: {problem}")
+    assert message.startswith(f"error: MODEL.OOD.POST_HOC.STATE {state} ({len(before)} bytes) cannot be read: {problem}")
     assert "write it again with tools/fit_ood_scores.py" in message
     assert open(state, "rb").read() == before and not (output / "ood_results.json").exists()
 

@@ -87,7 +87,7 @@ def test_an_unknown_search_is_refused_by_the_builder_and_the_config():
     with pytest.raises(ValueError, match="SEARCH must be one of"):
         build_knn_search(_unit(5, 0), "annoy")
     cfg = default_config()
-    cfg.MODEL.VOS.POST_HOC.KNN.SEARCH = "annoy"
+    cfg.MODEL.OOD.POST_HOC.KNN.SEARCH = "annoy"
     with pytest.raises(ConfigError, match="SEARCH"):
         validate_config(cfg)
 

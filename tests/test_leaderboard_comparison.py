@@ -15,7 +15,7 @@ from vos_det.evaluation.leaderboard import (
 )
 from vos_det.evaluation.statistics import mean_ci, prediction_interval
 
-VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
+VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.OOD.SCORE", "energy"]
 SEEDS_FPR = [40.0, 45.0, 50.0, 55.0, 60.0]
 SEEDS_AUROC = [85.0, 86.0, 87.0, 88.0, 89.0]
 
@@ -80,6 +80,15 @@ def test_one_run_range_is_the_student_t_prediction_interval():
 )
 def test_a_run_matches_the_method_whose_config_it_trains(config, overrides, method):
     assert find_leaderboard_method(load_config(config, overrides), _leaderboard()) == method
+
+
+def test_a_leaderboard_of_the_old_key_names_is_matched_without_warnings(caplog):
+    # Written before the score moved from MODEL.VOS to MODEL.OOD: read under the new names.
+    board = {**_leaderboard(), "methods": {"vanilla": ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]}}
+    with caplog.at_level("WARNING"):
+        assert find_leaderboard_method(load_config("digits_vanilla_tiny.yaml", []), board) == "vanilla"
+        assert find_leaderboard_method(load_config("digits_vos_tiny.yaml", []), board) is None
+    assert not [record for record in caplog.records if record.name == "vos_det.config.renamed_keys"]
 
 
 def test_the_run_is_placed_in_the_spread_of_its_method_and_score():

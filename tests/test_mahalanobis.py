@@ -88,7 +88,7 @@ def test_statistics_file_round_trip_and_errors(tmp_path):
 
 
 def test_statistics_file_wins_over_the_checkpoint_of_an_unfitted_model(tmp_path, tiny_cfg):
-    """MODEL.VOS.MAHALANOBIS_STATS on a model whose checkpoint was saved before fitting: the
+    """MODEL.OOD.MAHALANOBIS_STATS on a model whose checkpoint was saved before fitting: the
     checkpoint's empty statistics must not replace the file's (they would make every
     Mahalanobis score 0)."""
     from detectron2.checkpoint import DetectionCheckpointer
@@ -107,7 +107,7 @@ def test_statistics_file_wins_over_the_checkpoint_of_an_unfitted_model(tmp_path,
     fitted.save_statistics(stats)
 
     cfg.defrost()
-    cfg.MODEL.VOS.MAHALANOBIS_STATS = stats
+    cfg.MODEL.OOD.MAHALANOBIS_STATS = stats
     restored = Trainer.build_model(cfg)
     DetectionCheckpointer(restored).load(str(tmp_path / "unfitted.pth"))
     discriminant = restored.roi_heads.box_predictor.mahalanobis

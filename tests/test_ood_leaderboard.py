@@ -185,6 +185,63 @@ def test_the_vanilla_method_is_the_vanilla_config():
         assert overridden.dump() == load_config(vanilla, ["OUTPUT_DIR", "out"]).dump()
 
 
+def _cached_model(leaderboard, tmp_path, overrides, posthoc_name):
+    """A trained model's folder whose vos_det.json caches ``{"AP50": 1.0}`` under a key written
+    with ``overrides`` and the post-hoc state under ``posthoc_name``, as an earlier version of
+    the script wrote it. Returns (folder, post-hoc file)."""
+    model_dir = tmp_path / "vanilla" / "seed0"
+    (model_dir / "leaderboard").mkdir(parents=True)
+    (model_dir / "model_final.pth").write_bytes(b"weights")
+    post_hoc = model_dir / "post_hoc_scores.pth"
+    post_hoc.write_bytes(b"state")
+    key = {
+        "config": leaderboard.CONFIG,
+        "overrides": overrides,
+        "posthoc": [posthoc_name, str(post_hoc)],
+        "files_mtime": {str(path): path.stat().st_mtime for path in (model_dir / "model_final.pth", post_hoc)},
+        "datasets": list(leaderboard.RECORD_SETS),
+    }
+    (model_dir / "leaderboard" / "vos_det.json").write_text(json.dumps({"key": key, "summary": {"AP50": 1.0}}))
+    return str(model_dir), str(post_hoc)
+
+
+def test_a_cache_written_with_the_old_key_names_is_reused(leaderboard, tmp_path, monkeypatch):
+    # Cached before the score moved from MODEL.VOS to MODEL.OOD: found under the new names.
+    old_names = ["MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "energy"]
+    model_dir, post_hoc = _cached_model(leaderboard, tmp_path, old_names, "MODEL.VOS.POST_HOC.STATE")
+    evaluated = []
+
+    def evaluate(model_dir, overrides, protocols, posthoc_opts, key, log):
+        evaluated.append(list(overrides))
+        return {protocol: {"AP50": 2.0} for protocol in protocols}
+
+    monkeypatch.setattr(leaderboard, "evaluate", evaluate)
+    posthoc_opts = ["MODEL.OOD.POST_HOC.STATE", post_hoc]
+    assert leaderboard.METHODS["vanilla"] == ["MODEL.VOS.ENABLED", "False", "MODEL.OOD.SCORE", "energy"]
+    for overrides in (leaderboard.METHODS["vanilla"], old_names):
+        summaries = leaderboard.evaluate_cached(model_dir, overrides, ["vos_det"], posthoc_opts, False, print)
+        assert summaries == {"vos_det": {"AP50": 1.0}} and evaluated == []
+    # Another config (another score), or the same one with --rerun, is evaluated.
+    other = ["MODEL.VOS.ENABLED", "False", "MODEL.OOD.SCORE", "msp"]
+    assert leaderboard.evaluate_cached(model_dir, other, ["vos_det"], posthoc_opts, False, print) == {
+        "vos_det": {"AP50": 2.0}
+    }
+    assert evaluated == [other]
+    leaderboard.evaluate_cached(model_dir, leaderboard.METHODS["vanilla"], ["vos_det"], posthoc_opts, True, print)
+    assert len(evaluated) == 2
+
+
+def test_cache_keys_compare_the_current_names_of_moved_keys(leaderboard, tmp_path):
+    (tmp_path / "model_final.pth").write_bytes(b"weights")
+    key = leaderboard.evaluation_key(str(tmp_path), ["MODEL.OOD.SCORE", "energy"], [])
+    old = {**key, "overrides": ["MODEL.VOS.OOD_SCORE", "energy"]}
+    assert leaderboard.same_evaluation(old, key) and leaderboard.same_evaluation(key, old)
+    assert not leaderboard.same_evaluation({**old, "overrides": ["MODEL.VOS.OOD_SCORE", "msp"]}, key)
+    # A key that is only a prefix of a moved one is not renamed.
+    assert not leaderboard.same_evaluation({**key, "overrides": ["MODEL.VOS.OOD_SCORES", "energy"]}, key)
+    assert not leaderboard.same_evaluation(None, key)
+
+
 def _write_classifier_results(path, accuracy, per_score):
     """An ood_results.json as the classification evaluation writes it."""
     results = {
@@ -279,8 +336,8 @@ def test_the_vos_mlp_method_is_the_released_final_code():
 
     recipe = load_config("VOC-Detection/vos_rcnn.yaml", [])
     cfg = load_config("digits_vos_r18.yaml", [*ood_leaderboard.METHODS["vos_mlp"], "MODEL.DEVICE", "cpu"])
-    assert (cfg.MODEL.VOS.UNCERTAINTY_HEAD, cfg.MODEL.VOS.OOD_SCORE) == (
-        recipe.MODEL.VOS.UNCERTAINTY_HEAD, recipe.MODEL.VOS.OOD_SCORE) == ("mlp", "vos_release")
+    assert (cfg.MODEL.VOS.UNCERTAINTY_HEAD, cfg.MODEL.OOD.SCORE) == (
+        recipe.MODEL.VOS.UNCERTAINTY_HEAD, recipe.MODEL.OOD.SCORE) == ("mlp", "vos_release")
     model = build_model(cfg)
     assert isinstance(model.roi_heads.box_predictor.uncertainty_classifier, MLPUncertaintyHead)
 

@@ -292,7 +292,7 @@ def test_every_score_is_registered_and_its_state_round_trips_with_weights_only(t
         torch.testing.assert_close(loaded[name](features, logits, **kwargs), scores[name](features, logits, **kwargs))
     with pytest.raises(ValueError, match="run tools/fit_ood_scores.py"):
         load_post_hoc_state(dict(build_post_hoc_scores().items()), path, D + 1, K)
-    with pytest.raises(FileNotFoundError, match="MODEL.VOS.POST_HOC.STATE"):
+    with pytest.raises(FileNotFoundError, match="MODEL.OOD.POST_HOC.STATE"):
         load_post_hoc_state(dict(loaded.items()), str(tmp_path / "missing.pth"), D, K)
 
 
@@ -330,7 +330,7 @@ def fitted_tiny_detector(tmp_path_factory, tiny_cfg, registered_tiny_digits):
 
     with registered_tiny_digits(str(tmp_path_factory.mktemp("datasets")), num_val=3) as _:
         output_dir = tmp_path_factory.mktemp("model")
-        overrides = ["MODEL.VOS.POST_HOC.SAFE.EPOCHS", "3", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+        overrides = ["MODEL.OOD.POST_HOC.SAFE.EPOCHS", "3", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
         cfg = tiny_cfg(output_dir, *overrides)
         torch.manual_seed(0)
         model = build_model(cfg)
@@ -375,7 +375,7 @@ def test_fitted_state_is_next_to_the_weights_and_loads_with_weights_only(fitted_
 
 def test_every_detection_gets_every_post_hoc_score_and_any_can_back_is_ood(fitted_tiny_detector):
     cfg, weights, state = fitted_tiny_detector
-    model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state, "MODEL.VOS.OOD_SCORE", "vim")
+    model = _detector(cfg, weights, "MODEL.OOD.POST_HOC.STATE", state, "MODEL.OOD.SCORE", "vim")
     with torch.no_grad(), computing_all_ood_scores(model):
         outputs = model(_test_batch(cfg))
     assert sum(len(o["instances"]) for o in outputs) > 0
@@ -419,7 +419,7 @@ def test_fused_is_chosen_on_validation_and_recomputes_from_the_detections_fields
     assert [c["fpr95"] for c in report["candidates"] if all(c[k] == v for k, v in chosen.items())] == [best]
     assert report["num_virtual_outliers"] == 200 * cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
-    model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state, "MODEL.VOS.OOD_SCORE", "fused")
+    model = _detector(cfg, weights, "MODEL.OOD.POST_HOC.STATE", state, "MODEL.OOD.SCORE", "fused")
     with torch.no_grad(), computing_all_ood_scores(model):
         outputs = model(_test_batch(cfg))
     instances = [o["instances"] for o in outputs]
@@ -446,7 +446,7 @@ def test_fused_is_chosen_on_validation_and_recomputes_from_the_detections_fields
 
 def test_post_hoc_state_stays_out_of_checkpoints(fitted_tiny_detector):
     cfg, weights, state = fitted_tiny_detector
-    model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state)
+    model = _detector(cfg, weights, "MODEL.OOD.POST_HOC.STATE", state)
     assert not [key for key in model.state_dict() if "post_hoc" in key]
     incompatible = model.load_state_dict(torch.load(weights, weights_only=True)["model"], strict=False)
     assert not [key for key in incompatible.missing_keys if "post_hoc" in key]
@@ -455,7 +455,7 @@ def test_post_hoc_state_stays_out_of_checkpoints(fitted_tiny_detector):
 
 def test_a_score_without_its_state_names_the_tool(fitted_tiny_detector):
     cfg, weights, _ = fitted_tiny_detector
-    model = _detector(cfg, weights, "MODEL.VOS.OOD_SCORE", "knn")
+    model = _detector(cfg, weights, "MODEL.OOD.SCORE", "knn")
     with pytest.raises(RuntimeError, match="tools/fit_ood_scores.py"):
         with torch.no_grad():
             model(_test_batch(cfg))
@@ -467,7 +467,7 @@ def test_evaluation_records_collect_the_new_scores(fitted_tiny_detector):
     from vos_det.evaluation.records import collect_detections
 
     cfg, weights, state = fitted_tiny_detector
-    model = _detector(cfg, weights, "MODEL.VOS.POST_HOC.STATE", state)
+    model = _detector(cfg, weights, "MODEL.OOD.POST_HOC.STATE", state)
     records = collect_detections(model, build_detection_test_loader(cfg, "digits_det_test"))
     assert set(TINY_SCORES) <= set(records.ood_score_table)
     assert all(len(values) == len(records) for values in records.ood_score_table.values())

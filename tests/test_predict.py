@@ -102,8 +102,8 @@ def test_fit_mahalanobis_tool_adds_the_mahalanobis_field(tiny_digits_root, tmp_p
     stats = str(tmp_path / "stats.pth")
     cfg = load_config("digits_vos_tiny.yaml", ["MODEL.WEIGHTS", random_weights])
     fit_mahalanobis(cfg, random_weights, output=stats, add_classes=[("five", "digits_det_ood")])
-    cfg = tiny_cfg(tmp_path, "MODEL.WEIGHTS", random_weights, "MODEL.VOS.MAHALANOBIS_STATS", stats,
-                    "MODEL.VOS.OOD_SCORE", "mahalanobis", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    cfg = tiny_cfg(tmp_path, "MODEL.WEIGHTS", random_weights, "MODEL.OOD.MAHALANOBIS_STATS", stats,
+                    "MODEL.OOD.SCORE", "mahalanobis", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
     predictor = OODPredictor(cfg)
     discriminant = predictor.box_predictor.mahalanobis
     assert discriminant.num_classes == 6  # five digits classes + the added one

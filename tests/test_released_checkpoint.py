@@ -51,7 +51,7 @@ def _cfg(head):
     if not head:
         return load_config("digits_vanilla_r18.yaml", SMALL)
     return load_config(
-        "digits_vos_r18.yaml", SMALL + ["MODEL.VOS.UNCERTAINTY_HEAD", head, "MODEL.VOS.OOD_SCORE", "vos_release"]
+        "digits_vos_r18.yaml", SMALL + ["MODEL.VOS.UNCERTAINTY_HEAD", head, "MODEL.OOD.SCORE", "vos_release"]
     )
 
 

@@ -34,8 +34,8 @@ R18_SHORTCUTS = [f"backbone.bottom_up.res{k}.0.shortcut" for k in (3, 4, 5)]
 # A few training images are enough for the fit's plumbing; two FGSM steps to choose from.
 FIT_OVERRIDES = [
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-    "MODEL.VOS.POST_HOC.SAFE.EPSILON_CANDIDATES", "[4.0, 8.0]",
-    "MODEL.VOS.POST_HOC.SAFE.MAX_IMAGES", "10",
+    "MODEL.OOD.POST_HOC.SAFE.EPSILON_CANDIDATES", "[4.0, 8.0]",
+    "MODEL.OOD.POST_HOC.SAFE.MAX_IMAGES", "10",
     "DATALOADER.NUM_WORKERS", "0",
 ]
 
@@ -114,7 +114,7 @@ def test_layer_rule_hooks_the_projection_shortcuts_the_release_hooks(variant, bu
 
 
 def test_config_defaults_are_the_modules_defaults():
-    safe = default_config().MODEL.VOS.POST_HOC.SAFE
+    safe = default_config().MODEL.OOD.POST_HOC.SAFE
     assert tuple(safe.LAYER_PATTERNS) == DEFAULT_LAYER_PATTERNS
     assert safe.FGSM_EPSILON in safe.EPSILON_CANDIDATES == [2.0, 4.0, 8.0, 16.0]
     assert (safe.EPOCHS, safe.LEARNING_RATE, safe.IMAGES_PER_BATCH) == (5, 1e-3, 32)
@@ -270,7 +270,7 @@ def _direct_shortcut_features(model, batch, boxes):
 
 def test_every_detection_gets_the_safe_score_of_its_hooked_features(r18_detector):
     overrides, weights, state = r18_detector
-    model = _loaded(overrides, weights, "MODEL.VOS.POST_HOC.STATE", state, "MODEL.VOS.OOD_SCORE", "safe")
+    model = _loaded(overrides, weights, "MODEL.OOD.POST_HOC.STATE", state, "MODEL.OOD.SCORE", "safe")
     cfg = load_config("digits_vos_r18.yaml", overrides)
     batch = next(iter(build_detection_test_loader(cfg, "digits_det_test")))
     predictor = model.roi_heads.box_predictor
@@ -299,11 +299,11 @@ def test_without_the_hooks_safe_is_left_out_or_named(r18_detector):
     overrides, weights, state = r18_detector
     cfg = load_config("digits_vos_r18.yaml", overrides)
     batch = next(iter(build_detection_test_loader(cfg, "digits_det_test")))
-    plain = _loaded(overrides, weights, "MODEL.VOS.POST_HOC.STATE", state, build=build_model)
+    plain = _loaded(overrides, weights, "MODEL.OOD.POST_HOC.STATE", state, build=build_model)
     with torch.no_grad():
         outputs = plain(batch)
     assert not any(o["instances"].has("ood_scores_safe") for o in outputs)
-    named = _loaded(overrides, weights, "MODEL.VOS.POST_HOC.STATE", state, "MODEL.VOS.OOD_SCORE", "safe", build=build_model)
+    named = _loaded(overrides, weights, "MODEL.OOD.POST_HOC.STATE", state, "MODEL.OOD.SCORE", "safe", build=build_model)
     with pytest.raises(RuntimeError, match="attach_post_hoc_hooks"):
         with torch.no_grad():
             named(batch)

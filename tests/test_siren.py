@@ -230,7 +230,7 @@ def _predictor(*overrides):
 
 
 def test_predictor_trains_siren_and_scores_its_detections_with_it():
-    predictor = _predictor("MODEL.EMBEDDING.LOSSES", ["SIRENLoss"], "MODEL.VOS.OOD_SCORE", "siren")
+    predictor = _predictor("MODEL.EMBEDDING.LOSSES", ["SIRENLoss"], "MODEL.OOD.SCORE", "siren")
     assert {"embedding_losses.0.prototypes", "embedding_losses.0.kappa_weight"} <= set(predictor.state_dict())
     gt_classes = [0, 1, 2, 3, 3, 1]  # 3 = background
     features = torch.randn(len(gt_classes), DIM)
@@ -252,11 +252,11 @@ def test_predictor_trains_siren_and_scores_its_detections_with_it():
 
 
 def test_a_model_without_siren_refuses_the_score():
-    with pytest.raises(ValueError, match=r"OOD_SCORE='siren' is learnt during training by SIRENLoss: add it to "
+    with pytest.raises(ValueError, match=r"MODEL\.OOD\.SCORE='siren' is learnt during training by SIRENLoss: add it to "
                        r"MODEL\.EMBEDDING\.LOSSES \(this model has \['CenterLoss'\]\)"):
-        _predictor("MODEL.EMBEDDING.LOSSES", ["CenterLoss"], "MODEL.VOS.OOD_SCORE", "siren")
+        _predictor("MODEL.EMBEDDING.LOSSES", ["CenterLoss"], "MODEL.OOD.SCORE", "siren")
     # Its other scores leave "siren" out.
-    predictor = _predictor("MODEL.VOS.OOD_SCORE", "energy").eval()
+    predictor = _predictor("MODEL.OOD.SCORE", "energy").eval()
     table, _ = predictor.ood_score_table(torch.randn(4, NUM_CLASSES), torch.randn(4, DIM))
     assert "siren" not in table and "energy" in table
 
@@ -264,7 +264,7 @@ def test_a_model_without_siren_refuses_the_score():
 def test_a_few_iterations_of_digits_training_learn_and_output_the_siren_score(tiny_digits_root, tmp_path, tiny_cfg, tiny_schedule):
     _, max_iter = tiny_schedule
     torch.manual_seed(0)
-    cfg = tiny_cfg(tmp_path, "MODEL.EMBEDDING.LOSSES", '["SIRENLoss"]', "MODEL.VOS.ENABLED", "False", "MODEL.VOS.OOD_SCORE", "siren")
+    cfg = tiny_cfg(tmp_path, "MODEL.EMBEDDING.LOSSES", '["SIRENLoss"]', "MODEL.VOS.ENABLED", "False", "MODEL.OOD.SCORE", "siren")
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()

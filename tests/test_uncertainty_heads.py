@@ -151,9 +151,9 @@ def test_checkpoints_of_the_logistic_head_still_load_into_the_default():
 
 
 def test_config_key_is_checked():
-    cfg = load_config("digits_vos_tiny.yaml", ["MODEL.VOS.UNCERTAINTY_HEAD", "mlp", "MODEL.VOS.OOD_SCORE", "vos_release"])
+    cfg = load_config("digits_vos_tiny.yaml", ["MODEL.VOS.UNCERTAINTY_HEAD", "mlp", "MODEL.OOD.SCORE", "vos_release"])
     assert cfg.MODEL.VOS.UNCERTAINTY_HEAD == "mlp"
     with pytest.raises(ConfigError, match="MODEL.VOS.UNCERTAINTY_HEAD"):
         load_config("digits_vos_tiny.yaml", ["MODEL.VOS.UNCERTAINTY_HEAD", "svm"])
     with pytest.raises(ConfigError, match="vos_release"):
-        load_config("digits_vanilla_tiny.yaml", ["MODEL.VOS.OOD_SCORE", "vos_release"])
+        load_config("digits_vanilla_tiny.yaml", ["MODEL.OOD.SCORE", "vos_release"])

@@ -1,5 +1,6 @@
-"""Each key of the VOS method is declared once (vos_det/config/vos_keys.py); its default, its
-check, its argument of the mixin, its LazyConfig option and its documentation all follow."""
+"""Each key of the VOS method (vos_det/config/vos_keys.py) and of the OOD scores
+(vos_det/config/ood_keys.py) is declared once; its default, its check, its argument of the
+mixin, its LazyConfig option and its documentation all follow."""
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
@@ -7,7 +8,15 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 
 from vos_det.config import default_config, validate_config
 from vos_det.config.validation import RULES
-from vos_det.config.vos_keys import VOS_KEYS, VOSKey, check_vos_arguments, vos_arguments, vos_kwargs_from_config
+from vos_det.config.ood_keys import OOD_KEYS
+from vos_det.config.vos_keys import (
+    MIXIN_KEYS,
+    VOS_KEYS,
+    VOSKey,
+    check_vos_arguments,
+    vos_arguments,
+    vos_kwargs_from_config,
+)
 from vos_det.errors import ConfigError
 from vos_det.lazyconfig import vos_options
 from vos_det.modeling import VOSOutputLayers
@@ -47,18 +56,23 @@ def _get(node, dotted):
 
 
 def test_the_declarations_are_unique_and_complete():
-    names = [key.name for key in VOS_KEYS]
-    arguments = [key.argument for key in VOS_KEYS]
+    names = [key.key for key in VOS_KEYS + OOD_KEYS]
+    arguments = [key.argument for key in MIXIN_KEYS]
     assert len(set(names)) == len(names) and len(set(arguments)) == len(arguments)
-    assert set(OTHER_VALUES) <= set(arguments)
-    assert all(key.doc.strip() for key in VOS_KEYS)
+    assert set(OTHER_VALUES) == set(arguments)
+    assert all(key.doc.strip() for key in VOS_KEYS + OOD_KEYS)
+    assert {key.key for key in MIXIN_KEYS if key in OOD_KEYS} == {
+        "MODEL.OOD.SCORE",
+        "MODEL.OOD.THRESHOLD",
+        "MODEL.OOD.USE_CALIBRATED_THRESHOLD",
+    }
     assert VOSKey("NPOS.K", 1, None, "x").argument == "npos_k"
     assert VOSKey("ENABLED", True, None, "x", argument="vos_enabled").argument == "vos_enabled"
 
 
 def test_every_key_is_in_the_config_with_its_default_and_checked():
     cfg = default_config()
-    for key in VOS_KEYS:
+    for key in VOS_KEYS + OOD_KEYS:
         assert _get(cfg, key.key) == key.default, key.key
         assert key.check is None or key.check(key.default) is None, f"{key.key}: the default fails its check"
         assert RULES.get(key.key) is key.check, key.key
@@ -75,12 +89,12 @@ def _layer(**options):
 
 def test_every_key_reaches_the_mixin_through_from_config():
     cfg = default_config()
-    defaults = {key.argument: key.default for key in VOS_KEYS}
+    defaults = {key.argument: key.default for key in MIXIN_KEYS}
     assert vos_kwargs_from_config(cfg) == defaults == vos_arguments()
     layer = _layer(**vos_kwargs_from_config(cfg))
     assert {name: getattr(layer, name) for name in defaults} == defaults
 
-    for key in VOS_KEYS:
+    for key in MIXIN_KEYS:
         if key.argument in OTHER_VALUES:
             node, leaf = key.key.rsplit(".", 1)
             _get(cfg, node)[leaf] = OTHER_VALUES[key.argument]
@@ -92,12 +106,12 @@ def test_every_key_reaches_the_mixin_through_from_config():
 
 
 def test_every_key_is_a_lazyconfig_option_and_documented():
-    assert set(vos_options()) == {key.argument for key in VOS_KEYS}
+    assert set(vos_options()) == {key.argument for key in MIXIN_KEYS}
     assert vos_options(select=3)["select"] == 3
     with pytest.raises(ValueError, match="unknown VOS option.*'selekt'"):
         vos_options(selekt=3)
     page = config_reference()
-    for key in VOS_KEYS:
+    for key in VOS_KEYS + OOD_KEYS:
         assert f"| `{key.key}` |" in page and key.doc.replace("|", "\\|") in page, key.key
 
 
@@ -105,5 +119,11 @@ def test_the_mixin_refuses_values_its_keys_do_not_allow():
     check_vos_arguments(vos_arguments())
     with pytest.raises(ValueError, match=r"MODEL\.VOS\.SAMPLER='mvn': must be one of chi2, gaussian"):
         check_vos_arguments(vos_arguments(sampler="mvn"))
-    with pytest.raises(ValueError, match=r"(?s)SELECT=0: must be >= 1.*OOD_SCORE='entropy'"):
+    with pytest.raises(ValueError, match=r"(?s)SELECT=0: must be >= 1.*MODEL\.OOD\.SCORE='entropy'"):
         check_vos_arguments(vos_arguments(select=0, ood_score="entropy"))
+
+
+def test_a_list_default_is_copied_into_each_config():
+    first, second = default_config(), default_config()
+    first.MODEL.OOD.POST_HOC.FUSED.RULES.append("max")
+    assert second.MODEL.OOD.POST_HOC.FUSED.RULES == ["max", "sum", "logistic"]

@@ -6,9 +6,9 @@
 
 Every ground-truth box of DATASETS.TRAIN (or --dataset) is pooled through the trained box
 head; the class means, the shared covariance and the priors are written next to the weights
-as ``mahalanobis_stats.pth`` (or --output). With ``MODEL.VOS.MAHALANOBIS_STATS <file>``
+as ``mahalanobis_stats.pth`` (or --output). With ``MODEL.OOD.MAHALANOBIS_STATS <file>``
 the evaluation records ``ood_scores_mahalanobis`` of every detection (the minimum Mahalanobis
-distance; larger = more OOD); ``MODEL.VOS.OOD_SCORE mahalanobis`` makes it the score behind
+distance; larger = more OOD); ``MODEL.OOD.SCORE mahalanobis`` makes it the score behind
 ``is_ood``, which every inference computes.
 
 ``--add-class NAME=DATASET`` adds a class from the boxes of another dataset alone, without
@@ -36,7 +36,7 @@ def main(args):
     add_classes = [parse_add_class(spec) for spec in args.add_class]
     cfg = load_config(args.config_file, ["MODEL.WEIGHTS", args.weights, *args.opts])
     output = fit_mahalanobis(cfg, args.weights, output=args.output, datasets=args.dataset, add_classes=add_classes)
-    print(f"saved {output}; use it with MODEL.VOS.MAHALANOBIS_STATS {output}")
+    print(f"saved {output}; use it with MODEL.OOD.MAHALANOBIS_STATS {output}")
     return output
 
 

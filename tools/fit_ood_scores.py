@@ -12,16 +12,16 @@ and SAFE as released (an MLP on the residual shortcuts' features of the boxes th
 predicts on the training images, clean vs after one FGSM step; skipped on a backbone without
 shortcuts unless --scores names it). The states are written next to the
 weights as ``post_hoc_scores.pth`` (or --output), a file ``torch.load(weights_only=True)``
-reads. With ``MODEL.VOS.POST_HOC.STATE <file>`` the evaluation records ``ood_scores_<name>``
-of each for every detection (larger = more OOD), and ``MODEL.VOS.OOD_SCORE <name>`` makes one
+reads. With ``MODEL.OOD.POST_HOC.STATE <file>`` the evaluation records ``ood_scores_<name>``
+of each for every detection (larger = more OOD), and ``MODEL.OOD.SCORE <name>`` makes one
 the score behind ``is_ood``, which every inference computes.
 
 k of the k-NN score and SAFE's FGSM step are chosen on --val-id vs --val-ood boxes (lowest
-FPR95) when both are given, else MODEL.VOS.POST_HOC.KNN.K or the paper's 50 and
-MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON (8). The fused score (a logit score and k-NN or the
+FPR95) when both are given, else MODEL.OOD.POST_HOC.KNN.K or the paper's 50 and
+MODEL.OOD.POST_HOC.SAFE.FGSM_EPSILON (8). The fused score (a logit score and k-NN or the
 multi-layer Mahalanobis, scaled on the --val-id boxes and combined by max, sum or a logistic
 regression against VOS virtual outliers) is fitted only with both: its parts, scaling and
-rule are the candidate of MODEL.VOS.POST_HOC.FUSED with the lowest FPR95 there, recorded in
+rule are the candidate of MODEL.OOD.POST_HOC.FUSED with the lowest FPR95 there, recorded in
 the state. A test split (``test_split`` in its metadata, e.g. digits_det_test or
 digits_det_ood) is refused there unless --allow-test-split, which the state records. The
 state also records a hash of the weights: used with other weights, it is refused.
@@ -74,7 +74,7 @@ def main(args):
         add_classes=[parse_add_class(spec) for spec in args.add_class],
         allow_test_split=args.allow_test_split,
     )
-    print(f"saved {output}; use it with MODEL.VOS.POST_HOC.STATE {output}")
+    print(f"saved {output}; use it with MODEL.OOD.POST_HOC.STATE {output}")
     return output
 
 

@@ -1,11 +1,11 @@
 """VOS for detectron2's LazyConfig models (Python configs built with ``LazyCall``).
 
 :func:`add_vos` turns the box predictor of any LazyCall R-CNN model into
-:class:`VOSOutputLayers` (with the defaults of ``MODEL.VOS``); :func:`ood_evaluation_config`
-turns a LazyConfig's ``ood_evaluation`` settings into the config that
-:func:`vos_det.evaluation.evaluate_ood` reads, so a LazyConfig model is
-evaluated exactly as a yacs one; :func:`train_lazy_config` and :func:`evaluate_lazy_checkpoint`
-are what tools/lazyconfig_train_net.py runs::
+:class:`VOSOutputLayers` (with the defaults of ``MODEL.VOS`` and of the score behind
+``is_ood``, ``MODEL.OOD``); :func:`ood_evaluation_config` turns a LazyConfig's
+``ood_evaluation`` settings into the config that :func:`vos_det.evaluation.evaluate_ood`
+reads, so a LazyConfig model is evaluated exactly as a yacs one; :func:`train_lazy_config` and
+:func:`evaluate_lazy_checkpoint` are what tools/lazyconfig_train_net.py runs::
 
     from detectron2.model_zoo import get_config
     from vos_det.lazyconfig import add_vos
@@ -51,13 +51,16 @@ _DATASET_KEYS = {"id_datasets": "TEST", "ood_datasets": "OOD_TEST"}
 
 def vos_options(**overrides) -> dict:
     """The VOS keyword arguments of :class:`VOSOutputLayers`: the defaults of the keys of
-    :data:`~vos_det.config.vos_keys.VOS_KEYS` (the paper's VOC recipe) with ``overrides``.
+    :data:`~vos_det.config.vos_keys.MIXIN_KEYS` (the paper's VOC recipe) with ``overrides``.
 
     Args:
-        overrides: one keyword per key of ``VOS_KEYS``: the key in lower case, e.g.
-            ``sample_number``, ``starting_iter``, ``uncertainty_head``, ``npos_k``
-            (``MODEL.VOS.ENABLED`` is ``vos_enabled``, ``LOSS_WEIGHT`` ``vos_loss_weight``).
-            Each key's meaning: docs/config_keys.md; an unknown option's error lists them all.
+        overrides: one keyword per key of ``MIXIN_KEYS``: the ``MODEL.VOS`` key in lower case,
+            e.g. ``sample_number``, ``starting_iter``, ``uncertainty_head``, ``npos_k``
+            (``MODEL.VOS.ENABLED`` is ``vos_enabled``, ``LOSS_WEIGHT`` ``vos_loss_weight``), and
+            the score behind is_ood with its threshold (``MODEL.OOD.SCORE`` is ``ood_score``,
+            ``THRESHOLD`` ``ood_threshold``, ``USE_CALIBRATED_THRESHOLD``
+            ``use_calibrated_threshold``). Each key's meaning: docs/config_keys.md; an unknown
+            option's error lists them all.
 
     Raises:
         ValueError: an unknown option (the message lists the known ones).

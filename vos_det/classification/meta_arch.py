@@ -62,9 +62,9 @@ class VOSImageClassifier(nn.Module):
     * ``scores``: (K,) float, softmax over the K classes;
     * ``id_score``: () float in [0, 1], p(ID | image): the logistic regression on the weighted
       energy (eq. 8); sigmoid(-energy) for a model trained without VOS;
-    * ``ood_score``: () float, the score named by MODEL.VOS.OOD_SCORE, larger = more OOD;
+    * ``ood_score``: () float, the score named by MODEL.OOD.SCORE, larger = more OOD;
     * ``is_ood``: () bool, ``ood_score`` > the calibrated threshold if the model stores one,
-      else MODEL.VOS.OOD_THRESHOLD;
+      else MODEL.OOD.THRESHOLD;
     * ``ood_scores``: dict score name -> () float, larger = more OOD: ``msp`` (-max softmax),
       ``energy`` (-logsumexp of the logits) and, with VOS, ``weighted_energy`` (eq. 6) and
       ``vos`` (1 - id_score).

@@ -14,7 +14,9 @@ comes back frozen unless the caller asks otherwise::
 The modules, none of which imports the model code:
 
 * :mod:`.defaults`: every key with its default and comment; :mod:`.vos_keys` declares the
-  keys of the VOS method once (default, check, meaning);
+  keys of the VOS method (``MODEL.VOS``) once (default, check, meaning), :mod:`.ood_keys`
+  those of the OOD scores of any detector (``MODEL.OOD``), both as :mod:`.declared_keys`;
+  :mod:`.renamed_keys` reads the old names of moved keys as the new ones;
 * :mod:`.choices`: the names a key may take (scores, samplers, ...), also read by the model;
 * :mod:`.checks`, :mod:`.validation`: the value checks and the rules of every key;
 * :mod:`.overrides`: checked ``KEY VALUE`` overrides; :mod:`.loading`: files and loading.

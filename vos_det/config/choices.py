@@ -20,7 +20,7 @@ __all__ = [
 # The post-hoc scores of vos_det/modeling/ood_scores/ (OOD_SCORE_REGISTRY), in the order of
 # reports.
 POST_HOC_SCORES = ("maxlogit", "gen", "knn", "vim", "react", "mahalanobis_multilayer", "safe", "fused")
-# Scores that can back ood_scores / is_ood (MODEL.VOS.OOD_SCORE); "mahalanobis" needs
+# Scores that can back ood_scores / is_ood (MODEL.OOD.SCORE); "mahalanobis" needs
 # statistics fitted with tools/fit_mahalanobis.py, the post-hoc scores with fitted state
 # tools/fit_ood_scores.py, and "siren" a model trained with SIRENLoss (box predictor only).
 OOD_SCORES = ("vos", "energy", "weighted_energy", "msp", "vos_release", "mahalanobis", "siren") + POST_HOC_SCORES
@@ -33,9 +33,9 @@ SAMPLERS = ("chi2", "gaussian")
 OUTLIER_SYNTHESES = ("gaussian", "npos")
 # The classifier of -E (MODEL.VOS.UNCERTAINTY_HEAD), vos_det/modeling/vos/uncertainty_heads.py.
 UNCERTAINTY_HEADS = ("logistic", "mlp")
-# The k-NN search at inference (MODEL.VOS.POST_HOC.KNN.SEARCH).
+# The k-NN search at inference (MODEL.OOD.POST_HOC.KNN.SEARCH).
 KNN_SEARCHES = ("torch", "faiss_flat", "faiss_ivf")
-# The candidates of the fused score (MODEL.VOS.POST_HOC.FUSED.*), vos_det/modeling/ood_scores/fused.py.
+# The candidates of the fused score (MODEL.OOD.POST_HOC.FUSED.*), vos_det/modeling/ood_scores/fused.py.
 FUSED_LOGIT_PARTS = ("energy", "gen")
 FUSED_FEATURE_PARTS = ("knn", "mahalanobis_multilayer")
 FUSED_SCALINGS = ("zscore", "percentile")

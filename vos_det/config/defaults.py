@@ -1,11 +1,14 @@
 """The keys vos_det adds to detectron2's config, with their defaults and comments.
 
-The keys of the VOS training method are declared in :mod:`.vos_keys`; the others are set
-here, each with a comment saying what it means (``docs/config_keys.md`` is made from both).
+The keys of the VOS training method are declared in :mod:`.vos_keys`, those of the OOD scores
+of any detector in :mod:`.ood_keys`; the others are set here, each with a comment saying what
+it means (``docs/config_keys.md`` is made from all three).
 """
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .declared_keys import add_declared_keys
+from .ood_keys import OOD_KEYS
 from .vos_keys import add_vos_keys
 
 __all__ = ["add_classification_config", "add_vos_config", "default_config"]
@@ -14,7 +17,9 @@ __all__ = ["add_classification_config", "add_vos_config", "default_config"]
 def add_vos_config(cfg):
     """Add the keys of VOS (Virtual Outlier Synthesis) to a detectron2 config.
 
-    Model keys live under ``cfg.MODEL.VOS``; the tiny digits backbone under
+    The VOS training method's keys live under ``cfg.MODEL.VOS``; the OOD scores of any
+    detector (the score behind ``is_ood``, its threshold, the post-hoc scores) under
+    ``cfg.MODEL.OOD``; the tiny digits backbone under
     ``cfg.MODEL.TINY_NET``; OOD evaluation under ``cfg.DATASETS.OOD_TEST`` and
     ``cfg.TEST.OOD``. Defaults are the paper's (Du et al., ICLR 2022) VOC recipe.
 
@@ -26,75 +31,14 @@ def add_vos_config(cfg):
     add_vos_keys(cfg.MODEL.VOS)
     # Name of the box predictor of VOSROIHeads in BOX_PREDICTOR_REGISTRY.
     cfg.MODEL.VOS.BOX_PREDICTOR = "VOSOutputLayers"
-    # Class Gaussians of the box features written by tools/fit_mahalanobis.py; when set,
-    # the evaluation also records ood_scores_mahalanobis ("" = none).
-    cfg.MODEL.VOS.MAHALANOBIS_STATS = ""
-    # Post-hoc OOD scores (vos_det/modeling/ood_scores/): the evaluation records
-    # ood_scores_maxlogit and ood_scores_gen, plus ood_scores_<name> of every score fitted in
-    # STATE (knn, vim, react, mahalanobis_multilayer, safe, fused). Any of them can be OOD_SCORE.
-    cfg.MODEL.VOS.POST_HOC = CN()
-    # File written by tools/fit_ood_scores.py next to the weights ("" = none fitted).
-    cfg.MODEL.VOS.POST_HOC.STATE = ""
-    # GEN (Liu et al. 2023): exponent gamma and M, the number of largest probabilities
-    # summed (paper defaults; M is capped at the number of classes).
-    cfg.MODEL.VOS.POST_HOC.GEN = CN({"GAMMA": 0.1, "TOP_M": 100})
-    # k-NN (Sun et al. 2022), used when fitting: K, the neighbour (0 = chosen on --val-id /
-    # --val-ood boxes by the fit tool, else the paper's 50); MAX_BANK_SIZE, training boxes
-    # kept in the bank (0 = all); at inference CHUNK_SIZE, bank rows per chunk of the exact
-    # search (0 = one matrix product). SEARCH at inference: "torch" (exact), "faiss_flat" (exact)
-    # or "faiss_ivf" (approximate: NLIST k-means cells, 0 = sqrt(bank size), NPROBE of them
-    # searched per query); a faiss search falls back to "torch" when faiss is not installed.
-    cfg.MODEL.VOS.POST_HOC.KNN = CN(
-        {"K": 0, "MAX_BANK_SIZE": 0, "CHUNK_SIZE": 0, "SEARCH": "torch", "NLIST": 0, "NPROBE": 32}
-    )
-    # ViM (Wang et al. 2022): DIM, the principal subspace dimension (0 = half the feature
-    # dimension, between the paper's 1000 of 2048 and 512 of 768).
-    cfg.MODEL.VOS.POST_HOC.VIM = CN({"DIM": 0})
-    # ReAct (Sun et al. 2021): features clipped at this percentile of the training boxes'
-    # activations (paper: 90).
-    cfg.MODEL.VOS.POST_HOC.REACT = CN({"PERCENTILE": 90.0})
-    # Multi-layer Mahalanobis: the feature maps each box is ROI-pooled from ([] = those of
-    # ROI_HEADS.IN_FEATURES), and whether the penultimate box feature is appended.
-    cfg.MODEL.VOS.POST_HOC.MULTILAYER = CN({"IN_FEATURES": [], "INCLUDE_BOX_FEATURES": True})
-    # SAFE (Wilson et al. 2023), as released (vos_det/modeling/ood_scores/safe.py): an MLP
-    # tells the 1x1 ROI-aligned outputs of the backbone modules named by LAYER_PATTERNS
-    # (regular expressions; default the ResNet projection shortcuts and RegNetX's b1.bn) on
-    # the boxes predicted on training images from the same boxes after one FGSM step of eps
-    # pixels (0-255) on the detector's training loss. eps is FGSM_EPSILON, or chosen among
-    # EPSILON_CANDIDATES when the fit tool gets --val-id / --val-ood. The MLP's SGD schedule:
-    # EPOCHS, LEARNING_RATE, IMAGES_PER_BATCH (the release's 5, 1e-3, 32). MAX_IMAGES bounds
-    # the training images used (evenly spread; 0 = all).
-    cfg.MODEL.VOS.POST_HOC.SAFE = CN(
-        {
-            "LAYER_PATTERNS": [
-                r"backbone\.(bottom_up\.)?res\d+\.\d+\.shortcut",
-                r"backbone\.(bottom_up\.)?s\d+\.b1\.bn",
-            ],
-            "FGSM_EPSILON": 8.0,
-            "EPSILON_CANDIDATES": [2.0, 4.0, 8.0, 16.0],
-            "EPOCHS": 5,
-            "LEARNING_RATE": 1e-3,
-            "IMAGES_PER_BATCH": 32,
-            "MAX_IMAGES": 0,
-        }
-    )
-    # Fused: a logit part (LOGIT_PARTS) and a feature part (FEATURE_PARTS), each
-    # scaled by its ID validation boxes (SCALINGS: "zscore", "percentile"), combined by a rule
-    # (RULES: "max", "sum", "logistic" on ID validation boxes against OUTLIERS_PER_CLASS VOS
-    # virtual outliers per class); tools/fit_ood_scores.py picks the candidate of lowest FPR95
-    # on --val-id vs --val-ood.
-    cfg.MODEL.VOS.POST_HOC.FUSED = CN(
-        {
-            "LOGIT_PARTS": ["energy", "gen"],
-            "FEATURE_PARTS": ["knn", "mahalanobis_multilayer"],
-            "SCALINGS": ["zscore", "percentile"],
-            "RULES": ["max", "sum", "logistic"],
-            "OUTLIERS_PER_CLASS": 200,
-        }
-    )
     # > 0: a Linear + ReLU bottleneck of this width before the class layer (cls_score),
     # whose outputs are queued and synthesised (box predictor and classification head); 0 = none.
     cfg.MODEL.VOS.BOTTLENECK_DIM = 0
+
+    # The OOD scores of any detector, trained with VOS or without: the score behind is_ood and
+    # its threshold, the post-hoc scores and their options; declared in vos_det/config/ood_keys.py.
+    cfg.MODEL.OOD = CN()
+    add_declared_keys(cfg.MODEL.OOD, OOD_KEYS)
 
     # Regularisers of the box-head embedding, with or without VOS (MODEL.VOS.ENABLED).
     cfg.MODEL.EMBEDDING = CN()

@@ -9,6 +9,7 @@ import difflib
 from detectron2.config import CfgNode
 
 from ..errors import ConfigError
+from .renamed_keys import rename_overrides
 
 __all__ = ["merge_overrides", "unknown_key_message"]
 
@@ -63,12 +64,17 @@ def merge_overrides(cfg, overrides):
         cfg (CfgNode): an unfrozen config holding every key of the tool.
         overrides (list[str]): ``[KEY, VALUE, ...]`` as on the command line.
 
+    A key's old name (:data:`~vos_det.config.renamed_keys.RENAMED_KEYS`) is read as its new
+    one, with a deprecation warning.
+
     Raises:
         ConfigError: an odd list, an unknown key (with the closest existing keys), a key
-            naming a group of keys, or a value of the wrong type (with what is allowed).
+            naming a group of keys, a value of the wrong type (with what is allowed), or a key
+            given under its old and new name with different values.
     """
     if len(overrides) % 2:
         raise ConfigError(f"config override {overrides[-1]} has no value (overrides are KEY VALUE pairs)")
+    overrides = rename_overrides(overrides)
     for key, raw in zip(overrides[0::2], overrides[1::2]):
         *parents, leaf = key.split(".")
         node = cfg

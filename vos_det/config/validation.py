@@ -1,8 +1,8 @@
 """Range and choice checks of the vos_det config keys, run before any work.
 
-One table, :data:`RULES`, maps a key to a check of its value (the keys of the VOS method
-come with theirs from :data:`vos_det.config.vos_keys.VOS_KEYS`); :data:`CROSS_CHECKS` holds
-the checks that read several keys. A new key gets its check by adding one line to ``RULES``
+One table, :data:`RULES`, maps a key to a check of its value (the declared keys come with
+theirs: :data:`vos_det.config.vos_keys.VOS_KEYS`, :data:`vos_det.config.ood_keys.OOD_KEYS`);
+:data:`CROSS_CHECKS` holds the checks that read several keys. A new key gets its check by adding one line to ``RULES``
 (``"MODEL.EMBEDDING.NEW_KEY": at_least(0),``). A key absent from the config (a config built
 without the module that adds it) is skipped. :func:`validate_config` runs them all when a tool
 loads its config (:func:`vos_det.config.load_config`), so a mistake fails in the first
@@ -13,19 +13,9 @@ import logging
 import math
 
 from ..errors import ConfigError
-from .checks import (
-    at_least,
-    between,
-    each_item,
-    each_of,
-    greater_than,
-    image_sides,
-    increasing_iterations,
-    is_number,
-    one_of,
-    regular_expressions,
-)
-from .choices import FUSED_FEATURE_PARTS, FUSED_LOGIT_PARTS, FUSED_RULES, FUSED_SCALINGS, KNN_SEARCHES, VOS_ONLY_SCORES
+from .checks import at_least, between, greater_than, image_sides, increasing_iterations, is_number, one_of
+from .choices import VOS_ONLY_SCORES
+from .ood_keys import OOD_KEYS
 from .vos_keys import VOS_KEYS
 
 __all__ = ["CROSS_CHECKS", "RULES", "validate_config"]
@@ -37,29 +27,7 @@ _MISSING = object()
 
 # key -> check(value) returning None when fine, else what is allowed.
 RULES = {
-    **{key.key: key.check for key in VOS_KEYS if key.check},
-    "MODEL.VOS.POST_HOC.GEN.GAMMA": greater_than(0.0),
-    "MODEL.VOS.POST_HOC.GEN.TOP_M": at_least(1, integer=True),
-    "MODEL.VOS.POST_HOC.KNN.K": at_least(0, integer=True),
-    "MODEL.VOS.POST_HOC.KNN.MAX_BANK_SIZE": at_least(0, integer=True),
-    "MODEL.VOS.POST_HOC.KNN.CHUNK_SIZE": at_least(0, integer=True),
-    "MODEL.VOS.POST_HOC.KNN.SEARCH": one_of(KNN_SEARCHES),
-    "MODEL.VOS.POST_HOC.KNN.NLIST": at_least(0, integer=True),
-    "MODEL.VOS.POST_HOC.KNN.NPROBE": at_least(1, integer=True),
-    "MODEL.VOS.POST_HOC.FUSED.LOGIT_PARTS": each_of(FUSED_LOGIT_PARTS),
-    "MODEL.VOS.POST_HOC.FUSED.FEATURE_PARTS": each_of(FUSED_FEATURE_PARTS),
-    "MODEL.VOS.POST_HOC.FUSED.SCALINGS": each_of(FUSED_SCALINGS),
-    "MODEL.VOS.POST_HOC.FUSED.RULES": each_of(FUSED_RULES),
-    "MODEL.VOS.POST_HOC.FUSED.OUTLIERS_PER_CLASS": at_least(1, integer=True),
-    "MODEL.VOS.POST_HOC.VIM.DIM": at_least(0, integer=True),
-    "MODEL.VOS.POST_HOC.REACT.PERCENTILE": between(0.0, 100.0, low_open=True),
-    "MODEL.VOS.POST_HOC.SAFE.LAYER_PATTERNS": regular_expressions,
-    "MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON": between(0.0, 255.0, low_open=True),
-    "MODEL.VOS.POST_HOC.SAFE.EPSILON_CANDIDATES": each_item(between(0.0, 255.0, low_open=True), non_empty=True),
-    "MODEL.VOS.POST_HOC.SAFE.EPOCHS": at_least(1, integer=True),
-    "MODEL.VOS.POST_HOC.SAFE.LEARNING_RATE": greater_than(0.0),
-    "MODEL.VOS.POST_HOC.SAFE.IMAGES_PER_BATCH": at_least(1, integer=True),
-    "MODEL.VOS.POST_HOC.SAFE.MAX_IMAGES": at_least(0, integer=True),
+    **{key.key: key.check for key in VOS_KEYS + OOD_KEYS if key.check},
     "MODEL.VOS.BOTTLENECK_DIM": at_least(0, integer=True),
     "MODEL.EMBEDDING.L2_SOFTMAX.ALPHA": greater_than(0.0),
     "MODEL.EMBEDDING.COSFACE.SCALE": greater_than(0.0),
@@ -139,10 +107,10 @@ def _tail_needs_chi2(cfg):
 
 
 def _score_needs_vos(cfg):
-    score = _get(cfg, "MODEL.VOS.OOD_SCORE")
+    score = _get(cfg, "MODEL.OOD.SCORE")
     if score in VOS_ONLY_SCORES and _get(cfg, "MODEL.VOS.ENABLED") is False:
         return (
-            f"MODEL.VOS.OOD_SCORE={score!r} needs MODEL.VOS.ENABLED True; a model trained "
+            f"MODEL.OOD.SCORE={score!r} needs MODEL.VOS.ENABLED True; a model trained "
             "without VOS can use 'energy' or 'msp'"
         )
     return None

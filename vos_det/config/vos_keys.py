@@ -9,49 +9,41 @@ of :func:`vos_det.config.validate_config`, the keyword arguments of
 ``VOSKey(...)`` line here and the code that reads it (an attribute of the mixin of the same
 name as its argument).
 
-The ``MODEL.VOS`` keys that a host module reads in its own ``from_config`` (the box predictor's
-name, its bottleneck, the Mahalanobis statistics, the post-hoc scores) are set in
-:mod:`vos_det.config.defaults` with their comments.
+The mixin also computes the score behind ``is_ood`` and its threshold: their keys are of any
+detector, ``MODEL.OOD`` (:mod:`.ood_keys`), and its arguments too (:data:`MIXIN_KEYS`). The
+``MODEL.VOS`` keys that a host module reads in its own ``from_config`` (the box predictor's
+name, its bottleneck) are set in :mod:`vos_det.config.defaults` with their comments.
 """
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import ClassVar
 
-from detectron2.config import CfgNode
+from .checks import at_least, between, greater_than, one_of
+from .choices import OUTLIER_SYNTHESES, SAMPLERS, UNCERTAINTY_HEADS
+from .declared_keys import DeclaredKey, add_declared_keys, declared_value
+from .ood_keys import OOD_KEYS
 
-from .checks import at_least, between, finite_number, greater_than, one_of
-from .choices import OOD_SCORES, OUTLIER_SYNTHESES, SAMPLERS, UNCERTAINTY_HEADS
-
-__all__ = ["VOSKey", "VOS_KEYS", "add_vos_keys", "check_vos_arguments", "vos_arguments", "vos_kwargs_from_config"]
+__all__ = [
+    "MIXIN_KEYS",
+    "VOSKey",
+    "VOS_KEYS",
+    "add_vos_keys",
+    "check_vos_arguments",
+    "vos_arguments",
+    "vos_kwargs_from_config",
+]
 
 
 @dataclass(frozen=True)
-class VOSKey:
-    """One key of ``MODEL.VOS``.
+class VOSKey(DeclaredKey):
+    """One key of ``MODEL.VOS`` (:class:`~vos_det.config.declared_keys.DeclaredKey`); its
+    argument of ``init_virtual_outliers`` is by default the name in lower case with "." as
+    "_" (``NPOS.K`` -> ``npos_k``)."""
 
-    Attributes:
-        name: the key under ``MODEL.VOS`` (``"SELECT"``, ``"NPOS.K"``).
-        default: its default value (the paper's VOC recipe).
-        check: returns None for an allowed value, else what is allowed ("must be ...");
-            None: any value of the default's type.
-        doc: its meaning, one paragraph (docs/config_keys.md).
-        argument: its keyword argument of ``init_virtual_outliers``; by default the name in
-            lower case with "." as "_" (``NPOS.K`` -> ``npos_k``).
-    """
-
-    name: str
-    default: object
-    check: Optional[Callable[[object], Optional[str]]]
-    doc: str
-    argument: str = ""
+    node: ClassVar[str] = "MODEL.VOS"
 
     def __post_init__(self):
         if not self.argument:
             object.__setattr__(self, "argument", self.name.lower().replace(".", "_"))
-
-    @property
-    def key(self) -> str:
-        """The full key, ``MODEL.VOS.<name>``."""
-        return f"MODEL.VOS.{self.name}"
 
 
 VOS_KEYS = (
@@ -93,21 +85,6 @@ VOS_KEYS = (
            'Linear(1, 2) with cross-entropy, as the released branch `main`; "mlp": Linear(1, 512) - '
            "ReLU - Linear(512, 1) with binary cross-entropy, as the branch `main-MLP`, which produced "
            "the paper's final (OpenReview) numbers and the released checkpoints. Both take ID as label 1."),
-    VOSKey("OOD_SCORE", "vos", one_of(OOD_SCORES),
-           'Score written to Instances.ood_scores and thresholded into is_ood, the only OOD score '
-           'inference computes (the evaluation computes every one): "vos": p(outlier | box) '
-           "= 1 - p(ID | box), the logistic regression on the weighted energy (paper eq. 8); "
-           '"energy": the free energy -logsumexp of the foreground logits (the released branch '
-           "main's test-time score on a VOS-trained model); \"vos_release\": -p(ID) of the "
-           "uncertainty head applied to the UNWEIGHTED logsumexp of the foreground logits (the "
-           "branch main-MLP's test-time score; values in [-1, 0], so OOD_THRESHOLD is -gamma)."),
-    VOSKey("OOD_THRESHOLD", 0.5, finite_number,
-           "A box is flagged is_ood when its ood_score is above this threshold. For the \"vos\" score "
-           "it is 1 - gamma of eq. 9. The calibrated threshold stored in the model (95% of ID "
-           "validation boxes kept, TEST.OOD.CALIBRATION_DATASET) replaces it unless "
-           "USE_CALIBRATED_THRESHOLD is False."),
-    VOSKey("USE_CALIBRATED_THRESHOLD", True, None,
-           "Use the threshold calibrated on ID validation boxes when the checkpoint has one."),
     # Variants of VOS, all off by default (the paper's recipe); docs/vos_internals.md,
     # "VOS variants (all off by default)", describes them.
     VOSKey("BALANCED_LOSS", False, None,
@@ -129,30 +106,24 @@ VOS_KEYS = (
 )
 
 
-def _node_and_leaf(vos_node, name, create=False):
-    """The node holding ``name`` (``"NPOS.K"`` -> ``vos_node.NPOS``) and the leaf's name;
-    ``create``: make the missing sub-nodes on the way."""
-    *parents, leaf = name.split(".")
-    for parent in parents:
-        vos_node = vos_node.setdefault(parent, CfgNode()) if create else vos_node[parent]
-    return vos_node, leaf
+# The keys whose values are the keyword arguments of ``init_virtual_outliers``: the method's,
+# and the score behind is_ood with its threshold (MODEL.OOD), which the mixin computes.
+MIXIN_KEYS = VOS_KEYS + tuple(key for key in OOD_KEYS if key.argument)
 
 
 def add_vos_keys(vos_node):
     """Set every key of :data:`VOS_KEYS` to its default in ``vos_node`` (``cfg.MODEL.VOS``),
     making the sub-nodes (``NPOS``) on the way."""
-    for key in VOS_KEYS:
-        node, leaf = _node_and_leaf(vos_node, key.name, create=True)
-        node[leaf] = key.default
+    add_declared_keys(vos_node, VOS_KEYS)
 
 
 def vos_arguments(**overrides) -> dict:
     """The keyword arguments of ``init_virtual_outliers``: every default, with ``overrides``.
 
     Raises:
-        ValueError: an argument that no key of :data:`VOS_KEYS` has (the message lists them).
+        ValueError: an argument that no key of :data:`MIXIN_KEYS` has (the message lists them).
     """
-    arguments = {key.argument: key.default for key in VOS_KEYS}
+    arguments = {key.argument: key.default for key in MIXIN_KEYS}
     unknown = sorted(set(overrides) - set(arguments))
     if unknown:
         raise ValueError(f"unknown VOS option(s) {unknown}; the options are {sorted(arguments)}")
@@ -161,12 +132,8 @@ def vos_arguments(**overrides) -> dict:
 
 
 def vos_kwargs_from_config(cfg) -> dict:
-    """The keys of :data:`VOS_KEYS` in ``cfg`` as the keyword arguments of ``init_virtual_outliers``."""
-    arguments = {}
-    for key in VOS_KEYS:
-        node, leaf = _node_and_leaf(cfg.MODEL.VOS, key.name)
-        arguments[key.argument] = node[leaf]
-    return arguments
+    """The keys of :data:`MIXIN_KEYS` in ``cfg`` as the keyword arguments of ``init_virtual_outliers``."""
+    return {key.argument: declared_value(cfg, key) for key in MIXIN_KEYS}
 
 
 def check_vos_arguments(arguments: dict):
@@ -176,7 +143,7 @@ def check_vos_arguments(arguments: dict):
         ValueError: every value not allowed, one per line, naming the key.
     """
     problems = []
-    for key in VOS_KEYS:
+    for key in MIXIN_KEYS:
         problem = key.check(arguments[key.argument]) if key.check else None
         if problem:
             problems.append(f"{key.key}={arguments[key.argument]!r}: {problem}")

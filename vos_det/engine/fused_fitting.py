@@ -5,7 +5,7 @@
 
 Called by :func:`~vos_det.engine.post_hoc_fitting.fit_post_hoc_scores` after the other scores
 are fitted (the feature parts are their outputs). Every candidate of
-``MODEL.VOS.POST_HOC.FUSED`` (logit part x feature part x scaling x rule) is fitted on the ID
+``MODEL.OOD.POST_HOC.FUSED`` (logit part x feature part x scaling x rule) is fitted on the ID
 validation boxes (and, for the logistic rule, VOS virtual outliers) and judged by the FPR95
 of ID against OOD validation boxes; the best one is kept (see
 :mod:`vos_det.modeling.ood_scores.fused`).
@@ -133,7 +133,7 @@ def fit_fused_score(cfg, scorers, train: BoxFitData, val_id: BoxFitData, val_ood
     """Choose and fit ``scorers["fused"]`` (its feature parts already fitted).
 
     Args:
-        cfg: the model's config (MODEL.VOS.POST_HOC.FUSED, .GEN, MODEL.VOS.SAMPLE_FROM,
+        cfg: the model's config (MODEL.OOD.POST_HOC.FUSED, .GEN, MODEL.VOS.SAMPLE_FROM,
             COVARIANCE_EPS, SEED are read).
         scorers: name -> post-hoc score, the candidate feature parts fitted.
         train: the training boxes (the virtual outliers' class Gaussians).
@@ -143,8 +143,8 @@ def fit_fused_score(cfg, scorers, train: BoxFitData, val_id: BoxFitData, val_ood
     Returns:
         dict: the choice and every candidate's figures (for the state file's info).
     """
-    options = cfg.MODEL.VOS.POST_HOC.FUSED
-    gamma, top_m = cfg.MODEL.VOS.POST_HOC.GEN.GAMMA, cfg.MODEL.VOS.POST_HOC.GEN.TOP_M
+    options = cfg.MODEL.OOD.POST_HOC.FUSED
+    gamma, top_m = cfg.MODEL.OOD.POST_HOC.GEN.GAMMA, cfg.MODEL.OOD.POST_HOC.GEN.TOP_M
     logit_parts = list(options.LOGIT_PARTS)
     feature_parts = [name for name in options.FEATURE_PARTS if name in scorers and scorers[name].is_fitted()]
     if not feature_parts:

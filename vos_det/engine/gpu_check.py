@@ -81,7 +81,7 @@ _TINY = {
     "opts": [
         "SOLVER.IMS_PER_BATCH", "4", "MODEL.VOS.SAMPLE_NUMBER", "2", "MODEL.VOS.SAMPLE_FROM", "200",
         "DATALOADER.NUM_WORKERS", "0", "TEST.OOD.SCORE_THRESHOLD", "0.0", "TEST.OOD.BOX_SELECTION", "fixed",
-        "MODEL.VOS.POST_HOC.SAFE.EPOCHS", "1",
+        "MODEL.OOD.POST_HOC.SAFE.EPOCHS", "1",
     ],
 }
 
@@ -300,7 +300,7 @@ def run_gpu_check(output_dir, *, device="cuda", tiny=False, iterations=None, opt
     def ood_eval():
         eval_cfg = _config(setup, output_dir, device, iterations, opts, weights=weights)
         state = fit_post_hoc_scores(eval_cfg, weights, val_id="digits_det_val", val_ood="digits_det_ood_val")
-        eval_cfg.MODEL.VOS.POST_HOC.STATE = state
+        eval_cfg.MODEL.OOD.POST_HOC.STATE = state
         eval_cfg = ood_eval_config(eval_cfg, calibrate="", output_dir=os.path.join(output_dir, "ood_eval"))
         results, _ = Trainer.evaluate_ood_of(eval_cfg, load_trained_model(eval_cfg), log_report=False)
         # SAFE reads residual projection shortcuts: the tiny backbone has none.

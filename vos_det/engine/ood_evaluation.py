@@ -9,7 +9,7 @@ evaluation calibrated: the threshold comes from
 :func:`vos_det.evaluation.calibration.calibrate`, which sees only scores; here it is written
 into the model's ``calibrated_ood_threshold`` buffer (:func:`set_ood_threshold`), which is
 saved with the model's state dict and used by ``is_ood`` from then on (unless
-``MODEL.VOS.USE_CALIBRATED_THRESHOLD`` is False), and the model is saved
+``MODEL.OOD.USE_CALIBRATED_THRESHOLD`` is False), and the model is saved
 (:func:`save_calibrated_model`). ``Trainer.test`` and ``tools/ood_eval.py`` (through
 ``Trainer.evaluate_ood_of``) and the LazyConfig evaluation call it; the OOD leaderboard runs
 :func:`collect_records` alone and keeps the records.
@@ -155,8 +155,8 @@ def set_ood_threshold(model, calibration: Calibration):
     head.calibrated_ood_threshold.fill_(calibration.threshold)
     if not getattr(head, "use_calibrated_threshold", True):
         logger.warning(
-            "the calibrated threshold is stored, but MODEL.VOS.USE_CALIBRATED_THRESHOLD is "
-            "False: is_ood keeps using MODEL.VOS.OOD_THRESHOLD"
+            "the calibrated threshold is stored, but MODEL.OOD.USE_CALIBRATED_THRESHOLD is "
+            "False: is_ood keeps using MODEL.OOD.THRESHOLD"
         )
 
 

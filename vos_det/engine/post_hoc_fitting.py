@@ -212,14 +212,14 @@ def fit_post_hoc_scores(
     """Fit every post-hoc score that needs it for a trained detector and save the states.
 
     Args:
-        cfg: the model's config (frozen or not; MODEL.VOS.POST_HOC.* are read).
+        cfg: the model's config (frozen or not; MODEL.OOD.POST_HOC.* are read).
         weights: the trained weights (.pth).
         output: the state file; default ``post_hoc_scores.pth`` next to the weights.
         datasets: ID datasets to fit on; default ``cfg.DATASETS.TRAIN``.
         val_id, val_ood: ID and OOD validation datasets (e.g. digits_det_val,
             digits_det_ood_val) on which k of the k-NN score, SAFE's FGSM step and the fused
-            score's candidate are chosen; without both, k is MODEL.VOS.POST_HOC.KNN.K or the
-            paper's 50, the step MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON, and the fused score is
+            score's candidate are chosen; without both, k is MODEL.OOD.POST_HOC.KNN.K or the
+            paper's 50, the step MODEL.OOD.POST_HOC.SAFE.FGSM_EPSILON, and the fused score is
             not fitted (an error if ``scores`` names it).
         scores: names of the scores to fit; default all that need fitting.
         add_classes: (name, dataset) pairs: classes added to mahalanobis_multilayer from
@@ -228,14 +228,14 @@ def fit_post_hoc_scores(
             otherwise; the state's info then lists them under ``test_splits_allowed``).
 
     Returns:
-        str: the state file; set ``MODEL.VOS.POST_HOC.STATE`` to it. Its info records the
+        str: the state file; set ``MODEL.OOD.POST_HOC.STATE`` to it. Its info records the
         weights and their :func:`~vos_det.engine.post_hoc_weights.weights_fingerprint`.
     """
     test_splits = check_validation_sets(val_id, val_ood, allow_test_split)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
-    cfg.MODEL.VOS.POST_HOC.STATE = ""
+    cfg.MODEL.OOD.POST_HOC.STATE = ""
     model = load_trained_model(cfg, weights)
     scorers = model.roi_heads.box_predictor.post_hoc.scores
     names = list(scores) if scores else [name for name, s in scorers.items() if s.needs_fit]
@@ -244,7 +244,7 @@ def fit_post_hoc_scores(
         raise ValueError(f"unknown post-hoc scores {unknown}; known: {list(scorers)}")
     if not scores and "safe" in names and not matching_layers(model, scorers["safe"].layer_patterns):
         logger.warning(
-            "SAFE not fitted: no module of the %s backbone matches MODEL.VOS.POST_HOC.SAFE.LAYER_PATTERNS "
+            "SAFE not fitted: no module of the %s backbone matches MODEL.OOD.POST_HOC.SAFE.LAYER_PATTERNS "
             "(it reads residual projection shortcuts)", type(model.backbone).__name__,
         )
         names.remove("safe")
@@ -317,7 +317,7 @@ def fit_mahalanobis(
 
     Every ground-truth box of the datasets is pooled through the trained box head; the class
     means, the shared covariance and the priors are written for
-    ``MODEL.VOS.MAHALANOBIS_STATS``.
+    ``MODEL.OOD.MAHALANOBIS_STATS``.
 
     Args:
         cfg: the model's config (MODEL.WEIGHTS is not read: ``weights`` is).

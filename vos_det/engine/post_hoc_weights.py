@@ -68,7 +68,7 @@ def check_post_hoc_states(weights: str, model_state: Mapping[str, torch.Tensor],
     Args:
         weights: the checkpoint file (MODEL.WEIGHTS), named in the message.
         model_state: its ``"model"`` dict.
-        model: the model built with ``MODEL.VOS.POST_HOC.STATE``; without a state, nothing
+        model: the model built with ``MODEL.OOD.POST_HOC.STATE``; without a state, nothing
             is checked.
 
     Returns:
@@ -87,13 +87,13 @@ def check_post_hoc_states(weights: str, model_state: Mapping[str, torch.Tensor],
         recorded = info.get(WEIGHTS_HASH_KEY)
         if recorded is None:
             logger.warning(
-                "MODEL.VOS.POST_HOC.STATE %s records no hash of the weights it was fitted on (%s), so it "
+                "MODEL.OOD.POST_HOC.STATE %s records no hash of the weights it was fitted on (%s), so it "
                 "cannot be checked against MODEL.WEIGHTS %s; fit it again with %s to have it checked",
                 module.state_file, fitted_on, weights, FIT_TOOL,
             )
         elif recorded != fingerprint:
             raise UserError(
-                f"MODEL.VOS.POST_HOC.STATE {module.state_file} belongs to other weights: it was fitted on "
+                f"MODEL.OOD.POST_HOC.STATE {module.state_file} belongs to other weights: it was fitted on "
                 f"{fitted_on} (sha256 {recorded[:12]}), not on MODEL.WEIGHTS {weights} (sha256 "
                 f"{fingerprint[:12]}); use the state fitted on these weights, or fit one with "
                 f"{FIT_TOOL} --weights {weights}"

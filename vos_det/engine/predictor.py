@@ -84,7 +84,7 @@ class OODPredictor(DefaultPredictor):
         if not predictor.use_calibrated_threshold or not math.isnan(float(predictor.calibrated_ood_threshold)):
             return
         logger.warning(
-            "%s holds no calibrated OOD threshold: is_ood uses MODEL.VOS.OOD_THRESHOLD=%s, which "
+            "%s holds no calibrated OOD threshold: is_ood uses MODEL.OOD.THRESHOLD=%s, which "
             "may flag no box or every box. Calibrate it on an ID validation set with `python "
             "tools/ood_eval.py --config CONFIG MODEL.WEIGHTS %s --calibrate VAL_SET` and use the "
             "model_calibrated.pth it writes (or train with TEST.OOD.CALIBRATION_DATASET VAL_SET), "
@@ -183,7 +183,7 @@ def predict_images(config_file, weights, inputs, output_dir, *, draw=False, min_
     images = find_images(inputs)
     overrides = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(min_score)]
     if ood_threshold is not None:
-        overrides += ["MODEL.VOS.OOD_THRESHOLD", str(ood_threshold), "MODEL.VOS.USE_CALIBRATED_THRESHOLD", "False"]
+        overrides += ["MODEL.OOD.THRESHOLD", str(ood_threshold), "MODEL.OOD.USE_CALIBRATED_THRESHOLD", "False"]
     predictor = OODPredictor.from_config_file(config_file, weights, overrides + list(opts))
     check_writable_dir(output_dir, "--output folder")  # before any image runs
     detections, image_entries, errors = [], [], []

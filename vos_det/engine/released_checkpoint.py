@@ -78,7 +78,7 @@ _ANCHORS_REASON = "computed from MODEL.ANCHOR_GENERATOR (not saved by vos_det's 
 # Target keys the release has no value for, by prefix, with why they stay at their initial value.
 _UNFILLED_TARGETS = (
     (_PREDICTOR + "feature_queues.", "the release does not save its class queues (plain tensors): empty"),
-    (_PREDICTOR + "calibrated_ood_threshold", "not calibrated (NaN): MODEL.VOS.OOD_THRESHOLD until ood_eval --calibrate"),
+    (_PREDICTOR + "calibrated_ood_threshold", "not calibrated (NaN): MODEL.OOD.THRESHOLD until ood_eval --calibrate"),
     (_PREDICTOR + "mahalanobis.", "post-hoc Gaussians, not in the release: tools/fit_mahalanobis.py fits them"),
     (_PREDICTOR + "post_hoc.", "post-hoc scores' state, not in the release: tools/fit_ood_scores.py fits it"),
 )

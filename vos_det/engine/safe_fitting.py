@@ -200,7 +200,7 @@ def fit_safe(
         image_index=torch.cat([p.image_index + int(offset) for p, offset in zip(parts, offsets)]),
     )
     if not choose:
-        scorer.fit(data, scorer.fgsm_epsilon, epsilon_source="MODEL.VOS.POST_HOC.SAFE.FGSM_EPSILON")
+        scorer.fit(data, scorer.fgsm_epsilon, epsilon_source="MODEL.OOD.POST_HOC.SAFE.FGSM_EPSILON")
         scorer.to(model.device)
         return {}
     id_val, ood_val = (

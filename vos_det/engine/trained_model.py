@@ -83,7 +83,7 @@ def check_checkpoint_matches_model(weights: str, model) -> None:
         FileNotFoundError: no such file (named).
         UserError: the file is truncated or no checkpoint (named).
         ValueError: naming the file, each mismatched tensor and both shapes.
-        UserError: MODEL.VOS.POST_HOC.STATE was fitted on other weights (both named).
+        UserError: MODEL.OOD.POST_HOC.STATE was fitted on other weights (both named).
     """
     check_weights_file(weights)
     if not weights.endswith(".pth"):

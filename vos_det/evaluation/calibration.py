@@ -1,6 +1,6 @@
 """Calibration of the OOD threshold (gamma of eq. 9) on ID validation samples (boxes or images).
 
-The threshold is the one on the score behind a model's ``is_ood`` (``MODEL.VOS.OOD_SCORE``,
+The threshold is the one on the score behind a model's ``is_ood`` (``MODEL.OOD.SCORE``,
 larger = more OOD) that keeps a fraction ``keep`` (95%) of the ID samples as ID: a sample is
 flagged OOD when its score is > the threshold, so the threshold is the smallest score value t
 with ``#{ID samples with score <= t} >= keep * #ID samples`` (exactly ``keep`` of them when
@@ -101,8 +101,8 @@ class OODRule:
     """A model's ``is_ood`` rule: a sample is OOD when its ``ood_score`` is > ``threshold``.
 
     Attributes:
-        ood_score: the score behind ``is_ood`` (``MODEL.VOS.OOD_SCORE``).
-        threshold: the threshold ``is_ood`` uses now (calibrated, or MODEL.VOS.OOD_THRESHOLD).
+        ood_score: the score behind ``is_ood`` (``MODEL.OOD.SCORE``).
+        threshold: the threshold ``is_ood`` uses now (calibrated, or MODEL.OOD.THRESHOLD).
         calibrated_threshold: the calibrated threshold stored with the model (NaN: none).
     """
 

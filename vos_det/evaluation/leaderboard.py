@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 from tabulate import tabulate
 
 from ..config import load_config
+from ..config.renamed_keys import current_overrides
 from .statistics import prediction_interval
 
 __all__ = [
@@ -57,9 +58,9 @@ _RUN_KEYS = (
     "DATASETS.OOD_TEST",
     "DATASETS.TEST",
     "MODEL.DEVICE",
-    "MODEL.VOS.OOD_SCORE",
-    "MODEL.VOS.OOD_THRESHOLD",
-    "MODEL.VOS.POST_HOC.STATE",
+    "MODEL.OOD.SCORE",
+    "MODEL.OOD.THRESHOLD",
+    "MODEL.OOD.POST_HOC.STATE",
     "MODEL.WEIGHTS",
     "OUTPUT_DIR",
     "SEED",
@@ -105,7 +106,8 @@ def find_leaderboard_method(cfg, leaderboard: Dict) -> Optional[str]:
     """
     wanted = _training_keys(cfg)
     for method, overrides in leaderboard.get("methods", {}).items():
-        if _training_keys(load_config(leaderboard["config"], list(overrides))) == wanted:
+        # A leaderboard written before some keys moved names them as they were then.
+        if _training_keys(load_config(leaderboard["config"], current_overrides(overrides))) == wanted:
             return method
     return None
 

@@ -3,7 +3,7 @@
 The detector is traced (detectron2's :class:`TracingAdapter`) through
 :func:`ood_detections`, which turns one image into a tuple of tensors. The traced graph
 contains everything from the normalisation of the image to ``is_ood``, with the OOD
-threshold of the model (calibrated, else ``MODEL.VOS.OOD_THRESHOLD``) as a constant, so
+threshold of the model (calibrated, else ``MODEL.OOD.THRESHOLD``) as a constant, so
 the exported file runs with ``torch.jit.load`` alone: no detectron2, no vos_det.
 
 A trace records the device it ran on (tensors it creates are made there), so the file runs

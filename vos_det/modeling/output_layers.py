@@ -140,7 +140,7 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         if learnt_by and self.ood_score not in self.embedding_score_names():
             trained_with = [type(loss).__name__ for loss in self.embedding_losses]
             raise ValueError(
-                f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is learnt during training by {' or '.join(learnt_by)}: "
+                f"MODEL.OOD.SCORE={self.ood_score!r} is learnt during training by {' or '.join(learnt_by)}: "
                 f"add it to MODEL.EMBEDDING.LOSSES (this model has {trained_with}) and train the model with it"
             )
 
@@ -152,9 +152,9 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret.update(vos_kwargs_from_config(cfg))
-        ret["mahalanobis_stats"] = cfg.MODEL.VOS.MAHALANOBIS_STATS
+        ret["mahalanobis_stats"] = cfg.MODEL.OOD.MAHALANOBIS_STATS
         ret["post_hoc_scores"] = build_post_hoc_scores(cfg)
-        ret["post_hoc_state"] = cfg.MODEL.VOS.POST_HOC.STATE
+        ret["post_hoc_state"] = cfg.MODEL.OOD.POST_HOC.STATE
         # Protocol "vos_official" replays the release's evaluation, its inference included.
         ret["nms_before_clip"] = cfg.TEST.OOD.PROTOCOL == "vos_official"
         feature_dim = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
@@ -342,13 +342,13 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         table, id_scores = self.ood_score_table(logits, features, boxes, self.ood_field_names())
         if self.ood_score in self.post_hoc.scores and self.ood_score not in table:
             raise RuntimeError(
-                f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is not available: " + self.post_hoc.missing_reason(self.ood_score)
+                f"MODEL.OOD.SCORE={self.ood_score!r} is not available: " + self.post_hoc.missing_reason(self.ood_score)
             )
         if self.ood_score not in table:
             raise RuntimeError(
-                f"MODEL.VOS.OOD_SCORE={self.ood_score!r} is not available: the model has no "
+                f"MODEL.OOD.SCORE={self.ood_score!r} is not available: the model has no "
                 "Mahalanobis statistics: run tools/fit_mahalanobis.py and set "
-                "MODEL.VOS.MAHALANOBIS_STATS to the file it writes"
+                "MODEL.OOD.MAHALANOBIS_STATS to the file it writes"
             )
         is_ood = table[self.ood_score] > self.current_ood_threshold()
         num_per_image = [len(image_instances) for image_instances in instances]

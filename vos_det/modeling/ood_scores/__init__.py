@@ -60,7 +60,7 @@ def build_post_hoc_scores(cfg=None) -> nn.ModuleDict:
     """Every registered post-hoc score, unfitted, by name.
 
     Args:
-        cfg: a config with the MODEL.VOS.POST_HOC keys; None = every score's defaults.
+        cfg: a config with the MODEL.OOD.POST_HOC keys; None = every score's defaults.
 
     Returns:
         nn.ModuleDict: name -> :class:`PostHocScore`, those of POST_HOC_SCORES first, in

@@ -13,7 +13,7 @@ A scorer is an ``nn.Module`` registered in :data:`OOD_SCORE_REGISTRY` under the 
 
 The fitted state follows ``.to()`` but stays out of the model's checkpoints (the box
 predictor drops it from its ``state_dict``): it is fitted to given weights and saved in its
-own file, which ``MODEL.VOS.POST_HOC.STATE`` names.
+own file, which ``MODEL.OOD.POST_HOC.STATE`` names.
 """
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
@@ -130,7 +130,7 @@ class PostHocScore(nn.Module):
         if not self.is_fitted():
             raise RuntimeError(
                 f"the {self.name!r} OOD score is not fitted: run {FIT_TOOL} for these weights "
-                "and set MODEL.VOS.POST_HOC.STATE to the file it writes"
+                "and set MODEL.OOD.POST_HOC.STATE to the file it writes"
             )
 
     # --- fitting and scoring ------------------------------------------------------------

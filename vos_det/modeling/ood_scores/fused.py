@@ -17,7 +17,7 @@ far, worse near). The fused score combines one of each:
    penultimate feature alone (k-NN; a virtual outlier has no multi-layer feature maps).
 
 The parts, the scaling and the rule are chosen by ``tools/fit_ood_scores.py`` among those of
-``MODEL.VOS.POST_HOC.FUSED``: the candidate with the lowest FPR95 of ID validation boxes
+``MODEL.OOD.POST_HOC.FUSED``: the candidate with the lowest FPR95 of ID validation boxes
 against OOD validation boxes (``--val-id`` / ``--val-ood``; ties: higher AUROC, then the
 candidates' order), never on OOD test data. The fitted state records the choice and every
 candidate's figures. The feature part is read from its own score's output (the scores of
@@ -135,7 +135,7 @@ class FusedScore(PostHocScore):
     def __init__(self, gamma: float = 0.1, top_m: int = 100):
         """
         Args:
-            gamma, top_m: of GEN as a logit part (MODEL.VOS.POST_HOC.GEN).
+            gamma, top_m: of GEN as a logit part (MODEL.OOD.POST_HOC.GEN).
         """
         super().__init__()
         self.gamma = gamma
@@ -143,7 +143,7 @@ class FusedScore(PostHocScore):
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(gamma=cfg.MODEL.VOS.POST_HOC.GEN.GAMMA, top_m=cfg.MODEL.VOS.POST_HOC.GEN.TOP_M)
+        return cls(gamma=cfg.MODEL.OOD.POST_HOC.GEN.GAMMA, top_m=cfg.MODEL.OOD.POST_HOC.GEN.TOP_M)
 
     def part_names(self):
         return (self.fitted_config["feature_part"],) if self.is_fitted() else ()

@@ -25,7 +25,7 @@ def generalized_entropy(logits, gamma: float = 0.1, top_m: int = 100):
 
 @OOD_SCORE_REGISTRY.register()
 class GENScore(PostHocScore):
-    """GEN: no fitted state; ``gamma`` and ``top_m`` (M) are MODEL.VOS.POST_HOC.GEN keys."""
+    """GEN: no fitted state; ``gamma`` and ``top_m`` (M) are MODEL.OOD.POST_HOC.GEN keys."""
 
     name = "gen"
     needs_fit = False
@@ -39,7 +39,7 @@ class GENScore(PostHocScore):
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(gamma=cfg.MODEL.VOS.POST_HOC.GEN.GAMMA, top_m=cfg.MODEL.VOS.POST_HOC.GEN.TOP_M)
+        return cls(gamma=cfg.MODEL.OOD.POST_HOC.GEN.GAMMA, top_m=cfg.MODEL.OOD.POST_HOC.GEN.TOP_M)
 
     def forward(self, features, logits, layer_features=None, logits_of=None):
         return generalized_entropy(logits, self.gamma, self.top_m)

@@ -118,7 +118,7 @@ class KNNScore(PostHocScore):
     @classmethod
     def from_config(cls, cfg):
         options = options_from_config(
-            cfg.MODEL.VOS.POST_HOC.KNN, "k", "chunk_size", "max_bank_size", "search", "nlist", "nprobe"
+            cfg.MODEL.OOD.POST_HOC.KNN, "k", "chunk_size", "max_bank_size", "search", "nlist", "nprobe"
         )
         return cls(seed=max(cfg.SEED, 0), **options)
 
@@ -146,7 +146,7 @@ class KNNScore(PostHocScore):
         if k:
             chosen, source = k, k_source or "given"
         elif self.k:
-            chosen, source = self.k, "MODEL.VOS.POST_HOC.KNN.K"
+            chosen, source = self.k, "MODEL.OOD.POST_HOC.KNN.K"
         else:
             chosen, source = PAPER_K, "paper default (CIFAR-10)"
         self.fitted_config = {"k": min(chosen, bank.shape[0]), "k_source": source}

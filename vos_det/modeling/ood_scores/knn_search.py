@@ -2,7 +2,7 @@
 
 The bank holds unit vectors, so the nearest neighbours of a query are its largest inner
 products. Three searches answer the same question (:data:`KNN_SEARCHES`, chosen by
-``MODEL.VOS.POST_HOC.KNN.SEARCH``):
+``MODEL.OOD.POST_HOC.KNN.SEARCH``):
 
 * ``"torch"``: exact, one matrix product (or chunks of the bank) and a top-k;
 * ``"faiss_flat"``: exact, faiss's ``IndexFlatIP`` (Johnson, Douze and Jegou, "Billion-scale
@@ -124,7 +124,7 @@ class FaissKNNSearch:
         elif index == "ivf":
             nlist = nlist or default_nlist(len(vectors))
             if not 1 <= nlist <= len(vectors):
-                raise ValueError(f"MODEL.VOS.POST_HOC.KNN.NLIST must lie in [1, {len(vectors)}] (the bank size), got {nlist}")
+                raise ValueError(f"MODEL.OOD.POST_HOC.KNN.NLIST must lie in [1, {len(vectors)}] (the bank size), got {nlist}")
             # The quantizer must outlive this call: faiss keeps a pointer to it.
             self.quantizer = faiss.IndexFlatIP(dim)
             self.index = faiss.IndexIVFFlat(self.quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -166,9 +166,9 @@ def build_knn_search(bank, search: str = "torch", chunk_size: int = 0, nlist: in
         TorchKNNSearch or FaissKNNSearch.
     """
     if search not in KNN_SEARCHES:
-        raise ValueError(f"MODEL.VOS.POST_HOC.KNN.SEARCH must be one of {KNN_SEARCHES}, got {search!r}")
+        raise ValueError(f"MODEL.OOD.POST_HOC.KNN.SEARCH must be one of {KNN_SEARCHES}, got {search!r}")
     if search != "torch" and not faiss_available():
-        logger.warning("MODEL.VOS.POST_HOC.KNN.SEARCH=%r needs faiss (pip install faiss-cpu): using the torch search", search)
+        logger.warning("MODEL.OOD.POST_HOC.KNN.SEARCH=%r needs faiss (pip install faiss-cpu): using the torch search", search)
         search = "torch"
     if search == "torch":
         return TorchKNNSearch(bank, chunk_size)

@@ -54,7 +54,7 @@ class GaussianDiscriminant(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if self.statistics_file is not None:
-            # Statistics named by MODEL.VOS.MAHALANOBIS_STATS win over those a checkpoint
+            # Statistics named by MODEL.OOD.MAHALANOBIS_STATS win over those a checkpoint
             # carries (typically none: a model trained before they were fitted).
             return
         # The number of classes is data: take the shapes of the checkpoint's buffers, on this
@@ -81,7 +81,7 @@ class GaussianDiscriminant(nn.Module):
             FileNotFoundError / ValueError: naming the file and the problem.
         """
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"Mahalanobis statistics not found: {path} (MODEL.VOS.MAHALANOBIS_STATS)")
+            raise FileNotFoundError(f"Mahalanobis statistics not found: {path} (MODEL.OOD.MAHALANOBIS_STATS)")
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or set(state) != set(self.state_dict()):
             raise ValueError(f"{path} does not hold Mahalanobis statistics (expected keys {sorted(self.state_dict())})")

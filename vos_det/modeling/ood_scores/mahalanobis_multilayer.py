@@ -39,7 +39,7 @@ class MultiLayerMahalanobisScore(PostHocScore):
 
     @classmethod
     def from_config(cls, cfg):
-        multilayer = cfg.MODEL.VOS.POST_HOC.MULTILAYER
+        multilayer = cfg.MODEL.OOD.POST_HOC.MULTILAYER
         return cls(
             in_features=multilayer.IN_FEATURES or cfg.MODEL.ROI_HEADS.IN_FEATURES,
             include_box_features=multilayer.INCLUDE_BOX_FEATURES,

@@ -55,12 +55,12 @@ class ReActScore(PostHocScore):
     def __init__(self, percentile: float = 90.0):
         super().__init__()
         if not 0.0 < percentile <= 100.0:
-            raise ValueError(f"MODEL.VOS.POST_HOC.REACT.PERCENTILE must lie in (0, 100], got {percentile}")
+            raise ValueError(f"MODEL.OOD.POST_HOC.REACT.PERCENTILE must lie in (0, 100], got {percentile}")
         self.percentile = percentile
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(percentile=cfg.MODEL.VOS.POST_HOC.REACT.PERCENTILE)
+        return cls(percentile=cfg.MODEL.OOD.POST_HOC.REACT.PERCENTILE)
 
     def fit(self, data):
         values = data.features.double().flatten()

@@ -4,7 +4,7 @@ authors release it (SamWilso/SAFE_Official at commit 4123f62; our own code, citi
 
 Layers. The outputs of the residual blocks' projection shortcuts (conv + BN): every module
 of the backbone whose full name matches one of :data:`DEFAULT_LAYER_PATTERNS` (regular
-expressions, ``re.fullmatch``; ``MODEL.VOS.POST_HOC.SAFE.LAYER_PATTERNS`` changes them):
+expressions, ``re.fullmatch``; ``MODEL.OOD.POST_HOC.SAFE.LAYER_PATTERNS`` changes them):
 
 - detectron2 ResNet: ``backbone.bottom_up.res<k>.<i>.shortcut``, the release's "every
   ``Conv2d`` whose name contains ``shortcut``" (``SAFE/shared/tracker.py`` l. 30-31); a
@@ -107,7 +107,7 @@ def matching_layers(model: nn.Module, patterns: Sequence[str]) -> List[str]:
         try:
             compiled.append(re.compile(pattern))
         except re.error as e:
-            raise ValueError(f"MODEL.VOS.POST_HOC.SAFE.LAYER_PATTERNS: {pattern!r} is not a regular expression ({e})")
+            raise ValueError(f"MODEL.OOD.POST_HOC.SAFE.LAYER_PATTERNS: {pattern!r} is not a regular expression ({e})")
     return [
         f"backbone.{name}"
         for name, _ in model.backbone.named_modules()
@@ -125,7 +125,7 @@ def match_layers(model: nn.Module, patterns: Sequence[str]) -> List[str]:
     if not names:
         raise ValueError(
             f"SAFE: no module of the {type(model.backbone).__name__} backbone matches "
-            f"MODEL.VOS.POST_HOC.SAFE.LAYER_PATTERNS {list(patterns)} (SAFE reads residual "
+            f"MODEL.OOD.POST_HOC.SAFE.LAYER_PATTERNS {list(patterns)} (SAFE reads residual "
             "projection shortcuts: use a ResNet / RegNet backbone or set patterns naming its modules)"
         )
     return names
@@ -363,7 +363,7 @@ class SAFEScore(PostHocScore):
 
     @classmethod
     def from_config(cls, cfg):
-        safe = cfg.MODEL.VOS.POST_HOC.SAFE
+        safe = cfg.MODEL.OOD.POST_HOC.SAFE
         options = options_from_config(
             safe, "layer_patterns", "fgsm_epsilon", "epsilon_candidates", "epochs", "learning_rate",
             "images_per_batch", "max_images",
@@ -466,7 +466,7 @@ class SAFEScore(PostHocScore):
 def attach_post_hoc_hooks(model: nn.Module) -> nn.Module:
     """Hook the modules the fitted post-hoc scores of a detector read (SAFE's layers).
 
-    Call it on a built detector whose ``MODEL.VOS.POST_HOC.STATE`` holds a fitted SAFE (the
+    Call it on a built detector whose ``MODEL.OOD.POST_HOC.STATE`` holds a fitted SAFE (the
     project's Trainer.build_model and OODPredictor do); without one it does nothing.
 
     Returns:

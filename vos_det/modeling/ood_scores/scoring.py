@@ -133,7 +133,7 @@ class PostHocScoring(nn.Module):
         if name in self.scores and not self.scores[name].is_fitted():
             return (
                 f"the {name!r} OOD score is not fitted: run {FIT_TOOL} for these weights and set "
-                "MODEL.VOS.POST_HOC.STATE to the file it writes"
+                "MODEL.OOD.POST_HOC.STATE to the file it writes"
             )
         score = self.scores[name] if name in self.scores else None
         if getattr(score, "reads_module_outputs", False) and not score.is_attached():

@@ -16,7 +16,7 @@ zero prototype) scores log C_d(kappa_k), as if at 90 degrees from its direction.
 
 The score needs nothing fitted, only a model trained with ``SIRENLoss`` in
 ``MODEL.EMBEDDING.LOSSES``: the box predictor then adds ``ood_scores_siren`` to every
-detection; with ``MODEL.VOS.OOD_SCORE siren`` and no such loss it refuses to be built.
+detection; with ``MODEL.OOD.SCORE siren`` and no such loss it refuses to be built.
 
 The paper's second score is the k-NN distance in the same embedding ("SIREN-KNN",
 ``rcnn/voc_coco_knn.py``: the normalised projections of the detections on the ID training

@@ -38,7 +38,7 @@ def save_post_hoc_state(scores: Dict[str, PostHocScore], path: str, feature_dim:
 
 
 def _read_state_file(path: str) -> Dict:
-    """The dict of a state file, or a UserError naming the file and MODEL.VOS.POST_HOC.STATE
+    """The dict of a state file, or a UserError naming the file and MODEL.OOD.POST_HOC.STATE
     when it is truncated, not a torch file, or a torch file of something else."""
     problem = None
     if not zipfile.is_zipfile(path):  # torch.save writes a zip; a cut copy lost its directory
@@ -54,7 +54,7 @@ def _read_state_file(path: str) -> Dict:
                 problem = "a torch file, but not a post-hoc OOD score state"
     if problem:
         raise UserError(
-            f"MODEL.VOS.POST_HOC.STATE {path} ({os.path.getsize(path)} bytes) cannot be read: {problem}; "
+            f"MODEL.OOD.POST_HOC.STATE {path} ({os.path.getsize(path)} bytes) cannot be read: {problem}; "
             f"write it again with {FIT_TOOL}"
         )
     return state
@@ -72,7 +72,7 @@ def load_post_hoc_state(scores: Dict[str, PostHocScore], path: str, feature_dim:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"post-hoc OOD score state not found: {path} (MODEL.VOS.POST_HOC.STATE); "
+            f"post-hoc OOD score state not found: {path} (MODEL.OOD.POST_HOC.STATE); "
             f"write it with {FIT_TOOL}"
         )
     state = _read_state_file(path)

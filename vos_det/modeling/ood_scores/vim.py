@@ -58,7 +58,7 @@ class ViMScore(PostHocScore):
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(dim=cfg.MODEL.VOS.POST_HOC.VIM.DIM)
+        return cls(dim=cfg.MODEL.OOD.POST_HOC.VIM.DIM)
 
     def fit(self, data):
         features = data.features.double()
@@ -66,7 +66,7 @@ class ViMScore(PostHocScore):
         dim = self.dim or feature_dim // 2
         if not 1 <= dim < feature_dim:
             raise ValueError(
-                f"MODEL.VOS.POST_HOC.VIM.DIM must lie in [1, {feature_dim - 1}] for "
+                f"MODEL.OOD.POST_HOC.VIM.DIM must lie in [1, {feature_dim - 1}] for "
                 f"{feature_dim}-d features, got {dim}"
             )
         if data.classifier_weight is None:

@@ -11,7 +11,7 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
 from ...config.choices import OOD_SCORES, VOS_ONLY_SCORES
-from ...config.vos_keys import VOS_KEYS, check_vos_arguments, vos_arguments
+from ...config.vos_keys import MIXIN_KEYS, check_vos_arguments, vos_arguments
 from ...utils.precision import full_precision
 from ..ood_scores.energy import energy, max_softmax_ood_score, weighted_energy
 from .diagnostics import mahalanobis_radius_ratio, scalars_to_host
@@ -41,9 +41,9 @@ _NONFINITE_PREFIX = "vos/nonfinite_"
 
 def pop_vos_options(kwargs: dict) -> dict:
     """Remove the arguments of :meth:`VirtualOutlierMixin.init_virtual_outliers` (one per key
-    of :data:`~vos_det.config.vos_keys.VOS_KEYS`) from ``kwargs`` (a host constructor's keyword
+    of :data:`~vos_det.config.vos_keys.MIXIN_KEYS`) from ``kwargs`` (a host constructor's keyword
     arguments) and return them."""
-    return {key.argument: kwargs.pop(key.argument) for key in VOS_KEYS if key.argument in kwargs}
+    return {key.argument: kwargs.pop(key.argument) for key in MIXIN_KEYS if key.argument in kwargs}
 
 
 class VirtualOutlierMixin:
@@ -69,9 +69,10 @@ class VirtualOutlierMixin:
         Args:
             feature_dim: D, the dimension of the queued features.
             options: the VOS options, one per key of
-                :data:`~vos_det.config.vos_keys.VOS_KEYS` (the key in lower case:
+                :data:`~vos_det.config.vos_keys.MIXIN_KEYS` (the key in lower case:
                 ``sample_number``, ``starting_iter``, ``npos_k``, ...; ``MODEL.VOS.ENABLED`` is
-                ``vos_enabled``, ``LOSS_WEIGHT`` ``vos_loss_weight``), each kept as an attribute
+                ``vos_enabled``, ``LOSS_WEIGHT`` ``vos_loss_weight``, ``MODEL.OOD.SCORE``
+                ``ood_score``, ``MODEL.OOD.THRESHOLD`` ``ood_threshold``), each kept as an attribute
                 of that name; an option not given takes the key's default. Their meaning:
                 the keys' docs (docs/config_keys.md).
 
@@ -111,7 +112,7 @@ class VirtualOutlierMixin:
             )
         if not options["vos_enabled"] and options["ood_score"] in VOS_ONLY_SCORES:
             raise ValueError(
-                f"MODEL.VOS.OOD_SCORE={options['ood_score']!r} needs MODEL.VOS.ENABLED=True; a model "
+                f"MODEL.OOD.SCORE={options['ood_score']!r} needs MODEL.VOS.ENABLED=True; a model "
                 "trained without VOS can use 'energy' or 'msp'"
             )
         if not options["outlier_tail"] and options["select"] > options["sample_from"]:
