@@ -12,7 +12,8 @@ from detectron2.utils.events import EventStorage
 from vos_det.config import default_config
 from vos_det.errors import ConfigError
 from vos_det.modeling.regularizers.center_loss import CenterLoss
-from vos_det.modeling.regularizers.cider import CIDERLoss, sequential_prototype_update
+from vos_det.modeling.regularizers.cider import CIDERLoss
+from vos_det.modeling.regularizers.hypersphere import sequential_prototype_update
 from vos_det.modeling.regularizers.embedding_losses import build_embedding_losses
 from vos_det.modeling.regularizers.margin_classifiers import (
     ArcFaceClassifier,

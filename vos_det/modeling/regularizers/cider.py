@@ -10,51 +10,13 @@ from detectron2.config import configurable
 
 from ..config_options import options_from_config
 from .embedding_losses import EMBEDDING_LOSS_REGISTRY
+from .hypersphere import HypersphereEmbedding
 
-__all__ = ["CIDERLoss", "sequential_prototype_update"]
-
-_NORM_EPS = 1e-12
-
-
-def sequential_prototype_update(prototypes, embeddings, labels, momentum: float):
-    """The prototypes after CIDER's per-sample EMA over the batch, in batch order.
-
-    For each sample i in turn: mu_{c(i)} <- normalize(momentum * mu_{c(i)} + (1 - momentum) z_i).
-    Samples of different classes touch different prototypes, so the loop runs over the
-    position of a sample within its class (as many steps as the largest class count), each
-    step updating every class that has a sample at that position. The result is the same as
-    the one-sample-at-a-time loop, and differentiable with respect to ``embeddings``.
-
-    Args:
-        prototypes (Tensor): (K, d) prototypes before the batch (a zero row stays zero until
-            its class is seen, then becomes the first embedding's direction).
-        embeddings (Tensor): (N, d) unit-norm embeddings z.
-        labels (Tensor): (N,) their classes in [0, K).
-        momentum (float): alpha in [0, 1).
-
-    Returns:
-        Tensor: (K, d) the updated prototypes.
-    """
-    num_classes = prototypes.shape[0]
-    if labels.numel() == 0:
-        return prototypes
-    order = torch.argsort(labels, stable=True)
-    sorted_labels = labels[order]
-    counts = torch.bincount(sorted_labels, minlength=num_classes)
-    first_of_class = torch.cumsum(counts, 0) - counts
-    position_in_class = torch.arange(labels.numel(), device=labels.device) - first_of_class[sorted_labels]
-    for position in range(int(counts.max())):
-        at_position = position_in_class == position
-        classes = sorted_labels[at_position]
-        updated = F.normalize(
-            momentum * prototypes[classes] + (1.0 - momentum) * embeddings[order[at_position]], dim=1, eps=_NORM_EPS
-        )
-        prototypes = prototypes.index_put((classes,), updated)
-    return prototypes
+__all__ = ["CIDERLoss"]
 
 
 @EMBEDDING_LOSS_REGISTRY.register()
-class CIDERLoss(nn.Module):
+class CIDERLoss(HypersphereEmbedding):
     """CIDER's losses on z = normalize(g(h)), g a two-layer projection head.
 
     With class prototypes mu_k on the unit sphere and temperature tau:
@@ -67,7 +29,7 @@ class CIDERLoss(nn.Module):
 
     both scaled by tau / 0.1 as in the authors' code, and weighted by lambda_comp and
     lambda_dis. The prototypes are updated by the per-sample EMA of
-    :func:`sequential_prototype_update` and kept in a buffer. Only the foreground boxes
+    :func:`~.hypersphere.sequential_prototype_update` and kept in a buffer. Only the foreground boxes
     enter: the background is not a class with a prototype.
     """
 
@@ -93,19 +55,15 @@ class CIDERLoss(nn.Module):
             compactness_weight: lambda_comp.
             dispersion_weight: lambda_dis.
         """
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"MODEL.EMBEDDING.CIDER.TEMPERATURE must be > 0, got {temperature}")
-        if not 0.0 <= prototype_momentum < 1.0:
-            raise ValueError(f"MODEL.EMBEDDING.CIDER.PROTOTYPE_MOMENTUM must be in [0, 1), got {prototype_momentum}")
-        self.projection = nn.Sequential(
+        projection = nn.Sequential(
             nn.Linear(feature_dim, feature_dim), nn.ReLU(inplace=True), nn.Linear(feature_dim, embedding_dim)
         )
+        super().__init__(projection, num_classes, embedding_dim, prototype_momentum, "MODEL.EMBEDDING.CIDER")
+        if temperature <= 0:
+            raise ValueError(f"MODEL.EMBEDDING.CIDER.TEMPERATURE must be > 0, got {temperature}")
         self.temperature = temperature
-        self.prototype_momentum = prototype_momentum
         self.compactness_weight = compactness_weight
         self.dispersion_weight = dispersion_weight
-        self.register_buffer("prototypes", torch.zeros(num_classes, embedding_dim))
 
     @classmethod
     def from_config(cls, cfg, feature_dim, num_classes):
@@ -114,10 +72,6 @@ class CIDERLoss(nn.Module):
             "embedding_dim", "temperature", "prototype_momentum", "compactness_weight", "dispersion_weight",
         )
         return {"feature_dim": feature_dim, "num_classes": num_classes, **options}
-
-    def embed(self, features):
-        """(N, D) box features -> (N, d) unit-norm embeddings z."""
-        return F.normalize(self.projection(features), dim=1, eps=_NORM_EPS)
 
     def forward(self, features, labels):
         """
@@ -133,11 +87,8 @@ class CIDERLoss(nn.Module):
         zero = embeddings.sum() * 0.0
         if features.shape[0] == 0:
             return {"loss_cider_comp": zero, "loss_cider_dis": zero}
-        stored = self.prototypes.to(embeddings.dtype)
-        updated = sequential_prototype_update(stored, embeddings, labels, self.prototype_momentum)
+        updated = self.updated_prototypes(embeddings, labels)
         compactness = F.cross_entropy(embeddings @ updated.detach().t() / self.temperature, labels)
-        if self.training:
-            self.prototypes.copy_(updated.detach())
         scale = self.temperature / 0.1
         return {
             "loss_cider_comp": self.compactness_weight * scale * compactness,

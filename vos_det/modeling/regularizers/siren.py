@@ -15,7 +15,7 @@ a cross-entropy over the logits kappa_k mu_k.z_i + log C_d(kappa_k) (normaliser:
 ``loss_weight``. Its gradient reaches the projection head through z and the concentrations
 through both terms. The prototypes are not learned by gradient: before the loss, each box of
 the batch in turn moves its class's prototype, mu_y <- normalize(alpha mu_y + (1 - alpha) z)
-with z detached (:func:`~vos_det.modeling.regularizers.cider.sequential_prototype_update`,
+with z detached (:func:`~vos_det.modeling.regularizers.hypersphere.sequential_prototype_update`,
 the same per-sample EMA as CIDER's), and the loss uses the updated prototypes, detached. At
 test time :mod:`vos_det.modeling.ood_scores.siren` scores each detection by its largest class
 log-density.
@@ -52,16 +52,14 @@ from detectron2.config import configurable
 from ..config_options import options_from_config
 from ..ood_scores.siren import siren_ood_score
 from ..ood_scores.von_mises_fisher import vmf_log_likelihoods
-from .cider import sequential_prototype_update
 from .embedding_losses import EMBEDDING_LOSS_REGISTRY
+from .hypersphere import HypersphereEmbedding
 
 __all__ = ["SIRENLoss"]
 
-_NORM_EPS = 1e-12
-
 
 @EMBEDDING_LOSS_REGISTRY.register()
-class SIRENLoss(nn.Module):
+class SIRENLoss(HypersphereEmbedding):
     """SIREN's vMF maximum-likelihood loss on z = normalize(g(h)); it learns the ``siren``
     OOD score (see the module docstring)."""
 
@@ -87,21 +85,17 @@ class SIRENLoss(nn.Module):
             kappa_init: the initial concentration of every class, > 0.
             prototype_momentum: alpha of the prototype EMA, in [0, 1).
         """
-        super().__init__()
         if embedding_dim < 2:
             raise ValueError(f"MODEL.EMBEDDING.SIREN.EMBEDDING_DIM must be >= 2, got {embedding_dim}")
         if kappa_init <= 0:
             raise ValueError(f"MODEL.EMBEDDING.SIREN.KAPPA_INIT must be > 0, got {kappa_init}")
-        if not 0.0 <= prototype_momentum < 1.0:
-            raise ValueError(f"MODEL.EMBEDDING.SIREN.PROTOTYPE_MOMENTUM must be in [0, 1), got {prototype_momentum}")
-        self.projection = nn.Sequential(
+        projection = nn.Sequential(
             nn.Linear(feature_dim, embedding_dim), nn.ReLU(inplace=True), nn.Linear(embedding_dim, embedding_dim)
         )
+        super().__init__(projection, num_classes, embedding_dim, prototype_momentum, "MODEL.EMBEDDING.SIREN")
         # w of kappa = relu(w), one per class.
         self.kappa_weight = nn.Parameter(torch.full((num_classes,), float(kappa_init)))
-        self.register_buffer("prototypes", torch.zeros(num_classes, embedding_dim))
         self.loss_weight = loss_weight
-        self.prototype_momentum = prototype_momentum
 
     @classmethod
     def from_config(cls, cfg, feature_dim, num_classes):
@@ -113,10 +107,6 @@ class SIRENLoss(nn.Module):
     def concentrations(self):
         """(K,) kappa_k = relu(w_k)."""
         return F.relu(self.kappa_weight)
-
-    def embed(self, features):
-        """(N, D) box features -> (N, d) unit-norm embeddings z."""
-        return F.normalize(self.projection(features), dim=1, eps=_NORM_EPS)
 
     def forward(self, features, labels):
         """
@@ -132,10 +122,7 @@ class SIRENLoss(nn.Module):
         kappa = self.concentrations()
         if features.shape[0] == 0:
             return {"loss_siren": embeddings.sum() * 0.0 + kappa.sum() * 0.0}
-        stored = self.prototypes.to(embeddings.dtype)
-        prototypes = sequential_prototype_update(stored, embeddings.detach(), labels, self.prototype_momentum)
-        if self.training:
-            self.prototypes.copy_(prototypes)
+        prototypes = self.updated_prototypes(embeddings.detach(), labels)
         log_likelihoods = vmf_log_likelihoods(embeddings, prototypes, kappa)
         return {"loss_siren": self.loss_weight * F.cross_entropy(log_likelihoods, labels)}
 
