@@ -51,7 +51,7 @@ def add_vos_config(cfg):
     # dimension, between the paper's 1000 of 2048 and 512 of 768).
     cfg.MODEL.VOS.POST_HOC.VIM = CN({"DIM": 0})
     # ReAct (Sun et al. 2021): features clipped at this percentile of the training boxes'
-    # activations (paper: 90).
+    # activations above their minimum, the units that fire (paper: 90).
     cfg.MODEL.VOS.POST_HOC.REACT = CN({"PERCENTILE": 90.0})
     # Multi-layer Mahalanobis: the feature maps each box is ROI-pooled from ([] = those of
     # ROI_HEADS.IN_FEATURES), and whether the penultimate box feature is appended.
