@@ -8,14 +8,15 @@ energy of those logits,
 
     s(h) = -log sum_k exp(f_k(min(h, c))),   larger = more OOD.
 
-The percentile is taken over the activations above their minimum (0 after a ReLU): the
-units that fire. On features without a mass at their minimum, this leaves out one entry of
-the paper's rule (over all activations). The box head's features are the output of a fully connected layer and its
-ReLU, exactly 0 in most entries (89.9% and 90.6% on two ResNet-18 digits detectors): over
-all activations, the 90th percentile falls at the edge of that mass of zeros, 0.01 on the
-first (4.2 over the units that fire), which clips 99.5% of every box's activation; its
-clipped logits classify the training boxes at chance, and the score, a count of the firing
-units, ranks near-OOD boxes below chance. On the second it is 0: one vector for every box.
+The percentile is taken over the activations above their minimum (0 after a ReLU): the units
+that fire. On features without a mass at their minimum, this leaves out one entry of the
+paper's rule (over all activations). The box head's features are the output of a fully
+connected layer and its ReLU, exactly 0 in most entries (89.9% and 90.6% on two ResNet-18
+digits detectors): over all activations, the 90th percentile falls at the edge of that mass
+of zeros, 0.01 on the first (4.2 over the units that fire), which clips 99.5% of every box's
+activation; its clipped logits classify the training boxes at chance, and the score, a count
+of the firing units, ranks near-OOD boxes below chance. On the second it is 0: one vector
+for every box.
 """
 import torch
 
