@@ -36,9 +36,9 @@ aten = torch.ops.aten
 
 # The scores fitted on host data by tools/fit_ood_scores.py whose fit has no data-dependent
 # branch (FakeTensorMode runs it); every fitted score's state file is loaded below.
-# ReAct is left out here: its fit decides on the host whether the percentile falls on the
-# activations' minimum (a data-dependent branch a fake tensor cannot take); its fitted state's
-# device is checked by the state-file test below.
+# ReAct is left out here: its fit keeps the activations above their minimum (a shape that
+# depends on the data, which a fake tensor cannot take); its fitted state's device is checked
+# by the state-file test below.
 FIT_ON_DEVICE = ("vim", "knn")
 FITTED = ("vim", "knn", "react", "mahalanobis_multilayer", "safe")
 

@@ -102,7 +102,7 @@ OOD_KEYS = (
            "dimension, between the paper's 1000 of 2048 and 512 of 768)."),
     OODKey("POST_HOC.REACT.PERCENTILE", 90.0, between(0.0, 100.0, low_open=True),
            "ReAct (Sun et al. 2021): features clipped at this percentile of the training boxes' "
-           "activations (paper: 90)."),
+           "activations above their minimum, the units that fire (paper: 90)."),
     OODKey("POST_HOC.MULTILAYER.IN_FEATURES", [], None, _MULTILAYER),
     OODKey("POST_HOC.MULTILAYER.INCLUDE_BOX_FEATURES", True, None, _MULTILAYER),
     OODKey("POST_HOC.SAFE.LAYER_PATTERNS",
