@@ -43,7 +43,8 @@ proposal box (the box every layer-pooling score of vos_det reads); the release p
 regressed box.
 
 The hooked outputs are read by forward hooks, which :func:`attach_post_hoc_hooks` puts on a
-built detector (the project's Trainer, OODPredictor and fitting do it).
+built detector (the project's Trainer, OODPredictor and fitting do it); they keep the outputs
+only in the inference passes that compute SAFE.
 """
 import logging
 import re
