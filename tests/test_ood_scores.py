@@ -432,6 +432,39 @@ def test_every_detection_gets_every_post_hoc_score_and_any_can_back_is_ood(fitte
     torch.testing.assert_close(torch.cat([o["instances"].ood_scores_knn for o in outputs]), expected)
 
 
+def test_feature_maps_are_pooled_only_for_a_score_asked_for(fitted_tiny_detector, monkeypatch):
+    from vos_det.modeling.ood_scores import scoring
+
+    cfg, weights, state = fitted_tiny_detector
+    pooled = []
+
+    def counting_pool(*args, **kwargs):
+        pooled.append(args[2])
+        return pool_box_layers(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "pool_box_layers", counting_pool)
+    batch = _test_batch(cfg)
+    # Fitted multi-layer scores, none of them behind is_ood: the maps are not even handed over.
+    model = _detector(cfg, weights, "MODEL.OOD.POST_HOC.STATE", state, "MODEL.OOD.SCORE", "vos")
+    handed = []
+    original_maps = model.roi_heads.box_predictor.post_hoc.feature_maps
+    monkeypatch.setattr(model.roi_heads.box_predictor.post_hoc, "feature_maps",
+                        lambda *args: handed.append(True) or original_maps(*args))
+    with torch.no_grad():
+        outputs = model(batch)
+    assert sum(len(o["instances"]) for o in outputs) > 0
+    assert pooled == [] and handed == []
+    with torch.no_grad(), computing_all_ood_scores(model):
+        model(batch)
+    assert pooled == [["p2", "p3", "p4", "p5"]] and handed == [True]
+    # The score behind is_ood pools its maps, those alone.
+    pooled.clear()
+    model = _detector(cfg, weights, "MODEL.OOD.POST_HOC.STATE", state, "MODEL.OOD.SCORE", "mahalanobis_multilayer")
+    with torch.no_grad():
+        model(batch)
+    assert pooled == [list(model.roi_heads.box_predictor.post_hoc.scores["mahalanobis_multilayer"].layer_names())]
+
+
 def test_fused_is_chosen_on_validation_and_recomputes_from_the_detections_fields(fitted_tiny_detector):
     cfg, weights, state = fitted_tiny_detector
     raw = torch.load(state, weights_only=True)

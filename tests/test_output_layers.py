@@ -328,6 +328,21 @@ def test_inference_sets_the_field_of_the_score_behind_is_ood_with_its_values_amo
         assert torch.equal(image.is_ood, image.ood_scores > 0.4)
 
 
+@pytest.mark.parametrize("nan_rows", [(), (1, 14)])
+def test_proposal_scores_are_the_largest_foreground_probability_of_each_detections_proposal(nan_rows, new_layer):
+    layer = new_layer()
+    layer.eval()
+    predictions, proposals = _inference_inputs(layer, nan_rows=nan_rows)
+    with torch.no_grad():
+        instances, kept_indices = layer.inference(predictions, proposals)
+    probabilities = torch.softmax(predictions[0], dim=1).split([len(p) for p in proposals])
+    assert sum(len(image) for image in instances) > 0
+    for image, image_probabilities, kept in zip(instances, probabilities, kept_indices):
+        expected = image_probabilities[kept, :NUM_CLASSES].max(dim=1).values
+        torch.testing.assert_close(image.proposal_scores, expected)
+        assert (image.proposal_scores >= image.scores).all()
+
+
 def test_scores_not_asked_for_are_not_computed(new_layer, monkeypatch):
     layer = new_layer(ood_score="vos")
     layer.eval()

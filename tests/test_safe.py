@@ -29,6 +29,7 @@ from vos_det.modeling.ood_scores.safe import (
     safe_mlp,
     train_safe_mlp,
 )
+from vos_det.utils.ood_score_request import computing_all_ood_scores
 
 R18_SHORTCUTS = [f"backbone.bottom_up.res{k}.0.shortcut" for k in (3, 4, 5)]
 # A few training images are enough for the fit's plumbing; two FGSM steps to choose from.
@@ -293,6 +294,35 @@ def test_every_detection_gets_the_safe_score_of_its_hooked_features(r18_detector
     assert torch.equal(torch.cat([o["instances"].ood_scores for o in outputs]), scores)
     # Fitted state and hooks live on the model's device.
     assert safe.mean.device == next(model.parameters()).device == safe.mlp[0].weight.device
+
+
+def test_hooks_keep_the_module_outputs_only_for_a_pass_that_computes_safe(r18_detector):
+    overrides, weights, state = r18_detector
+    cfg = load_config("digits_vos_r18.yaml", overrides)
+    batch = next(iter(build_detection_test_loader(cfg, "digits_det_test")))
+    model = _loaded(overrides, weights, "MODEL.OOD.POST_HOC.STATE", state, "MODEL.OOD.SCORE", "vos")
+    capture = model.roi_heads.box_predictor.post_hoc.scores["safe"]._capture
+    with torch.no_grad(), computing_all_ood_scores(model):
+        every = model(batch)
+    assert set(capture.maps) == set(capture.names)
+    assert all(o["instances"].has("ood_scores_safe") for o in every)
+    # SAFE not asked for: the outputs of the pass are not held (nor those of the pass before).
+    with torch.no_grad():
+        asked = model(batch)
+    assert capture.maps == {}
+    assert not any(o["instances"].has("ood_scores_safe") for o in asked)
+    for one, all_scores in zip(asked, every):
+        assert torch.equal(one["instances"].ood_scores, all_scores["instances"].ood_scores_vos)
+    # SAFE behind is_ood: kept for inference, not in training.
+    model = _loaded(overrides, weights, "MODEL.OOD.POST_HOC.STATE", state, "MODEL.OOD.SCORE", "safe")
+    capture = model.roi_heads.box_predictor.post_hoc.scores["safe"]._capture
+    with torch.no_grad():
+        model(batch)
+    assert set(capture.maps) == set(capture.names)
+    model.train()
+    with EventStorage(0):
+        model(next(iter(safe_loader(cfg, "digits_det_train", max_images=2))))
+    assert capture.maps == {}
 
 
 def test_without_the_hooks_safe_is_left_out_or_named(r18_detector):

@@ -259,7 +259,8 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
             features = predictions[2][rows]
             kept_proposal_boxes = [p.proposal_boxes.tensor[i] for p, i in zip(proposals, proposal_indices)]
         self.add_ood_fields(instances, predictions[0][rows, : self.num_classes], features, kept_proposal_boxes)
-        proposal_scores = cat([p[i, : self.num_classes] for p, i in zip(probs, proposal_indices)]).max(dim=1).values
+        # Gathered from all images at once (one index op instead of one per image).
+        proposal_scores = cat(probs)[rows, : self.num_classes].max(dim=1).values
         for image_instances, scores in zip(instances, proposal_scores.split([len(i) for i in instances])):
             image_instances.proposal_scores = scores
         return instances, proposal_indices

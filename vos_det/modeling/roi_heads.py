@@ -18,7 +18,8 @@ class VOSROIHeads(StandardROIHeads):
 
     At inference, a predictor with post-hoc OOD scores that pool the detections' boxes from
     the backbone's feature maps (``post_hoc``, see :mod:`vos_det.modeling.ood_scores`) is
-    given those maps while it runs.
+    given those maps while it runs, when a score it is asked for (its ``ood_field_names()``)
+    pools them.
     """
 
     @configurable
@@ -39,7 +40,7 @@ class VOSROIHeads(StandardROIHeads):
 
     def _forward_box(self, features, proposals):
         post_hoc = getattr(self.box_predictor, "post_hoc", None)
-        if self.training or post_hoc is None or not post_hoc.layer_names():
+        if self.training or post_hoc is None or not post_hoc.layer_names(self.box_predictor.ood_field_names()):
             return super()._forward_box(features, proposals)
         with post_hoc.feature_maps(features, self.feature_strides):
             return super()._forward_box(features, proposals)

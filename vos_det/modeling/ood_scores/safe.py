@@ -43,12 +43,13 @@ proposal box (the box every layer-pooling score of vos_det reads); the release p
 regressed box.
 
 The hooked outputs are read by forward hooks, which :func:`attach_post_hoc_hooks` puts on a
-built detector (the project's Trainer, OODPredictor and fitting do it).
+built detector (the project's Trainer, OODPredictor and fitting do it); they keep the outputs
+only in the inference passes that compute SAFE.
 """
 import logging
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -159,15 +160,19 @@ class LayerCapture:
     the last backbone pass; :meth:`pool` pools boxes on them.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str]):
+    def __init__(self, model: nn.Module, names: Sequence[str], wanted: Optional[Callable[[], bool]] = None):
         """
         Args:
             model: the detector (GeneralizedRCNN).
             names: full names of modules of ``model`` (see :func:`match_layers`).
+            wanted: asked at the start of each backbone pass; the outputs of that pass are
+                kept only if it returns True (None: always kept).
         """
         self.names = tuple(names)
         self.maps: Dict[str, torch.Tensor] = {}
         self.input_size: Optional[Tuple[int, int]] = None
+        self.wanted = wanted
+        self._keeping = True
         self._handles = [model.backbone.register_forward_pre_hook(self._remember_input)]
         for name in self.names:
             module = model.get_submodule(name)
@@ -176,10 +181,12 @@ class LayerCapture:
     def _remember_input(self, module, args):
         self.input_size = tuple(args[0].shape[-2:])
         self.maps = {}
+        self._keeping = self.wanted is None or self.wanted()
 
     def _hook(self, name):
         def keep(module, inputs, output):
-            self.maps[name] = output.detach()
+            if self._keeping:
+                self.maps[name] = output.detach()
 
         return keep
 
@@ -376,11 +383,17 @@ class SAFEScore(PostHocScore):
     """Scored from the outputs of the detector's own modules (through :meth:`attach`) on the
     detections' boxes, not from the backbone's output maps."""
 
-    def attach(self, model: nn.Module) -> None:
-        """Hook the fitted modules of ``model`` (nothing if not fitted; again: re-hooked)."""
+    def attach(self, model: nn.Module, wanted: Optional[Callable[[], bool]] = None) -> None:
+        """Hook the fitted modules of ``model`` (nothing if not fitted; again: re-hooked).
+
+        Args:
+            model: the detector.
+            wanted: whether a forward pass about to start will compute this score; the
+                hooked outputs are kept only for those passes (None: for every pass).
+        """
         self.detach()
         if self.is_fitted():
-            self._capture = LayerCapture(model, self.fitted_config["layers"])
+            self._capture = LayerCapture(model, self.fitted_config["layers"], wanted)
 
     def detach(self) -> None:
         """Remove the hooks of :meth:`attach`."""
@@ -467,14 +480,25 @@ def attach_post_hoc_hooks(model: nn.Module) -> nn.Module:
     """Hook the modules the fitted post-hoc scores of a detector read (SAFE's layers).
 
     Call it on a built detector whose ``MODEL.OOD.POST_HOC.STATE`` holds a fitted SAFE (the
-    project's Trainer.build_model and OODPredictor do); without one it does nothing.
+    project's Trainer.build_model and OODPredictor do); without one it does nothing. The hooks
+    keep the modules' outputs only in the inference passes that compute the score (the box
+    predictor's ``ood_field_names()``, see :mod:`vos_det.utils.ood_score_request`).
 
     Returns:
         the model.
     """
     box_predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
     post_hoc = getattr(box_predictor, "post_hoc", None)
-    for score in post_hoc.scores.values() if post_hoc is not None else ():
+    for name, score in post_hoc.scores.items() if post_hoc is not None else ():
         if getattr(score, "reads_module_outputs", False):
-            score.attach(model)
+            score.attach(model, wanted=_computing(box_predictor, name))
     return model
+
+
+def _computing(box_predictor: nn.Module, name: str) -> Callable[[], bool]:
+    """Whether ``box_predictor``'s next inference computes the post-hoc score ``name``."""
+
+    def computing() -> bool:
+        return not box_predictor.training and name in box_predictor.post_hoc.computed(box_predictor.ood_field_names())
+
+    return computing

@@ -103,6 +103,8 @@ class PostHocScoring(nn.Module):
         to_compute = self.computed(names)
         if features is None:
             to_compute = [name for name in to_compute if not self.scores[name].needs_fit]
+        if not to_compute:
+            return {}
         layers = self.layer_names(to_compute)
         layer_features = None
         if layers and boxes is not None and self._maps is not None:
