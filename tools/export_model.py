@@ -58,9 +58,15 @@ def sample_images(cfg, files, count):
     return [mapper(dict(record))["image"].float() for record in dataset[:count]]
 
 
-def check_weights_choice(weights, random_init):
+def check_weights_choice(weights, random_init, output_dir):
     """Refuse to export without MODEL.WEIGHTS unless --random-init asks for random weights,
     and refuse both together.
+
+    Args:
+        weights (str): MODEL.WEIGHTS of the config.
+        random_init (bool): whether --random-init was given.
+        output_dir (str): the config's OUTPUT_DIR, where its training writes ``model_final.pth``
+            (named in the error as the usual weights).
 
     Raises:
         UserError: naming MODEL.WEIGHTS and --random-init.
@@ -68,8 +74,7 @@ def check_weights_choice(weights, random_init):
     if not weights and not random_init:
         raise UserError(
             "MODEL.WEIGHTS is not set: give the trained weights (MODEL.WEIGHTS "
-            "output/digits_vos_r18/model_final.pth), or --random-init to export a randomly "
-            "initialised model"
+            f"{output_dir}/model_final.pth), or --random-init to export a randomly initialised model"
         )
     if weights and random_init:
         raise UserError(f"--random-init exports random weights, but MODEL.WEIGHTS is {weights}: give one of them")
@@ -77,7 +82,7 @@ def check_weights_choice(weights, random_init):
 
 def main(args):
     cfg = load_config(args.config_file, [*args.opts, "MODEL.DEVICE", args.device])
-    check_weights_choice(cfg.MODEL.WEIGHTS, args.random_init)
+    check_weights_choice(cfg.MODEL.WEIGHTS, args.random_init, cfg.OUTPUT_DIR)
     check_weights_file(cfg.MODEL.WEIGHTS)
     check_writable_dir(args.output, "--output")
     setup_logger(name="vos_det")
