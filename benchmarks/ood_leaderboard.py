@@ -116,7 +116,8 @@ _VANILLA = ["MODEL.VOS.ENABLED", "False", "MODEL.OOD.SCORE", "energy"]
 # trained with binary cross-entropy) ranked by the score that code evaluates with.
 # "cider" and "siren" train the vanilla detector with an embedding loss instead of VOS, as
 # their papers do, at the defaults of MODEL.EMBEDDING.CIDER / .SIREN (detection only); they
-# are judged by their own test-time scores, "knn" for CIDER and "siren" for SIREN.
+# are judged by their own test-time scores, "knn" for CIDER and "siren" or "knn_embedding"
+# (SIREN-KNN) for SIREN.
 # "vanilla_fc64" and "vos_fc64" narrow the box head's penultimate layer from 128 to 64, the
 # width a re-implementation of VOS for classification found to work where wider ones failed.
 METHODS = OrderedDict(

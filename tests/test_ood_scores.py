@@ -11,6 +11,7 @@ from vos_det.config import load_config
 from vos_det.config import merge_overrides
 from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
 from vos_det.modeling.ood_scores import (
+    EMBEDDING_POST_HOC_SCORES,
     POST_HOC_SCORES,
     BoxFitData,
     build_post_hoc_scores,
@@ -27,8 +28,10 @@ from vos_det.modeling.ood_scores.vim import ViMScore, vim_ood_score
 from vos_det.utils.ood_score_request import computing_all_ood_scores
 
 K, D = 4, 12
-# The post-hoc scores of the tiny detector (SAFE needs residual shortcuts: tests/test_safe.py).
-TINY_SCORES = tuple(name for name in POST_HOC_SCORES if name != "safe")
+EMBEDDING_DIM = 5
+# The post-hoc scores of the tiny detector (SAFE needs residual shortcuts: tests/test_safe.py;
+# the embedding scores a model trained with an embedding loss: tests/test_knn_embedding.py).
+TINY_SCORES = tuple(name for name in POST_HOC_SCORES if name not in ("safe", *EMBEDDING_POST_HOC_SCORES))
 LAYERS = {"p2": 6, "p3": 5}
 
 
@@ -44,6 +47,7 @@ def _fit_data(n=80, seed=0, classifier=True):
     features = torch.relu(centres[labels] + torch.randn(n, D, generator=g))
     weight, bias = torch.randn(K, D, generator=g), torch.randn(K, generator=g)
     layer_features = {name: torch.randn(n, c, generator=g) + labels[:, None].float() for name, c in LAYERS.items()}
+    projection = torch.randn(D, EMBEDDING_DIM, generator=g)
     return BoxFitData(
         features=features,
         logits=features @ weight.T + bias,
@@ -53,6 +57,7 @@ def _fit_data(n=80, seed=0, classifier=True):
         classifier_bias=bias if classifier else None,
         layer_features=layer_features,
         logits_of=lambda x: x @ weight.T + bias,
+        embeddings=F.normalize(features @ projection, dim=1),
     )
 
 
@@ -314,6 +319,10 @@ def test_every_score_is_registered_and_its_state_round_trips_with_weights_only(t
     assert load_post_hoc_state(dict(loaded.items()), path, D, K) == {"weights": "w.pth"}
     features, logits, layer_features = _queries(data)
     for name in scores:
+        if loaded[name].reads_embedding:  # its input is an embedding, of its bank's dimension
+            embeddings = F.normalize(torch.randn(len(features), EMBEDDING_DIM, generator=_generator(2)), dim=1)
+            torch.testing.assert_close(loaded[name](embeddings, logits), scores[name](embeddings, logits))
+            continue
         kwargs = {"layer_features": layer_features, "logits_of": data.logits_of}
         if loaded[name].part_names():
             kwargs["part_scores"] = {part: scores[part](features, logits, **kwargs) for part in loaded[name].part_names()}

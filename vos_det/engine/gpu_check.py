@@ -42,7 +42,7 @@ from ..config import load_config
 from ..data import generate_digits_det
 from ..data.builtin import register_all_digits_det
 from ..export import compare_detections, export_torchscript, load_exported, ood_detections
-from ..modeling.ood_scores import POST_HOC_SCORES
+from ..modeling.ood_scores import EMBEDDING_POST_HOC_SCORES, POST_HOC_SCORES
 from ..utils.file_io import atomic_open
 from .ood_evaluation import ood_eval_config
 from .post_hoc_fitting import fit_post_hoc_scores
@@ -302,9 +302,14 @@ def run_gpu_check(output_dir, *, device="cuda", tiny=False, iterations=None, opt
         state = fit_post_hoc_scores(eval_cfg, weights, val_id="digits_det_val", val_ood="digits_det_ood_val")
         eval_cfg.MODEL.OOD.POST_HOC.STATE = state
         eval_cfg = ood_eval_config(eval_cfg, calibrate="", output_dir=os.path.join(output_dir, "ood_eval"))
-        results, _ = Trainer.evaluate_ood_of(eval_cfg, load_trained_model(eval_cfg), log_report=False)
-        # SAFE reads residual projection shortcuts: the tiny backbone has none.
-        return {"scores": _check_scores(results, skip=("safe",) if tiny else ()), "post_hoc_state": state}
+        model = load_trained_model(eval_cfg)
+        results, _ = Trainer.evaluate_ood_of(eval_cfg, model, log_report=False)
+        # SAFE reads residual projection shortcuts: the tiny backbone has none; the embedding
+        # scores need a model trained with an embedding loss.
+        skip = ("safe",) if tiny else ()
+        if model.roi_heads.box_predictor.embedding_of() is None:
+            skip += EMBEDDING_POST_HOC_SCORES
+        return {"scores": _check_scores(results, skip=skip), "post_hoc_state": state}
 
     def export():
         export_cfg = _config(setup, output_dir, device, iterations, opts, weights=weights)

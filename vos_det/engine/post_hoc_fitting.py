@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..metrics.ood_metrics import auroc, fpr_at_tpr
 from ..modeling.regularizers.margin_classifiers import LinearClassifier
 from ..modeling.ood_scores import (
+    EMBEDDING_POST_HOC_SCORES,
     POST_HOC_STATE_FILE,
     BoxFitData,
     pool_box_layers,
@@ -56,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 # The values of k tried on the validation boxes (capped at the bank size).
 KNN_K_CANDIDATES = (1, 5, 10, 20, 50, 100, 200)
+# The k-NN scores and the BoxFitData field each searches: the box features h, the embedding z.
+_KNN_VECTORS = {"knn": "features", "knn_embedding": "embeddings"}
 # The file fit_mahalanobis writes next to the weights.
 MAHALANOBIS_STATISTICS_FILE = "mahalanobis_stats.pth"
 
@@ -90,7 +93,10 @@ def extract_box_fit_data(model, data_loader, description: str = "boxes") -> BoxF
         raise ValueError(f"{description}: the data loader yielded no images")
     features = torch.cat(features)
     with torch.no_grad():
-        logits = predictor.foreground_logits(features.to(predictor.cls_score.weight.device)).float().cpu()
+        on_device = features.to(predictor.cls_score.weight.device)
+        logits = predictor.foreground_logits(on_device).float().cpu()
+        embedding_of = predictor.embedding_of()
+        embeddings = embedding_of(on_device).float().cpu() if embedding_of is not None else None
     weight = getattr(predictor.cls_score, "weight", None)
     bias = getattr(predictor.cls_score, "bias", None)
     # Only the plain linear layer is affine (the margin classifiers normalise their input).
@@ -104,6 +110,7 @@ def extract_box_fit_data(model, data_loader, description: str = "boxes") -> BoxF
         classifier_bias=bias[: predictor.num_classes].detach().cpu() if linear and bias is not None else None,
         layer_features={name: torch.cat([part[name] for part in layers]) for name in layer_names},
         logits_of=lambda x: predictor.foreground_logits(x.to(predictor.cls_score.weight.device)).cpu(),
+        embeddings=embeddings,
     )
 
 
@@ -122,6 +129,7 @@ def _concat(parts: List[BoxFitData]) -> BoxFitData:
         classifier_bias=first.classifier_bias,
         layer_features=cat_layers([p.layer_features for p in parts]),
         logits_of=first.logits_of,
+        embeddings=None if first.embeddings is None else torch.cat([p.embeddings for p in parts]),
     )
 
 
@@ -248,6 +256,9 @@ def fit_post_hoc_scores(
             "(it reads residual projection shortcuts)", type(model.backbone).__name__,
         )
         names.remove("safe")
+    if not scores and model.roi_heads.box_predictor.embedding_of() is None:
+        # Scores of an embedding the model does not have: nothing to fit.
+        names = [name for name in names if name not in EMBEDDING_POST_HOC_SCORES]
     fit_datasets = list(datasets or cfg.DATASETS.TRAIN)
     if val_id in fit_datasets:
         raise ValueError(
@@ -276,10 +287,13 @@ def fit_post_hoc_scores(
     for name in names:
         if name == "fused":
             continue  # fitted last, on the outputs of its fitted parts
-        if name == "knn" and val_id and val_ood:
-            k, tried = choose_knn_k(data.features, extract(val_id).features, extract(val_ood).features)
+        if name in _KNN_VECTORS and val_id and val_ood:
+            field = _KNN_VECTORS[name]
+            if getattr(data, field) is None:
+                scorers[name].fit(data)  # raises the score's own error: the model has no embedding
+            k, tried = choose_knn_k(*(getattr(part, field) for part in (data, extract(val_id), extract(val_ood))))
             scorers[name].fit(data, k=k, k_source=f"lowest FPR95 on {val_id} vs {val_ood}")
-            info["knn_validation"] = {str(key): value for key, value in tried.items()}
+            info[f"{name}_validation"] = {str(key): value for key, value in tried.items()}
         elif name == "safe":
             info.update(fit_safe(cfg, model, fit_datasets, val_id, val_ood, scorers[name]))
         else:

@@ -308,7 +308,7 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
                 table["mahalanobis"] = self.mahalanobis.ood_scores(features).float()
         if features is not None:
             table.update(self._embedding_scores(features, names))
-        table.update(self.post_hoc.table(features, logits, boxes, self.foreground_logits, names))
+        table.update(self.post_hoc.table(features, logits, boxes, self.foreground_logits, names, self.embedding_of()))
         return table, id_scores
 
     def _embedding_scores(self, features, names=None):
@@ -322,6 +322,11 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
                     scores = loss.ood_scores(features)
                     table.update({name: scores[name].float() for name in wanted})
         return table
+
+    def embedding_of(self):
+        """The map of (N, D) box features to the (N, d) unit embedding z of this model's
+        hyperspherical embedding loss (SIREN's or CIDER's ``embed``), or None without one."""
+        return next((loss.embed for loss in self.embedding_losses if hasattr(loss, "embed")), None)
 
     def foreground_logits(self, features):
         """The (N, K) foreground logits of (N, D) box features (the class layer's first K)."""

@@ -24,12 +24,13 @@ Belongs here: every way of scoring a box (or image) as out-of-distribution.
 """
 from torch import nn
 
-from ...config.choices import POST_HOC_SCORES
+from ...config.choices import EMBEDDING_POST_HOC_SCORES, POST_HOC_SCORES
 from .base import FIT_TOOL, OOD_SCORE_REGISTRY, BoxFitData, PostHocScore
 from .box_pooling import pool_box_layers
 from .fused import FusedScore
 from .gen import GENScore, generalized_entropy
 from .knn import KNNScore, kth_neighbour_distance
+from .knn_embedding import EmbeddingKNNScore
 from .mahalanobis import GaussianDiscriminant
 from .mahalanobis_multilayer import MultiLayerMahalanobisScore
 from .maxlogit import MaxLogitScore, max_logit_ood_score
@@ -40,6 +41,7 @@ from .state_file import POST_HOC_STATE_FILE, load_post_hoc_state, save_post_hoc_
 from .vim import ViMScore
 
 __all__ = [
+    "EMBEDDING_POST_HOC_SCORES",
     "FIT_TOOL",
     "OOD_SCORE_REGISTRY",
     "POST_HOC_SCORES",

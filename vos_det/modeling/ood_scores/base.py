@@ -49,6 +49,8 @@ class BoxFitData:
         classifier_bias: (K,) its bias, or None.
         layer_features: feature-map name -> (N, C) the boxes ROI-pooled from that map.
         logits_of: maps (M, D) features to their (M, K) foreground logits.
+        embeddings: (N, d) unit vectors z = normalize(g(h)) of the model's embedding loss
+            (SIREN's or CIDER's projection head g), or None if it has none.
     """
 
     features: torch.Tensor
@@ -59,6 +61,7 @@ class BoxFitData:
     classifier_bias: Optional[torch.Tensor] = None
     layer_features: Optional[Dict[str, torch.Tensor]] = None
     logits_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    embeddings: Optional[torch.Tensor] = None
 
 
 class PostHocScore(nn.Module):
@@ -71,6 +74,9 @@ class PostHocScore(nn.Module):
 
     name = ""
     needs_fit = True
+    # True: :meth:`forward` gets the model's embedding z (``BoxFitData.embeddings``) as its
+    # ``features``, and is not computed for a model without an embedding loss.
+    reads_embedding = False
 
     def __init__(self):
         super().__init__()

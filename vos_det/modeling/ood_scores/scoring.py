@@ -82,6 +82,7 @@ class PostHocScoring(nn.Module):
         boxes: Optional[List[torch.Tensor]] = None,
         logits_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         names: Optional[Collection[str]] = None,
+        embedding_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     ) -> Dict[str, torch.Tensor]:
         """The available post-hoc scores of N boxes (those of ``names``).
 
@@ -95,6 +96,9 @@ class PostHocScoring(nn.Module):
             logits_of: (M, D) features -> (M, K) foreground logits.
             names: the scores wanted (None = all); the scores they combine are computed
                 too, but returned only if wanted.
+            embedding_of: (M, D) features -> (M, d) embedding z of the model's embedding
+                loss, the input of the scores that read it (``reads_embedding``); None = the
+                model has none, and those scores are left out.
 
         Returns:
             dict[str, Tensor]: name -> (N,) float32, larger = more OOD; computed with
@@ -103,12 +107,15 @@ class PostHocScoring(nn.Module):
         to_compute = self.computed(names)
         if features is None:
             to_compute = [name for name in to_compute if not self.scores[name].needs_fit]
+        if embedding_of is None:
+            to_compute = [name for name in to_compute if not self.scores[name].reads_embedding]
         if not to_compute:
             return {}
         layers = self.layer_names(to_compute)
         layer_features = None
         if layers and boxes is not None and self._maps is not None:
             layer_features = pool_box_layers(*self._maps, layers, boxes)
+        embeddings = None
         table = {}
         # Autocast off: each score computes in the precision its maths needs (float32, or
         # float64 for the Mahalanobis and ViM projections), whatever the model's AMP.
@@ -127,7 +134,11 @@ class PostHocScoring(nn.Module):
                 if any(part not in table for part in parts):
                     continue
                 extra = {"part_scores": {part: table[part] for part in parts}} if parts else {}
-                table[name] = score(features, logits, layer_features=layer_features, logits_of=logits_of, **extra).float()
+                score_input = features
+                if score.reads_embedding:
+                    embeddings = embedding_of(features) if embeddings is None else embeddings
+                    score_input = embeddings
+                table[name] = score(score_input, logits, layer_features=layer_features, logits_of=logits_of, **extra).float()
         return {name: values for name, values in table.items() if names is None or name in names}
 
     def missing_reason(self, name: str) -> str:
@@ -138,6 +149,11 @@ class PostHocScoring(nn.Module):
                 "MODEL.OOD.POST_HOC.STATE to the file it writes"
             )
         score = self.scores[name] if name in self.scores else None
+        if getattr(score, "reads_embedding", False):
+            return (
+                f"the {name!r} OOD score searches the embedding of an embedding loss "
+                "(MODEL.EMBEDDING.LOSSES: SIRENLoss or CIDERLoss), which this model was not trained with"
+            )
         if getattr(score, "reads_module_outputs", False) and not score.is_attached():
             return (
                 f"the {name!r} OOD score reads backbone modules through forward hooks: call "

@@ -19,10 +19,9 @@ The score needs nothing fitted, only a model trained with ``SIRENLoss`` in
 detection; with ``MODEL.OOD.SCORE siren`` and no such loss it refuses to be built.
 
 The paper's second score is the k-NN distance in the same embedding ("SIREN-KNN",
-``rcnn/voc_coco_knn.py``: the normalised projections of the detections on the ID training
-images are the bank). The ``knn`` score (:mod:`.knn`) searches the box features h instead
-(the input of the projection head), so on a SIREN model it is k-NN on the features SIREN
-shaped through the projection, not on the embedding itself.
+``rcnn/voc_coco_knn.py``): the post-hoc score ``knn_embedding`` (:mod:`.knn_embedding`).
+The ``knn`` score (:mod:`.knn`) searches the box features h instead (the input of the
+projection head).
 """
 from .von_mises_fisher import vmf_log_likelihoods
 
