@@ -163,6 +163,51 @@ def random_weights(tmp_path_factory):
     return str(folder / "model_random.pth")
 
 
+def _random_detector_fitted(output_dir, overrides, **fit_options):
+    from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
+
+    cfg = _tiny_cfg(output_dir, *overrides)
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(output_dir)).save("model")
+    weights = str(Path(output_dir) / "model.pth")
+    fit_cfg = load_config("digits_vos_tiny.yaml", ["OUTPUT_DIR", str(output_dir), *overrides])
+    state = fit_post_hoc_scores(
+        fit_cfg, weights, val_id="digits_det_val", val_ood="digits_det_ood_val", **fit_options
+    )
+    return cfg, weights, state
+
+
+@pytest.fixture(scope="session")
+def random_detector_fitted():
+    """``random_detector_fitted(output_dir, overrides, **fit_options)``: a random-init digits
+    tiny detector (:func:`tiny_cfg` with ``overrides``) saved as ``output_dir/model.pth``,
+    and its post-hoc state fitted as the tool does on the registered digits-det (k of k-NN
+    chosen on digits_det_val vs digits_det_ood_val); returns (cfg, weights, state file)."""
+    return _random_detector_fitted
+
+
+class _BoxInputs(dict):
+    """What a box predictor's ``add_ood_fields`` received at its last call: "features"
+    and "boxes"."""
+
+    def __init__(self, predictor):
+        super().__init__()
+        original = predictor.add_ood_fields
+
+        def capture(instances, logits, features=None, boxes=None):
+            self.update(features=features, boxes=boxes)
+            return original(instances, logits, features, boxes)
+
+        predictor.add_ood_fields = capture
+
+
+@pytest.fixture(scope="session")
+def capture_box_inputs():
+    """``capture_box_inputs(predictor)``: a dict that holds, after each inference, the box
+    ``features`` and proposal ``boxes`` the predictor scored for OOD."""
+    return _BoxInputs
+
+
 # --- OOD evaluation (test_ood_evaluation.py, test_ood_protocol.py) ---------------------------
 
 

@@ -7,8 +7,7 @@ from torch.nn import functional as F
 
 from detectron2.layers import ShapeSpec
 
-from vos_det.config import default_config, load_config
-from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
+from vos_det.config import default_config
 from vos_det.modeling.ood_scores import EMBEDDING_POST_HOC_SCORES, BoxFitData, build_post_hoc_scores
 from vos_det.modeling.ood_scores.knn_embedding import EmbeddingKNNScore
 from vos_det.modeling.ood_scores.scoring import PostHocScoring
@@ -84,7 +83,7 @@ def test_a_model_without_an_embedding_loss_neither_fits_nor_computes_it():
 
 
 def test_the_fit_tool_chooses_k_on_validation_and_every_detection_gets_the_score(
-    tmp_path_factory, tiny_cfg, registered_tiny_digits
+    tmp_path_factory, registered_tiny_digits, random_detector_fitted, capture_box_inputs
 ):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import build_detection_test_loader
@@ -92,18 +91,8 @@ def test_the_fit_tool_chooses_k_on_validation_and_every_detection_gets_the_score
 
     overrides = ["MODEL.EMBEDDING.LOSSES", '["SIRENLoss"]', "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
     with registered_tiny_digits(str(tmp_path_factory.mktemp("datasets")), num_val=3):
-        output_dir = tmp_path_factory.mktemp("model")
-        cfg = tiny_cfg(output_dir, *overrides)
-        torch.manual_seed(0)
-        model = build_model(cfg)
-        DetectionCheckpointer(model, save_dir=str(output_dir)).save("model")
-        weights = str(output_dir / "model.pth")
-        state = fit_post_hoc_scores(
-            load_config("digits_vos_tiny.yaml", ["OUTPUT_DIR", str(output_dir), *overrides]),
-            weights,
-            val_id="digits_det_val",
-            val_ood="digits_det_ood_val",
-            scores=["knn", "knn_embedding"],
+        cfg, weights, state = random_detector_fitted(
+            tmp_path_factory.mktemp("model"), overrides, scores=["knn", "knn_embedding"]
         )
         raw = torch.load(state, weights_only=True)
         fitted = raw["scores"]["knn_embedding"]
@@ -118,14 +107,7 @@ def test_the_fit_tool_chooses_k_on_validation_and_every_detection_gets_the_score
         DetectionCheckpointer(model).load(weights)
         model.eval()
         predictor = model.roi_heads.box_predictor
-        captured = {}
-        original = predictor.add_ood_fields
-
-        def capture(instances, logits, features=None, boxes=None):
-            captured["features"] = features
-            return original(instances, logits, features, boxes)
-
-        predictor.add_ood_fields = capture
+        captured = capture_box_inputs(predictor)
         batch = next(iter(build_detection_test_loader(cfg, "digits_det_test")))
         with torch.no_grad(), computing_all_ood_scores(model):
             outputs = model(batch)

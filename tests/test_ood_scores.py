@@ -7,9 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from vos_det.config import load_config
 from vos_det.config import merge_overrides
-from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
 from vos_det.modeling.ood_scores import (
     EMBEDDING_POST_HOC_SCORES,
     POST_HOC_SCORES,
@@ -359,27 +357,12 @@ def test_box_pooling_averages_each_map_over_the_box_at_its_stride():
 
 
 @pytest.fixture(scope="module")
-def fitted_tiny_detector(tmp_path_factory, tiny_cfg, registered_tiny_digits):
+def fitted_tiny_detector(tmp_path_factory, registered_tiny_digits, random_detector_fitted):
     """A random-init digits detector, its weights, and its post-hoc state fitted as the tool
     does on a tiny registered digits-det (k of k-NN chosen on digits_det_val + digits_det_ood_val)."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_model
-
     with registered_tiny_digits(str(tmp_path_factory.mktemp("datasets")), num_val=3) as _:
-        output_dir = tmp_path_factory.mktemp("model")
         overrides = ["MODEL.OOD.POST_HOC.SAFE.EPOCHS", "3", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
-        cfg = tiny_cfg(output_dir, *overrides)
-        torch.manual_seed(0)
-        model = build_model(cfg)
-        DetectionCheckpointer(model, save_dir=str(output_dir)).save("model")
-        weights = str(output_dir / "model.pth")
-        state = fit_post_hoc_scores(
-            load_config("digits_vos_tiny.yaml", ["OUTPUT_DIR", str(output_dir), *overrides]),
-            weights,
-            val_id="digits_det_val",
-            val_ood="digits_det_ood_val",
-        )
-        yield cfg, weights, state
+        yield random_detector_fitted(tmp_path_factory.mktemp("model"), overrides)
 
 
 def _detector(cfg, weights, *overrides):
@@ -410,7 +393,7 @@ def test_fitted_state_is_next_to_the_weights_and_loads_with_weights_only(fitted_
     assert raw["scores"]["mahalanobis_multilayer"]["config"]["in_features"] == ["p2", "p3", "p4", "p5"]
 
 
-def test_every_detection_gets_every_post_hoc_score_and_any_can_back_is_ood(fitted_tiny_detector):
+def test_every_detection_gets_every_post_hoc_score_and_any_can_back_is_ood(fitted_tiny_detector, capture_box_inputs):
     cfg, weights, state = fitted_tiny_detector
     model = _detector(cfg, weights, "MODEL.OOD.POST_HOC.STATE", state, "MODEL.OOD.SCORE", "vim")
     with torch.no_grad(), computing_all_ood_scores(model):
@@ -426,14 +409,7 @@ def test_every_detection_gets_every_post_hoc_score_and_any_can_back_is_ood(fitte
     # Same weights and state through another route: the k-NN score of the detections'
     # box features equals the bank's k-th neighbour distance.
     predictor = model.roi_heads.box_predictor
-    captured = {}
-    original = predictor.add_ood_fields
-
-    def capture(instances, logits, features=None, boxes=None):
-        captured["features"] = features
-        return original(instances, logits, features, boxes)
-
-    predictor.add_ood_fields = capture
+    captured = capture_box_inputs(predictor)
     with torch.no_grad(), computing_all_ood_scores(model):
         outputs = model(_test_batch(cfg))
     knn = predictor.post_hoc.scores["knn"]

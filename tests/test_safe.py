@@ -269,20 +269,13 @@ def _direct_shortcut_features(model, batch, boxes):
     return torch.cat(pooled, dim=1)
 
 
-def test_every_detection_gets_the_safe_score_of_its_hooked_features(r18_detector):
+def test_every_detection_gets_the_safe_score_of_its_hooked_features(r18_detector, capture_box_inputs):
     overrides, weights, state = r18_detector
     model = _loaded(overrides, weights, "MODEL.OOD.POST_HOC.STATE", state, "MODEL.OOD.SCORE", "safe")
     cfg = load_config("digits_vos_r18.yaml", overrides)
     batch = next(iter(build_detection_test_loader(cfg, "digits_det_test")))
     predictor = model.roi_heads.box_predictor
-    captured = {}
-    original = predictor.add_ood_fields
-
-    def capture(instances, logits, features=None, boxes=None):
-        captured["boxes"] = boxes
-        return original(instances, logits, features, boxes)
-
-    predictor.add_ood_fields = capture
+    captured = capture_box_inputs(predictor)
     with torch.no_grad():
         outputs = model(batch)
         safe = predictor.post_hoc.scores["safe"]
