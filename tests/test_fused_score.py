@@ -20,8 +20,17 @@ def _rng(seed):
 
 
 def _numpy_percentile(scores, reference):
-    reference = np.sort(reference)
-    return np.array([((reference < s).sum() + (reference <= s).sum()) / (2 * len(reference)) for s in scores])
+    """The mid-rank percentile inside the reference's range, one per std beyond it."""
+    reference, std = np.sort(reference), np.std(reference, ddof=1)
+    values = []
+    for s in scores:
+        if s > reference[-1]:
+            values.append(1.0 + (s - reference[-1]) / std)
+        elif s < reference[0]:
+            values.append((s - reference[0]) / std)
+        else:
+            values.append(((reference < s).sum() + (reference <= s).sum()) / (2 * len(reference)))
+    return np.array(values)
 
 
 def _numpy_fused(logit, feature, id_logit, id_feature, scaling, rule, weights=None):
@@ -41,12 +50,15 @@ def _parts(logit, feature):
     return {"energy": torch.tensor(logit), "knn": torch.tensor(feature)}
 
 
-def test_id_percentile_is_the_mid_rank_share_of_id_scores_below():
+def test_id_percentile_is_the_mid_rank_share_of_id_scores_below_and_continues_beyond():
     reference = np.array([0.0, 1.0, 1.0, 2.0, 5.0])
-    scores = np.array([-1.0, 0.0, 1.0, 1.5, 5.0, 9.0])
-    got = id_percentile(torch.tensor(scores)[:, None], torch.tensor(reference)[None, :])
+    std = np.std(reference, ddof=1)
+    scores = np.array([-1.0, 0.0, 1.0, 1.5, 5.0, 9.0, 13.0])
+    got = id_percentile(torch.tensor(scores)[:, None], torch.tensor(reference)[None, :], torch.tensor([std]))
     np.testing.assert_allclose(got[:, 0].numpy(), _numpy_percentile(scores, reference))
-    np.testing.assert_allclose(got[:, 0].numpy(), [0.0, 0.1, 0.4, 0.6, 0.9, 1.0])
+    np.testing.assert_allclose(got[:, 0].numpy(), [-1 / std, 0.1, 0.4, 0.6, 0.9, 1 + 4 / std, 1 + 8 / std])
+    # Boxes beyond every ID box keep their order: no tie at 1 for a threshold to swallow.
+    assert np.all(np.diff(got[:, 0].numpy()) > 0)
 
 
 @pytest.mark.parametrize("scaling", ["zscore", "percentile"])

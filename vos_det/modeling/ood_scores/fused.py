@@ -7,8 +7,12 @@ far, worse near). The fused score combines one of each:
 
 1. each part s_j is put on a common scale by its distribution on ID validation boxes, either
    ``"zscore"``: u_j = (s_j - mean_j) / std_j, or ``"percentile"``: u_j = the ID percentile of
-   s_j, the mid-rank share of the ID validation scores below it, in [0, 1] (a box beyond
-   every ID box gets 1 however far out it is, where the z-score keeps the distance);
+   s_j, the mid-rank share of the ID validation scores below it, in [0, 1] inside their
+   range and continued beyond it by one per std_j: 1 + (s_j - max_j) / std_j above,
+   (s_j - min_j) / std_j below. Without the continuation every box beyond the ID range
+   would tie at 1; the ID validation boxes are ground-truth boxes, and more than 5% of a
+   test set's detected ID boxes (looser boxes, duplicates) lie beyond them, so the tie
+   swallowed the FPR95 threshold (FPR95 100 on R-18 models where the rule was "max");
 2. the scaled parts are combined by a rule: ``"max"``: max(u_1, u_2); ``"sum"``: u_1 + u_2;
    ``"logistic"``: w_1 u_1 + w_2 u_2 + b, the logit of a logistic regression fitted on the ID
    validation boxes (label 0) against VOS virtual outliers (label 1): samples of the class
@@ -64,21 +68,29 @@ def logit_part_score(name: str, logits, gamma: float = 0.1, top_m: int = 100):
     raise ValueError(f"the logit part of the fused score must be one of {LOGIT_PARTS}, got {name!r}")
 
 
-def id_percentile(scores, reference):
-    """The mid-rank ID percentile of each score: (#{ref < s} + #{ref <= s}) / (2 n).
+def id_percentile(scores, reference, unit):
+    """The mid-rank ID percentile of each score, (#{ref < s} + #{ref <= s}) / (2 n), inside
+    the reference's range; beyond it, continued linearly by one per ``unit``:
+    1 + (s - max) / unit above the largest reference score, (s - min) / unit below the
+    smallest.
 
     Args:
         scores (Tensor): (N, P) scores of P parts.
         reference (Tensor): (P, n) each part's ID validation scores, sorted.
+        unit (Tensor): (P,) > 0, each part's scale beyond its range (its standard deviation).
 
     Returns:
-        Tensor: (N, P) float64 in [0, 1].
+        Tensor: (N, P) float64, in [0, 1] for the scores inside the reference's range.
     """
     columns = scores.double().T.contiguous()
     reference = reference.double().contiguous()
     below = torch.searchsorted(reference, columns, right=False)
     at_most = torch.searchsorted(reference, columns, right=True)
-    return ((below + at_most).double() / (2.0 * reference.shape[1])).T
+    percentile = (below + at_most).double() / (2.0 * reference.shape[1])
+    lowest, highest, unit = reference[:, :1], reference[:, -1:], unit.double()[:, None]
+    percentile = torch.where(columns > highest, 1.0 + (columns - highest) / unit, percentile)
+    percentile = torch.where(columns < lowest, (columns - lowest) / unit, percentile)
+    return percentile.T
 
 
 def combine(scaled, rule: str, weights=None):
@@ -209,7 +221,7 @@ class FusedScore(PostHocScore):
         """(N, 2) part scores (logit part, feature part) on the fitted scale, float64."""
         if self.fitted_config["scaling"] == "zscore":
             return (parts.double() - self.mean.double()) / self.std.double()
-        return id_percentile(parts, self.reference)
+        return id_percentile(parts, self.reference, self.std)
 
     def combine_parts(self, logit_scores, feature_scores):
         """The fused score of (N,) logit-part and (N,) feature-part scores, (N,) float64."""
