@@ -226,7 +226,9 @@ def fit_every_score(model, fit_batch):
     fitted = model.roi_heads.box_predictor.post_hoc.scores
     data = extract_box_fit_data(model, [fit_batch], description="fit boxes")
     for name, score in fitted.items():
-        if score.needs_fit and name not in ("safe", "fused"):
+        # SAFE and fused are fitted below; the embedding scores need an embedding loss.
+        fittable = not (score.reads_embedding and data.embeddings is None)
+        if score.needs_fit and name not in ("safe", "fused") and fittable:
             score.fit(data)
     # The fused score is scaled on ID validation boxes: the fit boxes stand in for them.
     knn_of_fit_boxes = fitted["knn"](data.features, data.logits)
@@ -352,7 +354,7 @@ def each_score_alone(args, model, batch, captured, banks, device):
         return timed
 
     score_variants = {"pool_box_layers": lambda: pool_box_layers(maps, strides, scoring.layer_names(), captured["boxes"])}
-    for name in fitted:
+    for name in scoring.available():  # the embedding scores stay unfitted on this model
         if name != "knn":
             score_variants[name] = alone(name)
     for size, bank in banks.items():
