@@ -4,7 +4,6 @@ A new value of a key (a sampler, a score, ...) is added here and implemented in 
 that reads the key; the model code refuses a name it does not implement when it is built.
 """
 __all__ = [
-    "EMBEDDING_POST_HOC_SCORES",
     "FUSED_FEATURE_PARTS",
     "FUSED_LOGIT_PARTS",
     "FUSED_RULES",
@@ -23,9 +22,6 @@ __all__ = [
 POST_HOC_SCORES = (
     "maxlogit", "gen", "knn", "knn_embedding", "vim", "react", "mahalanobis_multilayer", "safe", "fused"
 )
-# The post-hoc scores of the embedding of an embedding loss (MODEL.EMBEDDING.LOSSES): not
-# fitted, and not computed, for a model trained without one.
-EMBEDDING_POST_HOC_SCORES = ("knn_embedding",)
 # Scores that can back ood_scores / is_ood (MODEL.OOD.SCORE); "mahalanobis" needs
 # statistics fitted with tools/fit_mahalanobis.py, the post-hoc scores with fitted state
 # tools/fit_ood_scores.py, and "siren" a model trained with SIRENLoss (box predictor only).

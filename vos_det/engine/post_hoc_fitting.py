@@ -28,7 +28,6 @@ from ..errors import UserError
 from ..metrics.ood_metrics import auroc, fpr_at_tpr
 from ..modeling.regularizers.margin_classifiers import LinearClassifier
 from ..modeling.ood_scores import (
-    EMBEDDING_POST_HOC_SCORES,
     POST_HOC_STATE_FILE,
     BoxFitData,
     pool_box_layers,
@@ -256,9 +255,15 @@ def fit_post_hoc_scores(
             "(it reads residual projection shortcuts)", type(model.backbone).__name__,
         )
         names.remove("safe")
-    if not scores and model.roi_heads.box_predictor.embedding_of() is None:
-        # Scores of an embedding the model does not have: nothing to fit.
-        names = [name for name in names if name not in EMBEDDING_POST_HOC_SCORES]
+    if model.roi_heads.box_predictor.embedding_of() is None:
+        # Scores of an embedding the model does not have: nothing to fit them on.
+        without_input = [name for name in names if scorers[name].reads_embedding]
+        if scores and without_input:
+            raise ValueError(
+                f"the OOD scores {without_input} search the embedding of an embedding loss "
+                "(MODEL.EMBEDDING.LOSSES: SIRENLoss or CIDERLoss); this model has none"
+            )
+        names = [name for name in names if name not in without_input]
     fit_datasets = list(datasets or cfg.DATASETS.TRAIN)
     if val_id in fit_datasets:
         raise ValueError(
@@ -289,8 +294,6 @@ def fit_post_hoc_scores(
             continue  # fitted last, on the outputs of its fitted parts
         if name in _KNN_VECTORS and val_id and val_ood:
             field = _KNN_VECTORS[name]
-            if getattr(data, field) is None:
-                scorers[name].fit(data)  # raises the score's own error: the model has no embedding
             k, tried = choose_knn_k(*(getattr(part, field) for part in (data, extract(val_id), extract(val_ood))))
             scorers[name].fit(data, k=k, k_source=f"lowest FPR95 on {val_id} vs {val_ood}")
             info[f"{name}_validation"] = {str(key): value for key, value in tried.items()}

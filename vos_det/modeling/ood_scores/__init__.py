@@ -24,7 +24,7 @@ Belongs here: every way of scoring a box (or image) as out-of-distribution.
 """
 from torch import nn
 
-from ...config.choices import EMBEDDING_POST_HOC_SCORES, POST_HOC_SCORES
+from ...config.choices import POST_HOC_SCORES
 from .base import FIT_TOOL, OOD_SCORE_REGISTRY, BoxFitData, PostHocScore
 from .box_pooling import pool_box_layers
 from .fused import FusedScore
@@ -39,6 +39,10 @@ from .safe import SAFEScore, attach_post_hoc_hooks
 from .siren import siren_ood_score
 from .state_file import POST_HOC_STATE_FILE, load_post_hoc_state, save_post_hoc_state
 from .vim import ViMScore
+
+# The post-hoc scores of the embedding of an embedding loss (MODEL.EMBEDDING.LOSSES), those
+# with ``reads_embedding``: not fitted, and not computed, for a model trained without one.
+EMBEDDING_POST_HOC_SCORES = tuple(cls.name for _, cls in OOD_SCORE_REGISTRY if cls.reads_embedding)
 
 __all__ = [
     "EMBEDDING_POST_HOC_SCORES",
