@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from vos_det.config import merge_overrides
+from vos_det.config import load_config, merge_overrides
 from vos_det.modeling.ood_scores import (
     EMBEDDING_POST_HOC_SCORES,
     POST_HOC_SCORES,
@@ -457,7 +457,7 @@ def test_fused_is_chosen_on_validation_and_recomputes_from_the_detections_fields
     config = raw["scores"]["fused"]["config"]
     chosen = {key: config[key] for key in ("logit_part", "feature_part", "scaling", "rule")}
     assert report["chosen"] == chosen
-    assert config["choice"]["source"] == "lowest FPR95 on digits_det_val vs digits_det_ood_val"
+    assert config["choice"]["source"] == "lowest FPR95 on the detections of digits_det_val vs digits_det_ood_val"
     # Every configured candidate was tried (the logistic rule with k-NN only: a virtual outlier
     # has no multi-layer feature maps), and the one kept has the lowest FPR95.
     assert len(report["candidates"]) == 2 * (2 * 3 + 2 * 2)
@@ -488,6 +488,83 @@ def test_fused_is_chosen_on_validation_and_recomputes_from_the_detections_fields
     expected = {"max": scaled.max(axis=1), "sum": scaled.sum(axis=1), "logistic": scaled @ weights_[:2] + weights_[2]}
     # The fields are float32: the percentile of a recomputed part can move by one rank.
     np.testing.assert_allclose(fused, expected[chosen["rule"]], rtol=1e-4, atol=2.0 / buffers["reference"].shape[1])
+
+
+def test_fused_is_scaled_on_the_detections_the_evaluation_scores_on_the_id_validation_set(fitted_tiny_detector):
+    from vos_det.engine.feature_extraction import build_annotated_test_loader
+    from vos_det.evaluation.box_selection import select_boxes_for_config
+    from vos_det.evaluation.records import collect_detections
+
+    cfg, weights, state = fitted_tiny_detector
+    raw = torch.load(state, weights_only=True)
+    config, buffers = raw["scores"]["fused"]["config"], raw["scores"]["fused"]["buffers"]
+    # The same detections, collected again with the fitted parts, and kept as the evaluation
+    # keeps test boxes (the threshold found on the ID validation set itself).
+    # (As fitted: the box selection of the tool's config, optimal F1 on digits_det_val.)
+    model = _detector(cfg, weights, "MODEL.OOD.POST_HOC.STATE", state)
+    records = collect_detections(model, build_annotated_test_loader(cfg, "digits_det_val"))
+    fit_cfg = load_config("digits_vos_tiny.yaml", [])
+    selection = select_boxes_for_config(fit_cfg, records, "digits_det_val")
+    kept = selection.apply(records)
+    assert selection.rule == "optimal_f1" and 0 < len(kept) < len(records)
+    assert config["choice"]["num_id"] == len(kept)
+    assert config["choice"]["boxes"] == selection.describe()
+    for row, part in enumerate((config["logit_part"], config["feature_part"])):
+        values = np.sort(kept.ood_score_table[part])
+        np.testing.assert_allclose(buffers["reference"][row].numpy(), values, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(float(buffers["mean"][row]), values.mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_is_left_out_when_the_box_selection_keeps_no_validation_detection(fitted_tiny_detector, tmp_path, caplog):
+    from vos_det.engine.fused_fitting import NoValidationDetections
+    from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
+
+    _, weights, _ = fitted_tiny_detector
+    # Class scores of a random detector stay far below 0.999: no validation box is kept.
+    fit_cfg = load_config("digits_vos_tiny.yaml", [
+        "TEST.OOD.BOX_SELECTION", "fixed", "TEST.OOD.SCORE_THRESHOLD", "0.999", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    ])
+    sets = dict(val_id="digits_det_val", val_ood="digits_det_ood_val")
+    with pytest.raises(NoValidationDetections, match="keeps none of its"):
+        fit_post_hoc_scores(fit_cfg, weights, output=str(tmp_path / "asked.pth"), scores=["knn", "fused"], **sets)
+    # Not asked for by name: the other scores are fitted and saved, the fused one left out.
+    with caplog.at_level("WARNING", logger="vos_det.engine.post_hoc_fitting"):
+        state = fit_post_hoc_scores(fit_cfg, weights, output=str(tmp_path / "all.pth"), **sets)
+    saved = torch.load(state, weights_only=True)
+    assert "fused" not in saved["scores"] and "knn" in saved["scores"]
+    assert "fused OOD score not fitted" in caplog.text and "digits_det_val" in caplog.text
+
+
+def test_updating_a_state_refits_the_scores_named_and_keeps_the_others(fitted_tiny_detector, tmp_path):
+    import shutil
+
+    from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
+
+    cfg, weights, state = fitted_tiny_detector
+    copy = str(tmp_path / "post_hoc_scores.pth")
+    shutil.copy(state, copy)
+    before = torch.load(copy, weights_only=True)
+    with pytest.raises(ValueError, match="--scores"):
+        fit_post_hoc_scores(cfg, weights, output=copy, val_id="digits_det_val", val_ood="digits_det_ood_val",
+                            update=True)
+    with pytest.raises(FileNotFoundError, match="no post-hoc state file to update"):
+        fit_post_hoc_scores(cfg, weights, output=str(tmp_path / "none.pth"), val_id="digits_det_val",
+                            val_ood="digits_det_ood_val", scores=["fused"], update=True)
+    # Another choice of the fused score: only the sum rule on z-scores allowed.
+    refit_cfg = cfg.clone()
+    merge_overrides(refit_cfg, ["MODEL.OOD.POST_HOC.FUSED.RULES", "['sum']", "MODEL.OOD.POST_HOC.FUSED.SCALINGS",
+                                "['zscore']"])
+    fit_post_hoc_scores(refit_cfg, weights, output=copy, val_id="digits_det_val", val_ood="digits_det_ood_val",
+                        scores=["fused"], update=True)
+    after = torch.load(copy, weights_only=True)
+    assert set(after["scores"]) == set(before["scores"])
+    for name in set(before["scores"]) - {"fused"}:
+        assert after["scores"][name]["config"] == before["scores"][name]["config"], name
+        for key, tensor in before["scores"][name]["buffers"].items():
+            assert torch.equal(after["scores"][name]["buffers"][key], tensor), (name, key)
+    assert (after["scores"]["fused"]["config"]["rule"], after["scores"]["fused"]["config"]["scaling"]) == ("sum", "zscore")
+    assert after["info"]["knn_validation"] == before["info"]["knn_validation"]
+    assert len(after["info"]["fused_validation"]["candidates"]) == 2 * 2
 
 
 def test_post_hoc_state_stays_out_of_checkpoints(fitted_tiny_detector):

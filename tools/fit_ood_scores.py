@@ -19,15 +19,17 @@ the score behind ``is_ood``, which every inference computes.
 k of the k-NN score and SAFE's FGSM step are chosen on --val-id vs --val-ood boxes (lowest
 FPR95) when both are given, else MODEL.OOD.POST_HOC.KNN.K or the paper's 50 and
 MODEL.OOD.POST_HOC.SAFE.FGSM_EPSILON (8). The fused score (a logit score and k-NN or the
-multi-layer Mahalanobis, scaled on the --val-id boxes and combined by max, sum or a logistic
-regression against VOS virtual outliers) is fitted only with both: its parts, scaling and
-rule are the candidate of MODEL.OOD.POST_HOC.FUSED with the lowest FPR95 there, recorded in
-the state. A test split (``test_split`` in its metadata, e.g. digits_det_test or
-digits_det_ood) is refused there unless --allow-test-split, which the state records. The
-state also records a hash of the weights: used with other weights, it is refused.
-``--add-class NAME=DATASET`` adds a class to the multi-layer Gaussians from the boxes of
-another dataset alone, without retraining. (tools/fit_mahalanobis.py still fits the
-penultimate-layer Mahalanobis score.)
+multi-layer Mahalanobis, scaled on the detections of --val-id and combined by max, sum or a
+logistic regression against VOS virtual outliers) is fitted only with both: its parts,
+scaling and rule are the candidate of MODEL.OOD.POST_HOC.FUSED with the lowest FPR95 of the
+--val-id against the --val-ood detections (boxes selected as TEST.OOD selects test boxes,
+the threshold found on --val-id), recorded in the state. ``--update --scores fused`` refits
+it alone in an existing state file, keeping the other scores. A test split (``test_split``
+in its metadata, e.g. digits_det_test or digits_det_ood) is refused there unless
+--allow-test-split, which the state records. The state also records a hash of the weights:
+used with other weights, it is refused. ``--add-class NAME=DATASET`` adds a class to the
+multi-layer Gaussians from the boxes of another dataset alone, without retraining.
+(tools/fit_mahalanobis.py still fits the penultimate-layer Mahalanobis score.)
 """
 from vos_det.cli import ToolParser, add_fitting_arguments, load_config, parse_add_class, run_tool
 from vos_det.engine.post_hoc_fitting import fit_post_hoc_scores
@@ -55,6 +57,10 @@ def argument_parser():
     parser.add_argument(
         "--scores", nargs="+", choices=POST_HOC_SCORES, help="scores to fit (default: all that need fitting)"
     )
+    parser.add_argument(
+        "--update", action="store_true",
+        help="refit only --scores in the existing state file (--output or the default), keeping the others",
+    )
     return parser
 
 
@@ -73,6 +79,7 @@ def main(args):
         scores=args.scores,
         add_classes=[parse_add_class(spec) for spec in args.add_class],
         allow_test_split=args.allow_test_split,
+        update=args.update,
     )
     print(f"saved {output}; use it with MODEL.OOD.POST_HOC.STATE {output}")
     return output

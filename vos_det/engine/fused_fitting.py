@@ -1,13 +1,18 @@
 """Fitting the ``fused`` post-hoc score: its part scores, the virtual outliers, the choice.
 
     from vos_det.engine.fused_fitting import fit_fused_score
-    report = fit_fused_score(cfg, scorers, train, val_id, val_ood, source="digits_det_val vs ...")
+    report = fit_fused_score(cfg, model, scorers, train, "digits_det_val", "digits_det_ood_val")
 
 Called by :func:`~vos_det.engine.post_hoc_fitting.fit_post_hoc_scores` after the other scores
-are fitted (the feature parts are their outputs). Every candidate of
-``MODEL.OOD.POST_HOC.FUSED`` (logit part x feature part x scaling x rule) is fitted on the ID
-validation boxes (and, for the logistic rule, VOS virtual outliers) and judged by the FPR95
-of ID against OOD validation boxes; the best one is kept (see
+are fitted (the feature parts are their outputs). The validation boxes are the detections the
+OOD evaluation would score there: the detector is run over the ID and the OOD validation set
+and their boxes are selected as ``TEST.OOD`` selects test boxes, with the threshold found on
+the ID validation set (protocol "vos_det": each class's optimal-F1 score). Scaling the parts
+on ground-truth boxes instead put a share of the detected ID boxes (looser boxes, duplicates)
+outside the reference, and chose among candidates on boxes unlike the ones scored. Every
+candidate of ``MODEL.OOD.POST_HOC.FUSED`` (logit part x feature part x scaling x rule) is
+fitted on the ID validation detections (and, for the logistic rule, VOS virtual outliers) and
+judged by the FPR95 of ID against OOD validation detections; the best one is kept (see
 :mod:`vos_det.modeling.ood_scores.fused`).
 """
 import logging
@@ -15,15 +20,30 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..evaluation.box_selection import select_boxes_for_config
+from ..evaluation.records import collect_detections
 from ..metrics.ood_metrics import auroc, fpr_at_tpr
 from ..modeling.ood_scores import BoxFitData
 from ..modeling.ood_scores.fused import FEATURE_PARTS, FusedScore, logit_part_score
 from ..modeling.ood_scores.mahalanobis import GaussianDiscriminant
 from ..modeling.vos.synthesis import robust_cholesky, sample_virtual_outliers
+from .feature_extraction import build_annotated_test_loader
 
-__all__ = ["choose_fused_candidate", "fit_fused_score", "part_scores", "virtual_outlier_features"]
+__all__ = [
+    "NoValidationDetections",
+    "choose_fused_candidate",
+    "detected_part_scores",
+    "fit_fused_score",
+    "part_scores",
+    "virtual_outlier_features",
+]
 
 logger = logging.getLogger(__name__)
+
+
+class NoValidationDetections(ValueError):
+    """The box selection keeps no detection of a validation set (e.g. an untrained detector,
+    whose scores reach no optimal-F1 threshold): the fused score cannot be fitted."""
 
 
 def virtual_outlier_features(train: BoxFitData, per_class: int, sample_from: int, eps: float, seed: int):
@@ -75,6 +95,39 @@ def part_scores(
             values = scorer(data.features, data.logits, layer_features=data.layer_features, logits_of=data.logits_of)
         scores[name] = values.double()
     return scores
+
+
+def detected_part_scores(cfg, model, val_id: str, val_ood: str, part_names: Sequence[str]):
+    """The part scores of the boxes the OOD evaluation would score on the validation sets.
+
+    The detector (its post-hoc scores fitted so far) is run over both sets; the box
+    selection of ``TEST.OOD`` is resolved on ``val_id`` (its ground truth, e.g. each class's
+    optimal-F1 threshold) and applied to both, as the evaluation resolves it on the ID test
+    set and applies it to every test set.
+
+    Args:
+        cfg: the model's config (TEST.OOD.PROTOCOL, BOX_SELECTION, SCORE_THRESHOLD).
+        model: the detector, with the feature parts' scores fitted.
+        val_id, val_ood: the ID and OOD validation datasets.
+        part_names: the scores wanted; those the detections do not carry are left out.
+
+    Returns:
+        tuple[dict, dict, dict]: part name -> (n,) float64 scores of the kept ID detections,
+        the same of the kept OOD detections, and the selection (:meth:`BoxSelection.to_dict`).
+    """
+    records = {name: collect_detections(model, build_annotated_test_loader(cfg, name)) for name in (val_id, val_ood)}
+    selection = select_boxes_for_config(cfg, records[val_id], val_id)
+    parts = []
+    for name in (val_id, val_ood):
+        kept = selection.apply(records[name])
+        if not len(kept):
+            raise NoValidationDetections(
+                f"the fused score is fitted on the detections of {name}, and the box selection keeps none of its "
+                f"{len(records[name])} ({selection.describe()})"
+            )
+        table = kept.ood_score_table
+        parts.append({part: torch.from_numpy(table[part]).double() for part in part_names if part in table})
+    return parts[0], parts[1], selection.to_dict()
 
 
 def choose_fused_candidate(
@@ -129,16 +182,16 @@ def choose_fused_candidate(
     return fitted[best], tried
 
 
-def fit_fused_score(cfg, scorers, train: BoxFitData, val_id: BoxFitData, val_ood: BoxFitData, source: str) -> Dict:
+def fit_fused_score(cfg, model, scorers, train: BoxFitData, val_id: str, val_ood: str) -> Dict:
     """Choose and fit ``scorers["fused"]`` (its feature parts already fitted).
 
     Args:
         cfg: the model's config (MODEL.OOD.POST_HOC.FUSED, .GEN, MODEL.VOS.SAMPLE_FROM,
-            COVARIANCE_EPS, SEED are read).
+            COVARIANCE_EPS, SEED and the box selection of TEST.OOD are read).
+        model: the detector whose box predictor holds ``scorers``.
         scorers: name -> post-hoc score, the candidate feature parts fitted.
         train: the training boxes (the virtual outliers' class Gaussians).
-        val_id, val_ood: the ID and OOD validation boxes.
-        source: how the validation sets are named, recorded in the state.
+        val_id, val_ood: the ID and OOD validation datasets (their detections are scored).
 
     Returns:
         dict: the choice and every candidate's figures (for the state file's info).
@@ -152,8 +205,7 @@ def fit_fused_score(cfg, scorers, train: BoxFitData, val_id: BoxFitData, val_ood
             f"the fused score needs one of its feature parts {list(options.FEATURE_PARTS)} fitted in the same "
             "run: fit them together (tools/fit_ood_scores.py --scores knn fused ...)"
         )
-    id_parts = part_scores(scorers, val_id, logit_parts, feature_parts, gamma, top_m)
-    ood_parts = part_scores(scorers, val_ood, logit_parts, feature_parts, gamma, top_m)
+    id_parts, ood_parts, selection = detected_part_scores(cfg, model, val_id, val_ood, logit_parts + feature_parts)
     outlier_parts = None
     if "logistic" in options.RULES:
         features = virtual_outlier_features(
@@ -168,7 +220,12 @@ def fit_fused_score(cfg, scorers, train: BoxFitData, val_id: BoxFitData, val_ood
         id_parts, ood_parts, outlier_parts, logit_parts, feature_parts, options.SCALINGS, options.RULES, gamma, top_m
     )
     chosen = {key: best.fitted_config[key] for key in ("logit_part", "feature_part", "scaling", "rule")}
-    choice = {"source": f"lowest FPR95 on {source}", "num_id": len(val_id.labels), "num_ood": len(val_ood.labels)}
+    choice = {
+        "source": f"lowest FPR95 on the detections of {val_id} vs {val_ood}",
+        "boxes": selection["description"],
+        "num_id": len(next(iter(id_parts.values()))),
+        "num_ood": len(next(iter(ood_parts.values()))),
+    }
     if outlier_parts is not None:
         choice["num_virtual_outliers"] = len(next(iter(outlier_parts.values())))
     scorers["fused"].fit(id_parts=id_parts, outlier_parts=outlier_parts, choice=choice, **chosen)

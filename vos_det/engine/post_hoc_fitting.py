@@ -10,9 +10,10 @@ Each score that needs fitting (:mod:`vos_det.modeling.ood_scores`) is fitted on 
 on its own data (:mod:`.safe_fitting`: the boxes the detector predicts, clean and after
 FGSM), and the states are written next to the weights, with a content hash of those weights
 (checked when the states are used). k of the k-NN score, SAFE's FGSM step and the parts,
-scaling and rule of the fused score (:mod:`.fused_fitting`) are chosen on ID validation +
-OOD validation boxes when both are given, never on a test split (unless explicitly allowed,
-which the state records; without them the fused score is not fitted).
+scaling and rule of the fused score (:mod:`.fused_fitting`: on the detections there) are
+chosen on ID validation + OOD validation boxes when both are given, never on a test split
+(unless explicitly allowed, which the state records; without them the fused score is not
+fitted). ``update=True`` refits some scores of an existing state file and keeps the others.
 """
 import logging
 import os
@@ -35,12 +36,13 @@ from ..modeling.ood_scores import (
 )
 from ..modeling.ood_scores.knn import nearest_similarities, similarity_to_distance
 from ..modeling.ood_scores.safe import matching_layers
+from ..modeling.ood_scores.state_file import read_post_hoc_info
 from ..utils.file_io import check_writable_dir
 from .feature_extraction import box_head_features, build_annotated_test_loader, ground_truth_box_features
 from .post_hoc_weights import WEIGHTS_HASH_KEY, weights_fingerprint
 from .safe_fitting import fit_safe
 from .trained_model import check_weights_file, load_trained_model
-from .fused_fitting import fit_fused_score
+from .fused_fitting import NoValidationDetections, fit_fused_score
 
 __all__ = [
     "KNN_K_CANDIDATES",
@@ -205,45 +207,11 @@ def _checkpoint_fingerprint(weights: str) -> Optional[str]:
     return weights_fingerprint(checkpoint.get("model", checkpoint))
 
 
-def fit_post_hoc_scores(
-    cfg,
-    weights: str,
-    output: Optional[str] = None,
-    datasets: Optional[Sequence[str]] = None,
-    val_id: Optional[str] = None,
-    val_ood: Optional[str] = None,
-    scores: Optional[Sequence[str]] = None,
-    add_classes: Sequence[tuple] = (),
-    allow_test_split: bool = False,
-) -> str:
-    """Fit every post-hoc score that needs it for a trained detector and save the states.
-
-    Args:
-        cfg: the model's config (frozen or not; MODEL.OOD.POST_HOC.* are read).
-        weights: the trained weights (.pth).
-        output: the state file; default ``post_hoc_scores.pth`` next to the weights.
-        datasets: ID datasets to fit on; default ``cfg.DATASETS.TRAIN``.
-        val_id, val_ood: ID and OOD validation datasets (e.g. digits_det_val,
-            digits_det_ood_val) on which k of the k-NN score, SAFE's FGSM step and the fused
-            score's candidate are chosen; without both, k is MODEL.OOD.POST_HOC.KNN.K or the
-            paper's 50, the step MODEL.OOD.POST_HOC.SAFE.FGSM_EPSILON, and the fused score is
-            not fitted (an error if ``scores`` names it).
-        scores: names of the scores to fit; default all that need fitting.
-        add_classes: (name, dataset) pairs: classes added to mahalanobis_multilayer from
-            all boxes of the dataset, without retraining.
-        allow_test_split: accept test splits as ``val_id`` / ``val_ood`` (refused
-            otherwise; the state's info then lists them under ``test_splits_allowed``).
-
-    Returns:
-        str: the state file; set ``MODEL.OOD.POST_HOC.STATE`` to it. Its info records the
-        weights and their :func:`~vos_det.engine.post_hoc_weights.weights_fingerprint`.
-    """
-    test_splits = check_validation_sets(val_id, val_ood, allow_test_split)
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = weights
-    cfg.MODEL.OOD.POST_HOC.STATE = ""
-    model = load_trained_model(cfg, weights)
+def _scores_to_fit(model, scores: Optional[Sequence[str]]) -> List[str]:
+    """The post-hoc scores of ``model`` to fit: ``scores`` (each checked: known, and fittable
+    on this model), or by default every score that needs fitting and that the model can
+    have (SAFE without matching shortcut layers and the embedding scores without an
+    embedding loss are left out, SAFE with a warning)."""
     scorers = model.roi_heads.box_predictor.post_hoc.scores
     names = list(scores) if scores else [name for name, s in scorers.items() if s.needs_fit]
     unknown = sorted(set(names) - set(scorers))
@@ -264,6 +232,60 @@ def fit_post_hoc_scores(
                 "(MODEL.EMBEDDING.LOSSES: SIRENLoss or CIDERLoss); this model has none"
             )
         names = [name for name in names if name not in without_input]
+    return names
+
+
+def fit_post_hoc_scores(
+    cfg,
+    weights: str,
+    output: Optional[str] = None,
+    datasets: Optional[Sequence[str]] = None,
+    val_id: Optional[str] = None,
+    val_ood: Optional[str] = None,
+    scores: Optional[Sequence[str]] = None,
+    add_classes: Sequence[tuple] = (),
+    allow_test_split: bool = False,
+    update: bool = False,
+) -> str:
+    """Fit every post-hoc score that needs it for a trained detector and save the states.
+
+    Args:
+        cfg: the model's config (frozen or not; MODEL.OOD.POST_HOC.* are read).
+        weights: the trained weights (.pth).
+        output: the state file; default ``post_hoc_scores.pth`` next to the weights.
+        datasets: ID datasets to fit on; default ``cfg.DATASETS.TRAIN``.
+        val_id, val_ood: ID and OOD validation datasets (e.g. digits_det_val,
+            digits_det_ood_val) on which k of the k-NN score, SAFE's FGSM step and the fused
+            score's candidate are chosen; without both, k is MODEL.OOD.POST_HOC.KNN.K or the
+            paper's 50, the step MODEL.OOD.POST_HOC.SAFE.FGSM_EPSILON, and the fused score is
+            not fitted (an error if ``scores`` names it).
+        scores: names of the scores to fit; default all that need fitting.
+        add_classes: (name, dataset) pairs: classes added to mahalanobis_multilayer from
+            all boxes of the dataset, without retraining.
+        allow_test_split: accept test splits as ``val_id`` / ``val_ood`` (refused
+            otherwise; the state's info then lists them under ``test_splits_allowed``).
+        update: start from the existing state file ``output`` of these weights: only
+            ``scores`` (required) are fitted again, the others keep their states, and the
+            file's info is kept, its entries of the refitted scores replaced.
+
+    Returns:
+        str: the state file; set ``MODEL.OOD.POST_HOC.STATE`` to it. Its info records the
+        weights and their :func:`~vos_det.engine.post_hoc_weights.weights_fingerprint`.
+    """
+    test_splits = check_validation_sets(val_id, val_ood, allow_test_split)
+    output = output or os.path.join(os.path.dirname(os.path.abspath(weights)), POST_HOC_STATE_FILE)
+    if update and not scores:
+        raise ValueError("updating a post-hoc state file refits the scores named: give them (--scores)")
+    if update and not os.path.isfile(output):
+        raise FileNotFoundError(f"no post-hoc state file to update: {output}")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = weights
+    # Updating: the model is built with the file's states (checked against the weights).
+    cfg.MODEL.OOD.POST_HOC.STATE = output if update else ""
+    model = load_trained_model(cfg, weights)
+    scorers = model.roi_heads.box_predictor.post_hoc.scores
+    names = _scores_to_fit(model, scores)
     fit_datasets = list(datasets or cfg.DATASETS.TRAIN)
     if val_id in fit_datasets:
         raise ValueError(
@@ -282,11 +304,12 @@ def fit_post_hoc_scores(
 
     data = _concat([extract(name) for name in fit_datasets])
     logger.info("fitting %s on %d training boxes", names, len(data.labels))
-    info: Dict = {
+    info: Dict = read_post_hoc_info(output) if update else {}
+    info.update({
         "weights": os.path.abspath(weights),
         WEIGHTS_HASH_KEY: _checkpoint_fingerprint(weights),
         "num_boxes": int(len(data.labels)),
-    }
+    })
     if test_splits:
         info["test_splits_allowed"] = test_splits
     for name in names:
@@ -304,9 +327,12 @@ def fit_post_hoc_scores(
         logger.info("fitted %s: %s", name, scorers[name].fitted_config)
     if "fused" in names:
         if val_id and val_ood:
-            info["fused_validation"] = fit_fused_score(
-                cfg, scorers, data, extract(val_id), extract(val_ood), f"{val_id} vs {val_ood}"
-            )
+            try:
+                info["fused_validation"] = fit_fused_score(cfg, model, scorers, data, val_id, val_ood)
+            except NoValidationDetections as error:
+                if scores:
+                    raise
+                logger.warning("fused OOD score not fitted: %s", error)
         elif scores:
             raise ValueError("the fused score is chosen on ID and OOD validation boxes: give val_id and val_ood")
         else:
@@ -315,7 +341,6 @@ def fit_post_hoc_scores(
         new = extract(dataset)
         index = scorers["mahalanobis_multilayer"].add_class(new.features, new.layer_features)
         info.setdefault("added_classes", []).append([class_name, dataset, index])
-    output = output or os.path.join(os.path.dirname(os.path.abspath(weights)), POST_HOC_STATE_FILE)
     predictor = model.roi_heads.box_predictor
     save_post_hoc_state(
         dict(scorers.items()), output, int(data.features.shape[1]), predictor.num_classes, **info

@@ -10,9 +10,10 @@ far, worse near). The fused score combines one of each:
    s_j, the mid-rank share of the ID validation scores below it, in [0, 1] inside their
    range and continued beyond it by one per std_j: 1 + (s_j - max_j) / std_j above,
    (s_j - min_j) / std_j below. Without the continuation every box beyond the ID range
-   would tie at 1; the ID validation boxes are ground-truth boxes, and more than 5% of a
-   test set's detected ID boxes (looser boxes, duplicates) lie beyond them, so the tie
-   swallowed the FPR95 threshold (FPR95 100 on R-18 models where the rule was "max");
+   would tie at 1: when the reference was the ground-truth boxes, more than 5% of a test
+   set's detected ID boxes (looser boxes, duplicates) lay beyond it, and the tie swallowed
+   the FPR95 threshold (FPR95 100 on R-18 models where the rule was "max"). The reference
+   is now the validation detections (below), and a test set still has boxes beyond them;
 2. the scaled parts are combined by a rule: ``"max"``: max(u_1, u_2); ``"sum"``: u_1 + u_2;
    ``"logistic"``: w_1 u_1 + w_2 u_2 + b, the logit of a logistic regression fitted on the ID
    validation boxes (label 0) against VOS virtual outliers (label 1): samples of the class
@@ -20,10 +21,13 @@ far, worse near). The fused score combines one of each:
    eq. 3), scored through the class layer. It needs a feature part computed from the
    penultimate feature alone (k-NN; a virtual outlier has no multi-layer feature maps).
 
-The parts, the scaling and the rule are chosen by ``tools/fit_ood_scores.py`` among those of
-``MODEL.OOD.POST_HOC.FUSED``: the candidate with the lowest FPR95 of ID validation boxes
-against OOD validation boxes (``--val-id`` / ``--val-ood``; ties: higher AUROC, then the
-candidates' order), never on OOD test data. The fitted state records the choice and every
+The ID validation boxes are the detections of the ID validation set that the OOD evaluation
+would score (kept by the box selection of ``TEST.OOD``, its threshold found on that set), and
+the OOD validation boxes those of the OOD validation set
+(:mod:`vos_det.engine.fused_fitting`). The parts, the scaling and the rule are chosen by
+``tools/fit_ood_scores.py`` among those of ``MODEL.OOD.POST_HOC.FUSED``: the candidate with
+the lowest FPR95 of ID against OOD validation detections (``--val-id`` / ``--val-ood``;
+ties: higher AUROC, then the candidates' order), never on OOD test data. The fitted state records the choice and every
 candidate's figures. The feature part is read from its own score's output (the scores of
 :meth:`FusedScore.part_names` are computed first), so the k-NN search runs once per box.
 Larger = more OOD.
