@@ -93,7 +93,8 @@ from vos_det.evaluation.seed_table import (
     seed_table_rows,
     target_met_by,
 )
-from vos_det.evaluation.statistics import mean_ci
+from vos_det.evaluation.statistics import mean_ci, paired_difference
+from vos_det.modeling.ood_scores.state_file import read_post_hoc_info
 
 # Benchmark detector -> the VOS config every method of it starts from. "tiny" is the plain
 # conv-FPN of the main job; "r18" detectron2's ResNet-18-FPN, built like the paper's detector.
@@ -178,6 +179,8 @@ METRICS += [SeedMetric("false_alarm", "shifted false alarms %")]
 TARGET = SeedTarget(
     lowered=tuple(f"{kind}_FPR95" for kind in TARGET_SETS), kept=("AP50",), not_above_reference=("false_alarm",)
 )
+# The two parts of the fused score, as its table names them.
+FUSED_ROLES = ("logit part", "feature part")
 # SAFE's FGSM pass costs about 0.7 s per training image on 2 CPU cores: it is fitted on 300
 # of the 1200 (about 750 predicted boxes), which bounds a model's fit to minutes.
 SAFE_FIT = ["MODEL.OOD.POST_HOC.SAFE.MAX_IMAGES", "300"]
@@ -597,7 +600,78 @@ def shift_guide(rows, protocol, confidence=0.95, reference=REFERENCE):
     return choices, "\n".join([f"#### Which score for which shift (`{protocol}`)", "", title, "", text, ""])
 
 
-def leaderboard_tables(per_model, diagnostics, protocols, confidence=0.95):
+def fused_parts(model_dir):
+    """(logit part, feature part) of the fused score fitted for one model (its
+    ``post_hoc_scores.pth``), or None when it has none."""
+    path = os.path.join(model_dir, "post_hoc_scores.pth")
+    if not os.path.exists(path):
+        return None
+    chosen = read_post_hoc_info(path).get("fused_validation", {}).get("chosen")
+    return None if chosen is None else (chosen["logit_part"], chosen["feature_part"])
+
+
+def fused_against_parts(per_model, parts, protocol, confidence=0.95):
+    """The fused score against the better of its two parts, per method and shift (:data:`SHIFTS`).
+
+    A seed's parts are the logit part and the feature part fitted for that model (they may
+    differ between seeds); the better part of a shift is the role (logit or feature part)
+    of lower mean over the method's seeds; Δ = paired difference fused - that part on the
+    same seeds. The fused score is "not worse" where the interval of Δ reaches 0 or below.
+
+    Args:
+        per_model (dict): ``{method: {seed: {protocol: summary}}}``.
+        parts (dict): ``{method: {seed: (logit part, feature part) or None}}``.
+        protocol (str): which protocol's summaries to use.
+        confidence (float): of every interval.
+
+    Returns:
+        tuple[list[dict], str]: the rows and the Markdown section ("" without rows).
+    """
+    rows = []
+    for method, seeds in per_model.items():
+        usable = [
+            seed for seed, summaries in seeds.items()
+            if protocol in summaries and parts.get(method, {}).get(seed) and "fused" in summaries[protocol]["scores"]
+        ]
+        if not usable:
+            continue
+        scores = [seeds[seed][protocol]["scores"] for seed in usable]
+        chosen = [parts[method][seed] for seed in usable]
+        for key in SHIFTS:
+            fused = [table["fused"][key] for table in scores]
+            by_role = {
+                role: [table[names[index]][key] for table, names in zip(scores, chosen)]
+                for index, role in enumerate(FUSED_ROLES)
+            }
+            better = min(FUSED_ROLES, key=lambda role: np.mean(by_role[role]))
+            diff = paired_difference(fused, by_role[better], confidence)
+            rows.append({
+                "method": method, "shift": key, "seeds": list(usable),
+                "parts": [list(names) for names in chosen], "better_part": better,
+                "fused": mean_ci(fused, confidence).to_dict(), "better": mean_ci(by_role[better], confidence).to_dict(),
+                "diff": diff.to_dict(), "not_worse": diff.low is not None and diff.low <= 0.0,
+            })
+    if not rows:
+        return rows, ""
+    cells = [
+        [row["method"], SHIFTS[row["shift"]], str(len(row["seeds"])),
+         ", ".join(sorted({" + ".join(names) for names in row["parts"]})), format_mean(row["fused"]),
+         f"{row['better_part']}: {format_mean(row['better'])}", format_difference(row["diff"]),
+         "yes" if row["not_worse"] else "no"]
+        for row in rows
+    ]
+    title = (
+        f"The fused score against the better of its two parts (protocol {protocol}; lower is better): per "
+        "seed its parts are those fitted for that model; the better part is the role (logit or feature part) "
+        f"of lower mean over seeds; Δ = paired difference fused - better part [{confidence:.0%} CI], * = CI "
+        "excludes 0; not worse = the CI reaches 0 or below."
+    )
+    headers = ["method", "shift", "seeds", "parts (logit + feature)", "fused", "better part", "Δ", "not worse"]
+    text = table(cells, headers, title=title)
+    return rows, "\n".join([f"#### The fused score against its parts (`{protocol}`)", "", title, "", text, ""])
+
+
+def leaderboard_tables(per_model, diagnostics, protocols, confidence=0.95, parts=None):
     """The tables of every protocol and of the training diagnostics (also printed).
 
     Args:
@@ -605,10 +679,12 @@ def leaderboard_tables(per_model, diagnostics, protocols, confidence=0.95):
         diagnostics (dict): ``{method: {seed: training_diagnostics(...)}}``.
         protocols (list[str]): the tables to make, in order.
         confidence (float): of every interval.
+        parts (dict, optional): ``{method: {seed: fused parts}}`` (:func:`fused_parts`), for
+            :func:`fused_against_parts`.
 
     Returns:
-        tuple[OrderedDict, str]: ``{protocol: {"title", "rows", "target"}}`` and the Markdown
-        text of the results file.
+        tuple[OrderedDict, str]: ``{protocol: {"title", "rows", "target", "shift_guide",
+        "fused_against_parts"}}`` and the Markdown text of the results file.
     """
     tables, markdown = OrderedDict(), []
     for protocol in protocols:
@@ -622,8 +698,11 @@ def leaderboard_tables(per_model, diagnostics, protocols, confidence=0.95):
                 f"false alarms <= the reference's): met by {met}.")
         print(line)
         guide, guide_text = shift_guide(rows, protocol, confidence)
-        markdown += [f"### Protocol `{protocol}`", "", title, "", text, "", line, "", guide_text]
-        tables[protocol] = {"title": title, "rows": rows, "target": verdict, "shift_guide": guide}
+        fused_rows, fused_text = fused_against_parts(per_model, parts or {}, protocol, confidence)
+        markdown += [f"### Protocol `{protocol}`", "", title, "", text, "", line, "", guide_text, fused_text]
+        tables[protocol] = {
+            "title": title, "rows": rows, "target": verdict, "shift_guide": guide, "fused_against_parts": fused_rows
+        }
     cells, headers = diagnostics_table(diagnostics, confidence)
     if cells:
         title = (
@@ -679,7 +758,10 @@ def detection_results(jobs, args, env, trained):
         (method, OrderedDict((seed, training_diagnostics(model_dir)) for m, seed, model_dir in jobs if m == method))
         for method in args.methods
     )
-    tables, markdown = leaderboard_tables(per_model, diagnostics, args.protocols, args.confidence)
+    parts = OrderedDict()
+    for method, seed, model_dir in jobs:
+        parts.setdefault(method, OrderedDict())[seed] = fused_parts(model_dir)
+    tables, markdown = leaderboard_tables(per_model, diagnostics, args.protocols, args.confidence, parts)
     entries = {
         "protocols": {name: PROTOCOLS[name] for name in args.protocols},
         "tables": tables,

@@ -381,3 +381,43 @@ def test_the_fc64_methods_narrow_only_the_box_head(leaderboard):
         model = build_model(cfg)
         assert model.roi_heads.box_head.output_shape.channels == 64
         assert model.roi_heads.box_predictor.cls_score.in_features == 64
+
+
+def test_fused_is_compared_with_the_better_of_the_parts_fitted_for_each_seed(leaderboard):
+    rng = np.random.default_rng(1)
+    per_model, parts = OrderedDict(vanilla=OrderedDict()), OrderedDict(vanilla=OrderedDict())
+    expected_diff = []
+    for seed in range(4):
+        base = 50.0 + 5.0 * rng.standard_normal()
+        # The logit part is better on near-OOD (lower FPR95), the feature part on false alarms;
+        # seed 3 fitted GEN and the multi-layer Mahalanobis score instead of energy and k-NN.
+        logit, feature = ("gen", "mahalanobis_multilayer") if seed == 3 else ("energy", "knn")
+        fused = base + 1.0 + rng.normal()
+        scores = {
+            logit: (base, 80.0, base + 5, 80.0, 30.0),
+            feature: (base + 20, 70.0, base + 10, 70.0, 5.0),
+            "fused": (fused, 79.0, base + 4, 79.0, 20.0),
+            "msp": (0.0, 99.0, 0.0, 99.0, 0.0),  # no part of the fused score: never compared
+        }
+        per_model["vanilla"][seed] = {"vos_det": _summary(99.0, scores)}
+        parts["vanilla"][seed] = (logit, feature)
+        expected_diff.append(fused - base)
+    per_model["vanilla"][4] = {"vos_det": _summary(99.0, {"energy": (1.0, 99.0, 1.0, 99.0, 1.0)})}  # no fused score
+    parts["vanilla"][4] = None
+    rows, markdown = leaderboard.fused_against_parts(per_model, parts, "vos_det")
+    by_shift = {row["shift"]: row for row in rows}
+    assert set(by_shift) == {"near_FPR95", "far_FPR95", "far_matched_FPR95", "false_alarm"}
+    near = by_shift["near_FPR95"]
+    assert near["seeds"] == [0, 1, 2, 3] and near["better_part"] == "logit part"
+    low, high = stats.t.interval(0.95, 3, loc=np.mean(expected_diff), scale=stats.sem(expected_diff))
+    assert near["diff"]["mean"] == pytest.approx(np.mean(expected_diff))
+    assert (near["diff"]["low"], near["diff"]["high"]) == (pytest.approx(low), pytest.approx(high))
+    assert near["not_worse"] == (low <= 0.0)
+    # On false alarms the feature part (5) is better and the fused score (20) 15 points worse on every seed.
+    alarms = by_shift["false_alarm"]
+    assert alarms["better_part"] == "feature part" and alarms["diff"]["mean"] == pytest.approx(15.0)
+    assert not alarms["not_worse"]
+    # Far-OOD: the logit part (base + 5) is better, and the fused score (base + 4) one point below it.
+    assert by_shift["far_FPR95"]["diff"]["mean"] == pytest.approx(-1.0) and by_shift["far_FPR95"]["not_worse"]
+    assert "energy + knn, gen + mahalanobis_multilayer" in markdown
+    assert leaderboard.fused_against_parts(per_model, {}, "vos_det") == ([], "")
