@@ -699,7 +699,8 @@ def leaderboard_tables(per_model, diagnostics, protocols, confidence=0.95, parts
         print(line)
         guide, guide_text = shift_guide(rows, protocol, confidence)
         fused_rows, fused_text = fused_against_parts(per_model, parts or {}, protocol, confidence)
-        markdown += [f"### Protocol `{protocol}`", "", title, "", text, "", line, "", guide_text, fused_text]
+        markdown += [f"### Protocol `{protocol}`", "", title, "", text, "", line, "", guide_text]
+        markdown += [fused_text] if fused_text else []
         tables[protocol] = {
             "title": title, "rows": rows, "target": verdict, "shift_guide": guide, "fused_against_parts": fused_rows
         }
