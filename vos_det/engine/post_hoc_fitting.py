@@ -296,7 +296,7 @@ def fit_post_hoc_scores(
     extracted = {}
 
     def extract(name):
-        # The validation sets serve k-NN and fused alike: pooled once.
+        # The validation sets serve both k-NN scores (knn, knn_embedding): pooled once.
         if name not in extracted:
             loader = build_annotated_test_loader(cfg, name)
             extracted[name] = extract_box_fit_data(model, loader, description=name)
