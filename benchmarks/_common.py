@@ -188,10 +188,12 @@ def verdict(value, target, higher_is_better: bool) -> str:
     return f"{'MET' if met else 'NOT MET'} ({value:.3g} vs target {sign} {target:g})"
 
 
-def write_json(path, payload):
+def write_json(path, payload, indent=2):
+    """Write ``payload`` to ``path`` as JSON (``indent`` as json.dumps'; 0: one value per
+    line, unindented, for large files that git should still diff line by line)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(payload, indent=indent, default=str) + "\n")
     print(f"\nwrote {path}")
 
 
