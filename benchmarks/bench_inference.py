@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import _common as C
-from vos_det.utils.ood_score_request import computing_all_ood_scores
+from vos_det.evaluation.records import computing_all_ood_scores
 
 TARGET_RATIO = 1.02
 

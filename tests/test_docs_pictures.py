@@ -8,8 +8,12 @@ import pytest
 from PIL import Image
 
 from vos_det.evaluation.records import DetectionRecords
-from vos_det.evaluation.gallery import plot_detection_examples, plot_failure_gallery
-from vos_det.evaluation.plots import histogram_range, plot_score_histograms
+from vos_det.evaluation.plots import (
+    histogram_range,
+    plot_detection_examples,
+    plot_failure_gallery,
+    plot_score_histograms,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -115,7 +119,7 @@ def test_detection_examples_draw_the_verdict(tmp_path, monkeypatch):
         drawn.append(instances.is_ood.tolist())
         return image
 
-    monkeypatch.setattr("vos_det.evaluation.gallery.draw_ood_detections", fake_draw)
+    monkeypatch.setattr("vos_det.evaluation.plots.draw_ood_detections", fake_draw)
     path = plot_detection_examples(
         id_records, ood_records, str(tmp_path / "examples.png"), score="vos", threshold=0.3,
         id_files=id_files, ood_files=ood_files, class_names=["zero"], id_name="id", ood_name="ood",

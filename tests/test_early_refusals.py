@@ -18,7 +18,7 @@ from detectron2.modeling import build_model
 from vos_det.config import CONFIGS_DIR
 from vos_det.engine.trained_model import check_checkpoint_matches_model
 from vos_det.engine.post_hoc_fitting import check_validation_sets, fit_post_hoc_scores
-from vos_det.engine.post_hoc_weights import WEIGHTS_HASH_KEY, weights_fingerprint
+from vos_det.engine.trained_model import WEIGHTS_HASH_KEY, weights_fingerprint
 from vos_det.engine.trainer import divergence_message
 from vos_det.errors import TrainingDivergedError
 from vos_det.modeling.ood_scores import save_post_hoc_state
@@ -151,7 +151,7 @@ def test_a_state_without_a_weights_hash_is_loaded_with_a_warning(random_weights,
     # As tools/fit_ood_scores.py wrote it before the hash was recorded.
     save_post_hoc_state({}, state, predictor.cls_score.in_features, predictor.num_classes, weights="model_final.pth")
     model = build_model(tiny_cfg(tmp_path, "MODEL.OOD.POST_HOC.STATE", state))
-    with caplog.at_level(logging.WARNING, logger="vos_det.engine.post_hoc_weights"):
+    with caplog.at_level(logging.WARNING, logger="vos_det.engine.trained_model"):
         check_checkpoint_matches_model(random_weights, model)
     assert f"MODEL.OOD.POST_HOC.STATE {state} records no hash of the weights it was fitted on (model_final.pth)" in caplog.text
 

@@ -12,7 +12,7 @@ from vos_det.modeling.ood_scores import EMBEDDING_POST_HOC_SCORES, BoxFitData, b
 from vos_det.modeling.ood_scores.knn_embedding import EmbeddingKNNScore
 from vos_det.modeling.ood_scores.scoring import PostHocScoring
 from vos_det.modeling.output_layers import VOSOutputLayers
-from vos_det.utils.ood_score_request import computing_all_ood_scores
+from vos_det.evaluation.records import computing_all_ood_scores
 
 K, D = 3, 10
 

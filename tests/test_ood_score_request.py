@@ -7,7 +7,7 @@ from detectron2.modeling import build_model
 
 from vos_det.config import load_config
 from vos_det.evaluation import collect_detections
-from vos_det.utils.ood_score_request import computing_all_ood_scores
+from vos_det.evaluation.records import computing_all_ood_scores
 
 # The scores of a VOS detector without Mahalanobis statistics or fitted post-hoc state.
 UNFITTED_VOS_SCORES = {"vos", "energy", "weighted_energy", "msp", "vos_release", "maxlogit", "gen"}

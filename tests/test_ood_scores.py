@@ -23,7 +23,7 @@ from vos_det.modeling.ood_scores.mahalanobis_multilayer import MultiLayerMahalan
 from vos_det.modeling.ood_scores.maxlogit import MaxLogitScore
 from vos_det.modeling.ood_scores.react import ReActScore
 from vos_det.modeling.ood_scores.vim import ViMScore, vim_ood_score
-from vos_det.utils.ood_score_request import computing_all_ood_scores
+from vos_det.evaluation.records import computing_all_ood_scores
 
 K, D = 4, 12
 EMBEDDING_DIM = 5

@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 
 from vos_det.modeling.ood_scores import POST_HOC_SCORES
 from vos_det.modeling.output_layers import OOD_SCORES
-from vos_det.utils.ood_score_request import computing_all_ood_scores
+from vos_det.evaluation.records import computing_all_ood_scores
 
 NUM_CLASSES = 3
 DIM = 8

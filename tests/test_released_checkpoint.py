@@ -35,7 +35,7 @@ from vos_det.engine.released_checkpoint import (
     load_released_state_dict,
 )
 from vos_det.errors import UserError
-from vos_det.utils.ood_score_request import computing_all_ood_scores
+from vos_det.evaluation.records import computing_all_ood_scores
 
 RELEASE_VOC = RELEASED_CLASS_ORDERS["voc"]
 NUM_CLASSES = 20

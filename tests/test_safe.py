@@ -29,7 +29,7 @@ from vos_det.modeling.ood_scores.safe import (
     safe_mlp,
     train_safe_mlp,
 )
-from vos_det.utils.ood_score_request import computing_all_ood_scores
+from vos_det.evaluation.records import computing_all_ood_scores
 
 R18_SHORTCUTS = [f"backbone.bottom_up.res{k}.0.shortcut" for k in (3, 4, 5)]
 # A few training images are enough for the fit's plumbing; two FGSM steps to choose from.

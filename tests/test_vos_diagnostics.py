@@ -16,7 +16,7 @@ from vos_det.modeling.vos.diagnostics import (
     prior_entropy,
     random_energy_weight_aurocs,
 )
-from vos_det.utils.ood_score_request import computing_all_ood_scores
+from vos_det.evaluation.records import computing_all_ood_scores
 
 NUM_CLASSES = 3
 DIM = 8

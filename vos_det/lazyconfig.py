@@ -28,7 +28,7 @@ from .config.vos_keys import vos_arguments
 from .engine.checkpoint import AtomicWritePathManager, CaptureRandomStates, RandomState
 from .engine.launch import create_ddp_model
 from .engine.ood_evaluation import evaluate_model
-from .evaluation.detection import build_detection_evaluator, log_detection_results
+from .evaluation.records import build_detection_evaluator, log_detection_results
 from .modeling import VOSOutputLayers, VOSROIHeads
 
 __all__ = [

@@ -9,7 +9,7 @@ from ..engine.ood_evaluation import find_ood_head, keep_calibration, ood_rule_of
 from ..engine.trainer import Trainer
 from ..engine.trainer_registry import register_trainer
 from ..evaluation.calibration import calibrate
-from ..evaluation.ood_summary import Comparison, ScoredSet, summarize_ood_evaluation
+from ..evaluation.report import Comparison, ScoredSet, summarize_ood_evaluation
 from .evaluation import ClassificationOODEvaluator
 from .image_folder import register_image_folders_from_config
 from .mapper import ClassificationDatasetMapper
@@ -32,7 +32,7 @@ class ClassificationTrainer(Trainer):
     ID set of ``DATASETS.TEST`` and FPR95 / AUROC / AUPR of every OOD score of the images
     of each ``DATASETS.OOD_TEST`` set against those of each ID set (every image is scored),
     through the back half the detector's evaluation uses
-    (:func:`vos_det.evaluation.ood_summary.summarize_ood_evaluation`).
+    (:func:`vos_det.evaluation.report.summarize_ood_evaluation`).
     """
 
     NUM_CLASSES_KEY = "MODEL.VOS_CLASSIFIER.NUM_CLASSES"

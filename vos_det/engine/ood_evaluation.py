@@ -32,10 +32,9 @@ from ..data import check_class_names, register_from_cli
 from ..data.availability import check_dataset_files, load_datasets_now
 from ..errors import ConfigError
 from ..evaluation.calibration import Calibration, OODRule
-from ..evaluation.ood_summary import OOD_RESULTS_FILE
 from ..evaluation.protocol import check_calibration_set, evaluate_ood
 from ..evaluation.records import collect_detections
-from ..evaluation.report import write_json
+from ..evaluation.report import OOD_RESULTS_FILE, write_json
 from ..utils.file_io import atomic_open, check_writable_dir
 from .trained_model import check_weights_file
 

@@ -39,7 +39,7 @@ from ..modeling.ood_scores.safe import matching_layers
 from ..modeling.ood_scores.state_file import read_post_hoc_info
 from ..utils.file_io import check_writable_dir
 from .feature_extraction import box_head_features, build_annotated_test_loader, ground_truth_box_features
-from .post_hoc_weights import WEIGHTS_HASH_KEY, weights_fingerprint
+from .trained_model import WEIGHTS_HASH_KEY, weights_fingerprint
 from .safe_fitting import fit_safe
 from .trained_model import check_weights_file, load_trained_model
 from .fused_fitting import NoValidationDetections, fit_fused_score
@@ -270,7 +270,7 @@ def fit_post_hoc_scores(
 
     Returns:
         str: the state file; set ``MODEL.OOD.POST_HOC.STATE`` to it. Its info records the
-        weights and their :func:`~vos_det.engine.post_hoc_weights.weights_fingerprint`.
+        weights and their :func:`~vos_det.engine.trained_model.weights_fingerprint`.
     """
     test_splits = check_validation_sets(val_id, val_ood, allow_test_split)
     output = output or os.path.join(os.path.dirname(os.path.abspath(weights)), POST_HOC_STATE_FILE)

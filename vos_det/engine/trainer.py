@@ -18,9 +18,9 @@ from ..data.catalog import get_ood_role
 from ..data.mapper import ImageNamingDatasetMapper
 from ..data.resumable_sampler import ResumableTrainingSampler
 from ..errors import TrainingDivergedError
-from ..evaluation.detection import build_detection_evaluator, log_detection_results
+from ..evaluation.records import build_detection_evaluator, log_detection_results
 from ..evaluation.leaderboard import log_leaderboard_comparison
-from ..evaluation.ood_summary import OOD_RESULTS_FILE
+from ..evaluation.report import OOD_RESULTS_FILE
 from ..modeling.ood_scores import attach_post_hoc_hooks
 from .checkpoint import AtomicWritePathManager, CaptureRandomStates, RandomState
 from .launch import cpu_ddp_in_default_trainer
@@ -231,7 +231,7 @@ class Trainer(DefaultTrainer):
 
         VOC-format sets get COCO-style AP / AP50 / AP75 (``"bbox"``, via a COCO json made
         from the dataset dicts) and the VOC AP (``"voc"``); COCO-format sets COCO-style AP.
-        See :func:`vos_det.evaluation.detection.build_detection_evaluator`.
+        See :func:`vos_det.evaluation.records.build_detection_evaluator`.
         """
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_detection_evaluator(dataset_name, output_folder)

@@ -21,12 +21,26 @@ from ..metrics import (
 from .box_selection import BOX_SELECTION_RULES, PROTOCOLS, BoxSelection, select_boxes, select_boxes_for_config
 from .calibration import Calibration, OODRule, calibrate, threshold_keeping
 from .coco_optimal_f1 import coco_optimal_f1_threshold
-from .detection import VOCDetectionEvaluator, build_detection_evaluator, log_detection_results
 from .ground_truth import GroundTruthBoxes, load_ground_truth
-from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, Comparison, ScoredSet, summarize_ood_evaluation
 from .protocol import evaluate_ood
-from .records import BoxOODScoreCollector, DetectionRecords, collect_detections
-from .report import format_ood_report, format_ood_table
+from .records import (
+    BoxOODScoreCollector,
+    DetectionRecords,
+    VOCDetectionEvaluator,
+    build_detection_evaluator,
+    collect_detections,
+    computing_all_ood_scores,
+    log_detection_results,
+)
+from .report import (
+    OOD_RESULTS_FILE,
+    PLOTS_DIR,
+    Comparison,
+    ScoredSet,
+    format_ood_report,
+    format_ood_table,
+    summarize_ood_evaluation,
+)
 from .voc_optimal_f1 import match_detections, optimal_f1_threshold
 
 __all__ = [
@@ -52,6 +66,7 @@ __all__ = [
     "calibrate",
     "coco_optimal_f1_threshold",
     "collect_detections",
+    "computing_all_ood_scores",
     "evaluate_ood",
     "format_ood_report",
     "format_ood_table",

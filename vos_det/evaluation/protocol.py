@@ -1,7 +1,7 @@
 """The VOS OOD-detection evaluation protocol of detectors: records in, report out.
 
 This is the detection front of the OOD evaluation; the back half, shared with image
-classification, is :func:`vos_det.evaluation.ood_summary.summarize_ood_evaluation`. It takes
+classification, is :func:`vos_det.evaluation.report.summarize_ood_evaluation`. It takes
 the :class:`~.records.DetectionRecords` of one inference pass per dataset
 (:func:`~.records.collect_detections`: ID test sets with their detection metrics, OOD sets,
 and the calibration set), never a model:
@@ -32,10 +32,9 @@ from detectron2.utils import comm
 from ..data.catalog import get_ood_role
 from .box_selection import PROTOCOL_DESCRIPTIONS, PROTOCOLS, select_boxes_for_config
 from .calibration import calibrate
-from .gallery import plot_detection_examples, plot_failure_gallery
-from .ood_summary import OOD_RESULTS_FILE, PLOTS_DIR, Comparison, ScoredSet, summarize_ood_evaluation
-from .plots import safe_file_name
-from ..metrics.score_curves import FPR_METHODS
+from .plots import plot_detection_examples, plot_failure_gallery, safe_file_name
+from .report import OOD_RESULTS_FILE, PLOTS_DIR, Comparison, ScoredSet, summarize_ood_evaluation
+from ..metrics import FPR_METHODS
 
 # OOD_RESULTS_FILE and PLOTS_DIR: the files evaluate_ood writes, named here too.
 __all__ = ["OOD_RESULTS_FILE", "PLOTS_DIR", "check_calibration_set", "evaluate_ood", "fpr95_method"]

@@ -3,21 +3,54 @@
 :func:`collect_detections` runs the model once over a dataset (detectron2's
 ``inference_on_dataset``) and returns its :class:`DetectionRecords`: every detection the
 model outputs (no score threshold), with its class score and all its OOD scores, and the
-detection metrics (AP) of the same pass when a detection evaluator is given. Everything after
-it (box selection, calibration, OOD metrics, reports: :func:`vos_det.evaluation.evaluate_ood`)
-takes records, not a model, so records can be cached and evaluated again.
+detection metrics (AP) of the same pass when a detection evaluator is given
+(:func:`build_detection_evaluator`: COCO-style AP / AP50 / AP75 and, for VOC-format sets, the
+VOC AP). Everything after it (box selection, calibration, OOD metrics, reports:
+:func:`vos_det.evaluation.evaluate_ood`) takes records, not a model, so records can be cached
+and evaluated again.
+
+Which OOD scores inference computes: a box predictor with OOD scores (``VOSOutputLayers``)
+has a boolean attribute ``compute_all_ood_scores``: False (its default), inference computes
+the score behind ``is_ood`` only; True, every OOD score the model has, each in an
+``ood_scores_<name>`` field. The pass runs the model inside :func:`computing_all_ood_scores`,
+which sets the attribute by name, so the evaluation asks for the scores without importing the
+model code.
 """
+import contextlib
+import logging
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional
 
 import numpy as np
+from torch import nn
 
-from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import (
+    COCOEvaluator,
+    DatasetEvaluator,
+    DatasetEvaluators,
+    PascalVOCDetectionEvaluator,
+    inference_on_dataset,
+    print_csv_format,
+)
 from detectron2.utils import comm
 
-from ..utils.ood_score_request import computing_all_ood_scores
+__all__ = [
+    "BoxOODScoreCollector",
+    "DetectionRecords",
+    "VOCDetectionEvaluator",
+    "build_detection_evaluator",
+    "collect_detections",
+    "computing_all_ood_scores",
+    "log_detection_results",
+    "numbers_only",
+]
 
-__all__ = ["BoxOODScoreCollector", "DetectionRecords", "collect_detections", "numbers_only"]
+logger = logging.getLogger(__name__)
+
+# The boolean attribute of a box predictor that asks it for every OOD score.
+_ALL_SCORES_ATTRIBUTE = "compute_all_ood_scores"
 
 # Instances fields named ood_scores_<name> hold one OOD score per box (larger = more OOD).
 OOD_FIELD_PREFIX = "ood_scores_"
@@ -169,6 +202,26 @@ class BoxOODScoreCollector(DatasetEvaluator):
         return {}
 
 
+@contextlib.contextmanager
+def computing_all_ood_scores(model: nn.Module):
+    """A context in which the box predictors of ``model`` compute every OOD score they have.
+
+    Args:
+        model: a detector, or a module wrapping one (e.g. DistributedDataParallel); its
+            modules with a ``compute_all_ood_scores`` attribute get it set to True
+            and, on exit, back to their value.
+    """
+    predictors = [module for module in model.modules() if hasattr(module, _ALL_SCORES_ATTRIBUTE)]
+    previous = [getattr(predictor, _ALL_SCORES_ATTRIBUTE) for predictor in predictors]
+    for predictor in predictors:
+        setattr(predictor, _ALL_SCORES_ATTRIBUTE, True)
+    try:
+        yield
+    finally:
+        for predictor, value in zip(predictors, previous):
+            setattr(predictor, _ALL_SCORES_ATTRIBUTE, value)
+
+
 def numbers_only(metrics: dict) -> dict:
     """The numeric entries of a metrics dict, as floats (detectron2's EvalHook takes no other)."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
@@ -196,3 +249,63 @@ def collect_detections(model, data_loader, detection_evaluator=None) -> Detectio
         task: numbers_only(values) for task, values in (results or {}).items() if isinstance(values, dict)
     }
     return records
+
+
+class VOCDetectionEvaluator(PascalVOCDetectionEvaluator):
+    """detectron2's PascalVOCDetectionEvaluator reporting under ``"voc"`` instead of ``"bbox"``.
+
+    Its ``AP`` is the mean over IoU .50:.95 of the VOC AP (area under the interpolated
+    precision-recall curve, or 11-point for VOC2007), ``AP50`` the VOC AP50; it can then
+    sit next to COCOEvaluator's ``"bbox"`` (COCO-style AP) in one DatasetEvaluators.
+    """
+
+    def evaluate(self):
+        results = super().evaluate()
+        return None if results is None else {"voc": results["bbox"]}
+
+
+def build_detection_evaluator(dataset_name: str, output_dir: str):
+    """The detection evaluator of an ID set, chosen by its metadata's ``evaluator_type``.
+
+    * ``"pascal_voc"``: COCOEvaluator (COCO-style AP, AP50, AP75, APs/m/l under ``"bbox"``;
+      the dataset is converted to COCO json in ``output_dir`` once per process) and
+      :class:`VOCDetectionEvaluator` (under ``"voc"``);
+    * ``"coco"``: COCOEvaluator.
+
+    COCOEvaluator falls back to pycocotools' COCOeval when detectron2's fast ``_C`` version
+    is not built.
+
+    Args:
+        dataset_name: a registered dataset.
+        output_dir: folder for the COCO json conversion and the COCO predictions.
+
+    Returns:
+        DatasetEvaluator
+    """
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type not in ("pascal_voc", "coco"):
+        raise ValueError(
+            f"no evaluator for dataset {dataset_name!r}: its metadata evaluator_type is "
+            f"{evaluator_type!r}; expected 'pascal_voc' or 'coco'"
+        )
+    os.makedirs(output_dir, exist_ok=True)
+    # allow_cached_coco=False: a regenerated dataset must not be scored against a stale json.
+    coco = COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_dir, allow_cached_coco=False)
+    if evaluator_type == "coco":
+        return coco
+    return DatasetEvaluators([coco, VOCDetectionEvaluator(dataset_name)])
+
+
+def log_detection_results(results, dataset_names):
+    """Log, from the main process, each ID set's detection metrics as detectron2's CSV lines.
+
+    Args:
+        results (dict): ``{id_set: {task: {metric: value}}}`` (an OOD protocol's results).
+        dataset_names (list[str]): the ID sets, in order; those without results are left out.
+    """
+    if not comm.is_main_process():
+        return
+    for name in dataset_names:
+        if results.get(name):
+            logger.info("Detection results on %s:", name)
+            print_csv_format(results[name])

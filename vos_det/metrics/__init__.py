@@ -3,13 +3,21 @@
 The bottom of the package: these modules import nothing of vos_det, so the model code (its
 diagnostics), the evaluation and the engine (score fitting) all read the same formulas.
 
-* :mod:`.score_curves`: the ROC / precision-recall points of two score arrays (ties merged).
-* :mod:`.ood_metrics`: FPR at a TPR, AUROC, AUPR-In / -Out, and all of them at once.
+* :mod:`.ood_metrics`: the ROC / precision-recall points of two score arrays (ties merged);
+  from them FPR at a TPR, AUROC, AUPR-In / -Out, and all of them at once.
 * :mod:`.ood_metrics_accumulator`: :class:`OODMetrics`, scores accumulated over batches.
 """
-from .ood_metrics import aupr_in, aupr_out, auroc, fpr_at_tpr, fpr_at_tpr_ood_positive, ood_metrics, roc_curve
+from .ood_metrics import (
+    FPR_METHODS,
+    aupr_in,
+    aupr_out,
+    auroc,
+    fpr_at_tpr,
+    fpr_at_tpr_ood_positive,
+    ood_metrics,
+    roc_curve,
+)
 from .ood_metrics_accumulator import OODMetrics
-from .score_curves import FPR_METHODS
 
 __all__ = [
     "FPR_METHODS",

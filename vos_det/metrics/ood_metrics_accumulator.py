@@ -1,8 +1,7 @@
 """OODMetrics: OOD scores accumulated over batches, then the metrics of :func:`ood_metrics`."""
 import numpy as np
 
-from .ood_metrics import ood_metrics
-from .score_curves import FPR_METHODS, to_numpy
+from .ood_metrics import FPR_METHODS, ood_metrics, to_numpy
 
 __all__ = ["OODMetrics"]
 

@@ -5,7 +5,8 @@
 * :mod:`.ood_scores`: the OOD scores, one per file (energy, Mahalanobis, post-hoc scores).
 * Here: the detector's parts that put them together: the VOS box predictor
   (:mod:`.output_layers`), its ROI heads (:mod:`.roi_heads`), and the backbones (a tiny CPU
-  FPN, :mod:`.backbone`; RegNet FPN, :mod:`.regnet`).
+  FPN, :mod:`.backbone`; RegNet FPN, :mod:`.regnet`); :mod:`.precision`, the float32 context
+  that the VOS maths and the OOD scores run in under mixed precision.
 """
 from . import backbone as _backbone  # registers build_tiny_fpn_backbone
 from .ood_scores import OOD_SCORE_REGISTRY, POST_HOC_SCORES

@@ -9,7 +9,7 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.registry import Registry
 
 from ..config.vos_keys import vos_kwargs_from_config
-from ..utils.precision import full_precision
+from .precision import full_precision
 from .ood_scores import build_post_hoc_scores
 from .ood_scores.mahalanobis import GaussianDiscriminant
 from .ood_scores.scoring import PostHocScoring
@@ -43,7 +43,7 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
       ``ood_scores`` (the score named by ``ood_score``; larger = more OOD) and
       ``is_ood`` = ood_scores > threshold (eq. 9), plus ``ood_scores_<name>`` of that
       score; with ``compute_all_ood_scores`` (set by the evaluation through
-      :func:`~vos_det.utils.ood_score_request.computing_all_ood_scores`) one
+      :func:`~vos_det.evaluation.records.computing_all_ood_scores`) one
       ``ood_scores_<name>`` field per score of :data:`OOD_SCORES` the model has. The other
       scores are not computed.
 
@@ -131,7 +131,7 @@ class VOSOutputLayers(VirtualOutlierMixin, FastRCNNOutputLayers):
         self.post_hoc = PostHocScoring(post_hoc_scores, post_hoc_state, feature_dim, self.num_classes)
         self.nms_before_clip = nms_before_clip
         # Inference computes every OOD score the model has when True, else ood_score alone
-        # (vos_det.utils.ood_score_request sets it for the evaluation).
+        # (vos_det.evaluation.records.computing_all_ood_scores sets it for the evaluation).
         self.compute_all_ood_scores = False
 
     def _check_embedding_score_is_learnt(self):

@@ -482,7 +482,8 @@ def attach_post_hoc_hooks(model: nn.Module) -> nn.Module:
     Call it on a built detector whose ``MODEL.OOD.POST_HOC.STATE`` holds a fitted SAFE (the
     project's Trainer.build_model and OODPredictor do); without one it does nothing. The hooks
     keep the modules' outputs only in the inference passes that compute the score (the box
-    predictor's ``ood_field_names()``, see :mod:`vos_det.utils.ood_score_request`).
+    predictor's ``ood_field_names()``, see
+    :func:`vos_det.evaluation.records.computing_all_ood_scores`).
 
     Returns:
         the model.

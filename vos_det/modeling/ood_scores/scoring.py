@@ -5,7 +5,7 @@ from typing import Callable, Collection, Dict, List, Optional
 import torch
 from torch import nn
 
-from ...utils.precision import full_precision
+from ..precision import full_precision
 from .base import FIT_TOOL
 from .box_pooling import pool_box_layers
 from .state_file import load_post_hoc_state

@@ -12,7 +12,7 @@ from detectron2.utils.logger import log_every_n_seconds
 
 from ...config.choices import OOD_SCORES, VOS_ONLY_SCORES
 from ...config.vos_keys import MIXIN_KEYS, check_vos_arguments, vos_arguments
-from ...utils.precision import full_precision
+from ..precision import full_precision
 from ..ood_scores.energy import energy, max_softmax_ood_score, weighted_energy
 from .diagnostics import mahalanobis_radius_ratio, scalars_to_host
 from .feature_queues import ClassFeatureQueues
@@ -176,7 +176,7 @@ class VirtualOutlierMixin:
     def uncertainty_loss(self, id_logits, id_features, labels):
         """Enqueue the ID features, synthesise outliers, and return the unweighted L_unc.
 
-        Runs with autocast off (:func:`~vos_det.utils.precision.full_precision`): under
+        Runs with autocast off (:func:`~vos_det.modeling.precision.full_precision`): under
         mixed-precision training the ID logits are taken in float32, the queues, Gaussians
         and outliers are float32 / float64 as :meth:`synthesize_outliers` says, and the
         outliers' logits, the energies and the logistic regression are float32. The step's
