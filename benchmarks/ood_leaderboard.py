@@ -94,7 +94,7 @@ from vos_det.evaluation.seed_table import (
     target_met_by,
 )
 from vos_det.evaluation.statistics import mean_ci, paired_difference
-from vos_det.modeling.ood_scores.state_file import read_post_hoc_info
+from vos_det.modeling.ood_scores.state_file import POST_HOC_STATE_FILE, read_post_hoc_info
 
 # Benchmark detector -> the VOS config every method of it starts from. "tiny" is the plain
 # conv-FPN of the main job; "r18" detectron2's ResNet-18-FPN, built like the paper's detector.
@@ -241,7 +241,7 @@ def fit_posthoc(model_dir, overrides, env):
         list[str]: the config overrides that load them (each detection then carries their
         ``ood_scores_<name>`` fields).
     """
-    post_hoc = os.path.join(model_dir, "post_hoc_scores.pth")
+    post_hoc = os.path.join(model_dir, POST_HOC_STATE_FILE)
     if not os.path.exists(post_hoc):
         started = time.perf_counter()
         run_logged(
@@ -603,7 +603,7 @@ def shift_guide(rows, protocol, confidence=0.95, reference=REFERENCE):
 def fused_parts(model_dir):
     """(logit part, feature part) of the fused score fitted for one model (its
     ``post_hoc_scores.pth``), or None when it has none."""
-    path = os.path.join(model_dir, "post_hoc_scores.pth")
+    path = os.path.join(model_dir, POST_HOC_STATE_FILE)
     if not os.path.exists(path):
         return None
     chosen = read_post_hoc_info(path).get("fused_validation", {}).get("chosen")

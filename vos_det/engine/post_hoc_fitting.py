@@ -39,10 +39,9 @@ from ..modeling.ood_scores.safe import matching_layers
 from ..modeling.ood_scores.state_file import read_post_hoc_info
 from ..utils.file_io import check_writable_dir
 from .feature_extraction import box_head_features, build_annotated_test_loader, ground_truth_box_features
-from .trained_model import WEIGHTS_HASH_KEY, weights_fingerprint
-from .safe_fitting import fit_safe
-from .trained_model import check_weights_file, load_trained_model
 from .fused_fitting import NoValidationDetections, fit_fused_score
+from .safe_fitting import fit_safe
+from .trained_model import WEIGHTS_HASH_KEY, check_weights_file, load_trained_model, weights_fingerprint
 
 __all__ = [
     "KNN_K_CANDIDATES",

@@ -28,9 +28,9 @@ the OOD validation boxes those of the OOD validation set
 ``tools/fit_ood_scores.py`` among those of ``MODEL.OOD.POST_HOC.FUSED``: the candidate with
 the lowest FPR95 of ID against OOD validation detections (``--val-id`` / ``--val-ood``;
 ties: higher AUROC, then the candidates' order), never on OOD test data. The fitted state
-records the choice and every candidate's figures. The feature part is read from its own score's output (the scores of
-:meth:`FusedScore.part_names` are computed first), so the k-NN search runs once per box.
-Larger = more OOD.
+records the choice and every candidate's figures. The feature part is read from its own
+score's output (the scores of :meth:`FusedScore.part_names` are computed first), so the k-NN
+search runs once per box. Larger = more OOD.
 """
 from typing import Dict, Optional
 
